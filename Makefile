@@ -1,0 +1,68 @@
+# serving: every target builds its own .venv from a bare Python 3.11 + pip.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+TRITONCLIENT := tritonclient==2.73.0
+DEMO_REPO ?= model_repository
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+
+.PHONY: serve test unit integration lint format proto proto-check bench clean
+
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[cpu,dev]'
+	$(BIN)/pip install -q --no-deps $(TRITONCLIENT)
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(DEMO_REPO)/.built: $(BIN)/.installed src/serving/demo.py
+	$(BIN)/serving demo-repo $(DEMO_REPO)
+	touch $@
+
+serve: $(DEMO_REPO)/.built
+	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+# Generated gRPC code: regenerate with `make proto`; `make proto-check` fails on drift.
+PB_OUT := src/serving/protocol/_pb
+define gen_proto
+	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -I protos --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) protos/inference.proto
+	sed -i 's/^import inference_pb2 as inference__pb2/from serving.protocol._pb import inference_pb2 as inference__pb2/' $(1)/inference_pb2_grpc.py
+endef
+
+proto: $(BIN)/.installed
+	$(call gen_proto,$(PB_OUT))
+
+proto-check: $(BIN)/.installed
+	rm -rf .proto-check && mkdir -p .proto-check
+	$(call gen_proto,.proto-check)
+	diff -r -x __init__.py -x __pycache__ $(PB_OUT) .proto-check && rm -rf .proto-check
+
+# Unit and adapter tests run in one process; integration tests (real Ray, tritonclient) in
+# another: tritonclient's generated `inference.*` protobuf classes cannot share a process
+# with ours.
+unit: $(BIN)/.installed
+	$(BIN)/pytest tests/unit tests/adapter -q
+
+integration: $(BIN)/.installed
+	$(BIN)/pytest tests/integration -q
+
+test: lint proto-check unit integration
+
+bench: $(BIN)/.installed
+	$(PY) bench/online.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_REPO) .proto-check .pytest_cache

@@ -1,0 +1,248 @@
+"""Dynamic batching: a bounded queue per model version that stacks requests.
+
+Concurrent requests to one model version wait up to ``max_queue_delay_s`` for others;
+their inputs are concatenated along the batch dimension (a request may itself carry
+several rows) up to ``max_batch_size`` rows, run as one model execution in a worker
+thread, and the outputs are split back. Only requests whose non-batch dimensions agree
+share a batch (variable dimensions are never padded silently). After each execution the
+output row count is checked against the input row count, as Ray's ``@serve.batch`` does.
+
+Why not ``@serve.batch``: it counts requests, not rows, its queue is unbounded and belongs
+to the decorated function rather than to a model version, and it would tie this core
+module to Ray. This batcher is ~150 lines, bounded, and instrumented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.errors import InvalidInputError, ModelExecutionError, QueueFullError, ServingError
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+class BatchObserver(Protocol):
+    """Receives the timings of each execution (statistics, metrics)."""
+
+    def on_batch(
+        self, rows: int, queue_ns: Sequence[int], input_ns: int, infer_ns: int, output_ns: int, ok: bool
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class _Pending:
+    inputs: Arrays
+    rows: int
+    key: tuple[Any, ...]
+    future: asyncio.Future[Arrays]
+    enqueued_ns: int = field(default_factory=time.monotonic_ns)
+
+
+def batch_key(inputs: Arrays) -> tuple[Any, ...]:
+    """What must agree between requests that share a batch: names, dtypes, trailing dims."""
+    return tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items()))
+
+
+def concat_inputs(items: Sequence[Arrays]) -> Arrays:
+    """Stack the requests' inputs along axis 0."""
+    if len(items) == 1:
+        return items[0]
+    return {name: np.concatenate([it[name] for it in items], axis=0) for name in items[0]}
+
+
+def split_outputs(outputs: Arrays, rows: Sequence[int]) -> list[Arrays]:
+    """Split each output along axis 0 by the requests' row counts.
+
+    Raises:
+        ModelExecutionError: an output's first dimension is not the batch's row count.
+    """
+    total = sum(rows)
+    for name, arr in outputs.items():
+        if arr.ndim == 0 or arr.shape[0] != total:
+            raise ModelExecutionError(
+                f"model output {name!r} has shape {list(arr.shape)}, expected {total} rows for a batch of {total}"
+            )
+    if len(rows) == 1:
+        return [outputs]
+    cuts = np.cumsum(rows)[:-1]
+    parts = {name: np.split(arr, cuts) for name, arr in outputs.items()}
+    return [{name: parts[name][i] for name in outputs} for i in range(len(rows))]
+
+
+class DynamicBatcher:
+    """One bounded batching queue and one executor lane for one model version.
+
+    Args:
+        run: runs one batch (called in ``executor``), returns every output by name.
+        max_batch_size: most rows per execution; 0 means the model takes no batch
+            dimension and every request runs alone.
+        max_queue_delay_s: longest the oldest request waits for the batch to fill.
+        max_queue_size: most requests waiting; more raise ``QueueFullError`` at once.
+        executor: where ``run`` executes (a single worker keeps executions serial).
+        observer: told about every execution.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Arrays], Arrays],
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        executor: Executor,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 0:
+            raise ValueError("max_batch_size must be an integer >= 0")
+        if max_queue_delay_s < 0:
+            raise ValueError("max_queue_delay_s must be >= 0")
+        if max_queue_size < 1:
+            raise ValueError("max_queue_size must be an integer >= 1")
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_size = max_queue_size
+        self._executor = executor
+        self._observer = observer
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, inputs: Arrays) -> Arrays:
+        """Queue one request and wait for its outputs.
+
+        Raises:
+            QueueFullError: the queue already holds ``max_queue_size`` requests.
+            InvalidInputError: the request alone has more rows than ``max_batch_size``.
+            ModelExecutionError: its batch failed.
+        """
+        rows = 1
+        if self.max_batch_size:
+            rows = next(iter(inputs.values())).shape[0]
+            if rows > self.max_batch_size:
+                raise InvalidInputError(
+                    f"batch of {rows} rows exceeds the model's max_batch_size {self.max_batch_size}"
+                )
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFullError(f"model queue is full ({self.max_queue_size} requests waiting); retry later")
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done():
+            self._arrived = asyncio.Event()
+            self._worker = loop.create_task(self._work())
+        pending = _Pending(inputs, rows, batch_key(inputs) if self.max_batch_size else (), loop.create_future())
+        self._queue.append(pending)
+        assert self._arrived is not None
+        self._arrived.set()
+        return await pending.future
+
+    async def close(self) -> None:
+        """Stop the worker; waiting requests fail as not ready."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(ModelExecutionError("model version was unloaded"))
+
+    async def _work(self) -> None:
+        arrived = self._arrived
+        assert arrived is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                arrived.clear()
+                await arrived.wait()
+                continue
+            if self.max_batch_size and self.max_queue_delay_s > 0:
+                await self._fill(arrived)
+            batch = self._take()
+            if batch:
+                await self._execute(loop, batch)
+
+    async def _fill(self, arrived: asyncio.Event) -> None:
+        deadline = self._queue[0].enqueued_ns / 1e9 + self.max_queue_delay_s
+        while sum(p.rows for p in self._queue) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        q = self._queue
+        while q and q[0].future.done():  # cancelled by its caller
+            q.popleft()
+        if not q:
+            return []
+        first = q.popleft()
+        batch = [first]
+        if not self.max_batch_size:
+            return batch
+        rows, skipped = first.rows, []
+        while q and rows < self.max_batch_size:
+            p = q.popleft()
+            if p.future.done():
+                continue
+            if p.key != first.key or rows + p.rows > self.max_batch_size:
+                skipped.append(p)
+                if rows + p.rows > self.max_batch_size:
+                    break
+                continue
+            batch.append(p)
+            rows += p.rows
+        q.extendleft(reversed(skipped))
+        return batch
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        start = time.monotonic_ns()
+        queue_ns = [start - p.enqueued_ns for p in batch]
+        rows = [p.rows for p in batch]
+        try:
+            results, t_in, t_infer, t_out = await loop.run_in_executor(
+                self._executor, self._compute, [p.inputs for p in batch], rows
+            )
+        except Exception as exc:
+            err = exc if isinstance(exc, ServingError) else ModelExecutionError(f"model failed: {exc}")
+            if self._observer:
+                self._observer.on_batch(sum(rows), queue_ns, 0, time.monotonic_ns() - start, 0, False)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        if self._observer:
+            self._observer.on_batch(sum(rows), queue_ns, t_in, t_infer, t_out, True)
+        for p, out in zip(batch, results):
+            if not p.future.done():
+                p.future.set_result(out)
+
+    def _compute(self, items: list[Arrays], rows: list[int]) -> tuple[list[Arrays], int, int, int]:
+        t0 = time.monotonic_ns()
+        if self.max_batch_size:
+            merged = concat_inputs(items)
+        else:
+            merged = items[0]
+        t1 = time.monotonic_ns()
+        outputs = self._run(merged)
+        t2 = time.monotonic_ns()
+        results = split_outputs(outputs, rows) if self.max_batch_size else [outputs]
+        t3 = time.monotonic_ns()
+        return results, t1 - t0, t2 - t1, t3 - t2

@@ -1,0 +1,271 @@
+"""Configuration schemas: server settings and the per-model ``model.yaml``.
+
+Everything is validated when it is built: a typo or an out-of-range value fails at
+start-up with the file, the key and what is allowed (``load_model_config``).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from serving.codecs import DATATYPES
+from serving.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Platform(str, enum.Enum):
+    """Model formats, with the platform name each reports in metadata."""
+
+    ONNX = "onnxruntime_onnx"
+    TORCHSCRIPT = "pytorch_libtorch"
+
+    @property
+    def artifact(self) -> str:
+        """The file name a version folder must hold."""
+        return "model.onnx" if self is Platform.ONNX else "model.pt"
+
+
+_PLATFORM_ALIASES = {
+    "onnx": Platform.ONNX,
+    "onnxruntime_onnx": Platform.ONNX,
+    "onnx_onnxv1": Platform.ONNX,
+    "torchscript": Platform.TORCHSCRIPT,
+    "pytorch_torchscript": Platform.TORCHSCRIPT,
+    "pytorch_libtorch": Platform.TORCHSCRIPT,
+}
+
+
+class TensorConfig(_Strict):
+    """A model input or output."""
+
+    name: str = Field(min_length=1, description="Tensor name as the model knows it.")
+    datatype: str = Field(description="OIP datatype, e.g. FP32, INT64, BYTES.")
+    shape: tuple[int, ...] = Field(
+        description="Dimensions without the batch dimension when max_batch_size > 0; -1 = variable."
+    )
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, v: str) -> str:
+        if v not in DATATYPES:
+            raise ValueError(f"unknown datatype {v!r}; allowed: {', '.join(DATATYPES)}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d < -1 or d == 0 for d in v):
+            raise ValueError(f"dimensions must be positive or -1 (variable), got {list(v)}")
+        return v
+
+
+class DynamicBatchingConfig(_Strict):
+    """How concurrent requests are combined into one model execution."""
+
+    max_queue_delay_ms: float = Field(
+        default=1.0, ge=0, le=10_000, description="Longest a request waits for others to join its batch."
+    )
+    max_queue_size: PositiveInt = Field(
+        default=1024, description="Requests waiting per model version; beyond it requests get 503/UNAVAILABLE."
+    )
+
+
+class VersionPolicy(_Strict):
+    """Which versions are served (Triton semantics): latest N, all, or a list."""
+
+    latest: PositiveInt | None = None
+    all: bool = False
+    specific: tuple[PositiveInt, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> VersionPolicy:
+        chosen = sum([self.latest is not None, self.all, self.specific is not None])
+        if chosen > 1:
+            raise ValueError("choose one of latest, all, specific")
+        if self.specific is not None and not self.specific:
+            raise ValueError("specific needs at least one version")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve, newest first."""
+        newest_first = sorted(available, reverse=True)
+        if self.all:
+            return newest_first
+        if self.specific is not None:
+            return [v for v in newest_first if v in self.specific]
+        return newest_first[: self.latest or 1]
+
+
+class InstanceConfig(_Strict):
+    """Where and how a model version runs inside a replica."""
+
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto", description="auto: GPU when CUDA is present, CPU otherwise."
+    )
+    num_threads: NonNegativeInt = Field(
+        default=1, description="Intra-op threads of the runtime (0 = the runtime's default)."
+    )
+
+
+class ResourcesConfig(_Strict):
+    """What one replica reserves for this model (summed over the models it hosts)."""
+
+    replicas: PositiveInt = 1
+    num_cpus: float = Field(default=0.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+
+class ModelConfig(_Strict):
+    """The schema of ``<repository>/<model>/model.yaml``."""
+
+    platform: Platform = Field(description="onnx or torchscript (Triton/OIP names accepted too).")
+    max_batch_size: NonNegativeInt = Field(
+        default=0, description="0: inputs carry no batch dimension and requests run one at a time."
+    )
+    inputs: tuple[TensorConfig, ...] | None = Field(
+        default=None, description="Omit for ONNX to read them from the model (Triton auto-complete)."
+    )
+    outputs: tuple[TensorConfig, ...] | None = None
+    dynamic_batching: DynamicBatchingConfig = DynamicBatchingConfig()
+    version_policy: VersionPolicy = VersionPolicy()
+    instance: InstanceConfig = InstanceConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    labels: tuple[str, ...] | None = Field(default=None, description="Class names of a classifier's output.")
+    description: str = ""
+
+    @field_validator("platform", mode="before")
+    @classmethod
+    def _platform_alias(cls, v: Any) -> Any:
+        if isinstance(v, str) and v in _PLATFORM_ALIASES:
+            return _PLATFORM_ALIASES[v]
+        if isinstance(v, str):
+            raise ValueError(f"unknown platform {v!r}; allowed: {', '.join(_PLATFORM_ALIASES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _io_declared(self) -> ModelConfig:
+        if self.platform is Platform.TORCHSCRIPT and (not self.inputs or not self.outputs):
+            raise ValueError("torchscript models must declare inputs and outputs")
+        names = [t.name for t in self.inputs or ()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate input names: {names}")
+        names = [t.name for t in self.outputs or ()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate output names: {names}")
+        if self.dynamic_batching.max_queue_size < 1:
+            raise ValueError("dynamic_batching.max_queue_size must be >= 1")
+        return self
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    """Read and validate one ``model.yaml``.
+
+    Raises:
+        ConfigError: unreadable YAML or a schema violation, naming file and key.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {format_validation_error(exc)}") from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``key.path: message``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)
+
+
+class ServerSettings(BaseSettings):
+    """Server-wide settings: init arguments > ``SERVING_*`` env > YAML file > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    repository: Path = Field(default=Path("model_repository"), description="Model repository root.")
+    host: str = Field(default="127.0.0.1", description="Address the HTTP front end binds.")
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    grpc_port: int = Field(default=8001, ge=1, le=65535)
+    ray_address: str | None = Field(default=None, description="Existing Ray cluster; None starts a local one.")
+    fast_path: bool = Field(
+        default=True, description="HAProxy ingress straight to replicas (RAY_SERVE_ENABLE_HA_PROXY)."
+    )
+    max_request_bytes: PositiveInt = Field(default=64 * 1024 * 1024, description="Largest request body accepted.")
+    max_ongoing_requests: PositiveInt = Field(default=1024, description="Requests one replica works on at once.")
+    num_cpus: PositiveFloat | None = Field(default=None, description="CPUs of the local Ray (None: all).")
+    server_name: str = "serving"
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServerSettings:
+        if self.http_port == self.grpc_port:
+            raise ValueError("http_port and grpc_port must differ")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Build settings from an optional YAML file, the environment and overrides.
+
+    Raises:
+        ConfigError: a key or value is not allowed.
+    """
+    cls: type[ServerSettings] = ServerSettings
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: settings file not found")
+
+        class _FromFile(ServerSettings):
+            model_config = SettingsConfigDict(**{**ServerSettings.model_config, "yaml_file": path})
+
+        cls = _FromFile
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{format_validation_error(exc)}") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read settings: {exc}") from exc

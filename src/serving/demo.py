@@ -1,0 +1,200 @@
+"""Build the demo model repository locally (no downloads).
+
+* ``digits``: a classifier of scikit-learn's bundled 8x8 handwritten digits, exported to
+  ONNX in two versions that differ (1: logistic regression, 2: a one-hidden-layer MLP).
+* ``digits_torch``: an MLP trained on the same data, exported as TorchScript.
+* ``reference_mlp`` (benchmarks only): 784->1024->1024->10 float32 with seeded weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+DIGITS_FEATURES = 64
+DIGITS_CLASSES = 10
+
+
+def digits_data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Features scaled to [0, 1] as float32, and integer labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data / 16.0).astype(np.float32), data.target.astype(np.int64)
+
+
+def mlp_onnx(layers: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]], *, classifier: bool) -> bytes:
+    """An ONNX graph of dense layers with ReLU between them.
+
+    Input ``input`` [N, in]; outputs ``probabilities`` (softmax) and ``label`` (argmax,
+    INT64) when ``classifier``, else ``output`` (the last layer's values).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    x = "input"
+    for i, (w, b) in enumerate(layers):
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(b.astype(np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w{i}"], [f"mm{i}"]),
+            helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"z{i}"]),
+        ]
+        x = f"z{i}"
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"h{i}"]))
+            x = f"h{i}"
+    n_in, n_out = layers[0][0].shape[0], layers[-1][0].shape[1]
+    if classifier:
+        nodes += [
+            helper.make_node("Softmax", [x], ["probabilities"], axis=1),
+            helper.make_node("ArgMax", [x], ["label"], axis=1, keepdims=0),
+        ]
+        outputs = [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_out]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", [x], ["output"]))
+        outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", n_out])]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])], outputs, inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="serving.demo")
+    model.ir_version = 9
+    return bytes(model.SerializeToString())
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _config(path: Path, doc: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def build_digits(root: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = digits_data()
+    v1 = LogisticRegression(max_iter=2000).fit(x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        v2 = MLPClassifier(hidden_layer_sizes=(32,), max_iter=400, random_state=0).fit(x, y)
+    _write(root / "digits" / "1" / "model.onnx", mlp_onnx([(v1.coef_.T, v1.intercept_)], classifier=True))
+    _write(
+        root / "digits" / "2" / "model.onnx",
+        mlp_onnx([(w, b) for w, b in zip(v2.coefs_, v2.intercepts_)], classifier=True),
+    )
+    _config(
+        root / "digits",
+        {
+            "platform": "onnx",
+            "description": "sklearn digits (8x8 pixels scaled to [0,1]); v1 logistic regression, v2 MLP",
+            "max_batch_size": 64,
+            "dynamic_batching": {"max_queue_delay_ms": 1.0, "max_queue_size": 1024},
+            "version_policy": {"all": True},
+            "labels": [str(i) for i in range(DIGITS_CLASSES)],
+        },
+    )
+
+
+def build_digits_torch(root: Path) -> None:
+    import torch
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = digits_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=400, random_state=1).fit(x, y)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = torch.nn.Linear(DIGITS_FEATURES, 64)
+            self.fc2 = torch.nn.Linear(64, DIGITS_CLASSES)
+
+        def forward(self, inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.fc2(torch.relu(self.fc1(inp)))
+            return torch.softmax(logits, dim=1), torch.argmax(logits, dim=1)
+
+    net = Net()
+    with torch.no_grad():
+        net.fc1.weight.copy_(torch.from_numpy(clf.coefs_[0].T.astype(np.float32)))
+        net.fc1.bias.copy_(torch.from_numpy(clf.intercepts_[0].astype(np.float32)))
+        net.fc2.weight.copy_(torch.from_numpy(clf.coefs_[1].T.astype(np.float32)))
+        net.fc2.bias.copy_(torch.from_numpy(clf.intercepts_[1].astype(np.float32)))
+    net.eval()
+    path = root / "digits_torch" / "1" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(net).save(str(path))
+    _config(
+        root / "digits_torch",
+        {
+            "platform": "torchscript",
+            "description": "sklearn digits MLP (64 hidden units) as TorchScript",
+            "max_batch_size": 64,
+            "dynamic_batching": {"max_queue_delay_ms": 1.0, "max_queue_size": 1024},
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [DIGITS_FEATURES]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [DIGITS_CLASSES]},
+                {"name": "label", "datatype": "INT64", "shape": []},
+            ],
+        },
+    )
+
+
+def build_reference_mlp(root: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 10), max_batch_size: int = 128) -> None:
+    """The benchmark's reference MLP, seeded weights (He init)."""
+    rng = np.random.default_rng(0)
+    layers = [
+        (rng.standard_normal((a, b), dtype=np.float32) * np.sqrt(2.0 / a), np.zeros(b, np.float32))
+        for a, b in itertools.pairwise(sizes)
+    ]
+    _write(root / "reference_mlp" / "1" / "model.onnx", mlp_onnx(layers, classifier=False))
+    _config(
+        root / "reference_mlp",
+        {
+            "platform": "onnx",
+            "description": f"reference MLP {'->'.join(map(str, sizes))}, float32",
+            "max_batch_size": max_batch_size,
+            "dynamic_batching": {"max_queue_delay_ms": 0.5, "max_queue_size": 4096},
+            "instance": {"num_threads": 2},
+        },
+    )
+
+
+def build_demo_repository(root: Path, *, reference: bool = False) -> Path:
+    """Write the demo models under ``root`` (created if missing) and return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    build_digits(root)
+    build_digits_torch(root)
+    if reference:
+        build_reference_mlp(root)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--reference", action="store_true", help="also build the benchmark's reference MLP")
+    args = parser.parse_args(argv)
+    build_demo_repository(args.root, reference=args.reference)
+    print(f"demo model repository written to {args.root}")
+
+
+if __name__ == "__main__":
+    main()

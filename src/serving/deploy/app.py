@@ -1,0 +1,107 @@
+"""The one place that touches Ray Serve: one application, one ingress deployment.
+
+Each replica hosts every model of the repository in-process (``LocalInferenceService``),
+receives HTTP (FastAPI) and gRPC (``inference.GRPCInferenceService``) directly, and runs
+the models behind per-version dynamic batchers: one Ray hop on the request path. With
+``RAY_SERVE_ENABLE_HA_PROXY=1`` HAProxy forwards straight to the replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from ray import serve
+from ray.serve import Application
+
+from serving.protocol.grpc_v2 import GrpcAdapter
+from serving.protocol.http import build_http_app
+from serving.repository import scan_repository
+from serving.service import LocalInferenceService
+
+APP_NAME = "serving"
+DEPLOYMENT_NAME = "inference"
+GRPC_SERVICER_FUNCTIONS = [
+    "serving.protocol.grpc_v2.add_inference_service",
+    "serving.protocol.grpc_v2.add_health_service",
+]
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`build_app` (``serve run serving.deploy.app:build_app repository=...``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Path = Field(description="Model repository root, readable on every node.")
+    max_request_bytes: PositiveInt = 64 * 1024 * 1024
+    max_ongoing_requests: PositiveInt = 1024
+    server_name: str = "serving"
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress()
+class InferenceDeployment:
+    """An ingress replica: HTTP routes come from ``build_http_app``; gRPC RPCs delegate below."""
+
+    def __init__(self, repository: str, max_request_bytes: int, server_name: str) -> None:
+        logging.getLogger("serving").setLevel(logging.INFO)
+        self.service = LocalInferenceService.from_repository(Path(repository), server_name)
+        self.grpc = GrpcAdapter(self.service)
+        self._max_request_bytes = max_request_bytes
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_http_app(self.service, max_request_bytes=self._max_request_bytes)
+
+    async def ServerLive(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ServerLive(request, grpc_context)
+
+    async def ServerReady(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ServerReady(request, grpc_context)
+
+    async def ModelReady(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ModelReady(request, grpc_context)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ServerMetadata(request, grpc_context)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ModelMetadata(request, grpc_context)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ModelInfer(request, grpc_context)
+
+    async def ModelConfig(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ModelConfig(request, grpc_context)
+
+    async def ModelStatistics(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.ModelStatistics(request, grpc_context)
+
+    async def RepositoryIndex(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.RepositoryIndex(request, grpc_context)
+
+    async def Check(self, request: Any, grpc_context: Any) -> Any:
+        return await self.grpc.Check(request, grpc_context)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Typed application builder (Ray's app-builder pattern).
+
+    The replica reserves the sum of its models' ``resources`` and the deployment runs
+    the largest ``resources.replicas`` any model asks for.
+
+    Raises:
+        ConfigError: the repository or a model.yaml is invalid (checked here, before
+            any replica starts, so a typo fails ``serve run`` at once).
+    """
+    parsed = AppArgs.model_validate(args)
+    entries = scan_repository(parsed.repository)
+    replicas = max((e.config.resources.replicas for e in entries), default=1)
+    num_cpus = sum(e.config.resources.num_cpus for e in entries)
+    num_gpus = sum(e.config.resources.num_gpus for e in entries)
+    return InferenceDeployment.options(
+        num_replicas=replicas,
+        max_ongoing_requests=parsed.max_ongoing_requests,
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+    ).bind(str(parsed.repository.resolve()), parsed.max_request_bytes, parsed.server_name)

@@ -1,0 +1,98 @@
+"""The one error hierarchy of `serving`.
+
+Every error declares an :class:`ErrorKind`; the wire codes for each kind live in exactly
+one place, ``serving.protocol.status``. Nothing here knows about HTTP or gRPC.
+
+    ServingError (INTERNAL)
+    ├── InvalidInputError (INVALID_INPUT)
+    │   └── PayloadTooLargeError (TOO_LARGE)
+    ├── ModelNotFoundError (NOT_FOUND)
+    ├── ModelNotReadyError (UNAVAILABLE)
+    ├── QueueFullError (OVERLOADED)
+    ├── DeadlineExceededError (DEADLINE_EXCEEDED)
+    ├── UnsupportedDatatypeError (UNIMPLEMENTED)
+    ├── ModelExecutionError (INTERNAL)
+    └── ConfigError (INVALID_INPUT)   a model.yaml or settings file that does not validate
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class ErrorKind(enum.Enum):
+    """What went wrong, independent of any wire protocol."""
+
+    INVALID_INPUT = "invalid_input"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+    OVERLOADED = "overloaded"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNIMPLEMENTED = "unimplemented"
+    INTERNAL = "internal"
+
+
+class ServingError(Exception):
+    """Base class of every error the server reports to a client."""
+
+    kind: ClassVar[ErrorKind] = ErrorKind.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(ServingError):
+    """The request is malformed or does not match the model's inputs."""
+
+    kind = ErrorKind.INVALID_INPUT
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """The request body is larger than the server accepts."""
+
+    kind = ErrorKind.TOO_LARGE
+
+
+class ModelNotFoundError(ServingError):
+    """No such model, or no such version of it."""
+
+    kind = ErrorKind.NOT_FOUND
+
+
+class ModelNotReadyError(ServingError):
+    """The model exists but is loading, failed to load, or is draining."""
+
+    kind = ErrorKind.UNAVAILABLE
+
+
+class QueueFullError(ServingError):
+    """The model version's batch queue is full; retry later."""
+
+    kind = ErrorKind.OVERLOADED
+
+
+class DeadlineExceededError(ServingError):
+    """The request's deadline passed before it was served."""
+
+    kind = ErrorKind.DEADLINE_EXCEEDED
+
+
+class UnsupportedDatatypeError(ServingError):
+    """A datatype or feature this server does not implement."""
+
+    kind = ErrorKind.UNIMPLEMENTED
+
+
+class ModelExecutionError(ServingError):
+    """The model raised while running a batch."""
+
+    kind = ErrorKind.INTERNAL
+
+
+class ConfigError(ServingError):
+    """A configuration file (model.yaml, settings) is invalid."""
+
+    kind = ErrorKind.INVALID_INPUT

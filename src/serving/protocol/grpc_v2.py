@@ -1,0 +1,317 @@
+"""gRPC adapter: ``inference.GRPCInferenceService`` messages <-> core types.
+
+Every RPC goes through :meth:`GrpcAdapter._call`, which maps ``ServingError`` to the
+status code from ``protocol.status`` and returns an empty response message with the code
+set on the context (Ray Serve's servicer wrappers, and plain grpc.aio, both honour it).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
+
+from serving import codecs
+from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, ServingError
+from serving.protocol._pb import inference_pb2 as pb
+from serving.protocol.status import grpc_code
+from serving.service import InferenceService, triton_stats
+from serving.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput, Tensor
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# datatype -> the typed field of InferTensorContents (FP16 has none: raw only).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _param_value(p: pb.InferParameter) -> str | int | float | bool:
+    which = p.WhichOneof("parameter_choice")
+    if which is None:
+        return ""
+    value: str | int | float | bool = getattr(p, which)
+    return value
+
+
+def params_to_core(params: Any) -> Parameters:
+    return {k: _param_value(v) for k, v in params.items()}
+
+
+def _set_param(target: pb.InferParameter, value: str | int | float | bool) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+def to_core(request: pb.ModelInferRequest) -> InferenceRequest:
+    """Decode a ``ModelInferRequest`` (typed ``contents`` or ``raw_input_contents``).
+
+    Raises:
+        InvalidInputError: mixed raw/typed inputs, a raw count that differs from the
+            inputs, or data that does not match the shape.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        what = f"input {t.name!r}"
+        if not t.name:
+            raise InvalidInputError(f"inputs[{i}] needs a name")
+        shape = codecs.check_shape(list(t.shape), what)
+        codecs.numpy_dtype(t.datatype)
+        if raw:
+            if t.HasField("contents"):
+                raise InvalidInputError(f"{what}: contents must be empty when raw_input_contents is used")
+            data = codecs.from_raw(t.datatype, shape, raw[i], what)
+        else:
+            field = _CONTENTS_FIELD.get(t.datatype)
+            if field is None:
+                raise InvalidInputError(f"{what}: {t.datatype} must be sent in raw_input_contents")
+            values = getattr(t.contents, field)
+            count = codecs.element_count(shape)
+            if len(values) != count:
+                raise InvalidInputError(f"{what}: shape {list(shape)} needs {count} elements, got {len(values)}")
+            if t.datatype == "BYTES":
+                data = np.empty(count, dtype=np.object_)
+                data[:] = list(values)
+                data = data.reshape(shape)
+            else:
+                dtype = codecs.numpy_dtype(t.datatype)
+                arr = np.asarray(values)
+                if dtype.kind in "iu" and arr.size:
+                    info = np.iinfo(dtype)
+                    if int(arr.min()) < info.min or int(arr.max()) > info.max:
+                        raise InvalidInputError(f"{what}: value out of range for {t.datatype}")
+                data = arr.astype(dtype).reshape(shape)
+        inputs.append(Tensor(t.name, t.datatype, data, params_to_core(t.parameters)))
+    return InferenceRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        parameters=params_to_core(request.parameters),
+        inputs=inputs,
+        outputs=[RequestedOutput(o.name, params_to_core(o.parameters)) for o in request.outputs],
+    )
+
+
+def from_core(response: InferenceResponse, raw: bool) -> pb.ModelInferResponse:
+    """Encode a response; ``raw`` puts tensors in ``raw_output_contents`` (as Triton does)."""
+    msg = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=response.id)
+    for k, v in response.parameters.items():
+        _set_param(msg.parameters[k], v)
+    for t in response.outputs:
+        out = msg.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        field = _CONTENTS_FIELD.get(t.datatype)
+        if raw or field is None:
+            msg.raw_output_contents.append(codecs.to_raw(t.data, t.datatype))
+        elif t.datatype == "BYTES":
+            getattr(out.contents, field).extend(codecs._as_bytes(x) for x in t.data.reshape(-1))
+        else:
+            getattr(out.contents, field).extend(t.data.reshape(-1).tolist())
+    if msg.raw_output_contents and len(msg.raw_output_contents) != len(msg.outputs):
+        # Mixed typed and raw outputs are not allowed: go all raw.
+        return from_core(response, raw=True)
+    return msg
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse, so it gets INVALID_ARGUMENT."""
+
+    error: str
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return MalformedRequest(str(exc) or "cannot parse the protobuf message")
+
+    return deserialize
+
+
+_RPCS: dict[str, tuple[Any, Any]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+}
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def add_inference_service(servicer: Any, server: Any) -> None:
+    """Register ``inference.GRPCInferenceService`` on a grpc server (Ray Serve's too).
+
+    Like the generated ``add_GRPCInferenceServiceServicer_to_server``, except that a
+    request that is not valid protobuf reaches the servicer as :class:`MalformedRequest`
+    (answered INVALID_ARGUMENT) instead of failing inside grpc with INTERNAL.
+    """
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_tolerant(req.FromString),
+            response_serializer=resp.SerializeToString,
+        )
+        for name, (req, resp) in _RPCS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+def add_health_service(servicer: Any, server: Any) -> None:
+    """Register ``grpc.health.v1.Health/Check`` with the same tolerant parsing."""
+    handler = grpc.unary_unary_rpc_method_handler(
+        servicer.Check,
+        request_deserializer=_tolerant(health_pb2.HealthCheckRequest.FromString),
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": handler}),)
+    )
+
+
+class GrpcAdapter:
+    """Implements each RPC of ``GRPCInferenceService`` (and grpc.health.v1) over a service.
+
+    Every RPC goes through :meth:`_call`: one place maps errors to status codes.
+    """
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    async def _call(self, request: Any, context: Any, empty: R, fn: Callable[[Any], Awaitable[R]]) -> R:
+        try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidInputError(f"malformed protobuf request: {request.error}")
+            return await fn(request)
+        except ServingError as exc:
+            message = exc.message
+            if exc.kind is ErrorKind.INTERNAL:
+                request_id = uuid.uuid4().hex
+                log.error("internal error (request id %s): %s", request_id, exc.message, exc_info=exc)
+                message = f"internal error (request id {request_id})"
+            context.set_code(grpc_code(exc.kind))
+            context.set_details(message)
+            return empty
+        except Exception:
+            request_id = uuid.uuid4().hex
+            log.exception("unhandled error in gRPC call (request id %s)", request_id)
+            context.set_code(grpc.StatusCode.INTERNAL)
+            context.set_details(f"internal error (request id {request_id})")
+            return empty
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        async def run(r: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=self.service.live())
+
+        return await self._call(request, context, pb.ServerLiveResponse(), run)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        async def run(r: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+            return pb.ServerReadyResponse(ready=self.service.ready())
+
+        return await self._call(request, context, pb.ServerReadyResponse(), run)
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        async def run(r: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+            return pb.ModelReadyResponse(ready=self.service.model_ready(r.name, r.version))
+
+        return await self._call(request, context, pb.ModelReadyResponse(), run)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        async def run(r: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+            md = self.service.server_metadata()
+            return pb.ServerMetadataResponse(name=md["name"], version=md["version"], extensions=md["extensions"])
+
+        return await self._call(request, context, pb.ServerMetadataResponse(), run)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        async def run(r: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+            md = self.service.model_metadata(r.name, r.version)
+            tm = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=md.name,
+                versions=md.versions,
+                platform=md.platform,
+                inputs=[tm(name=s.name, datatype=s.datatype, shape=s.shape) for s in md.inputs],
+                outputs=[tm(name=s.name, datatype=s.datatype, shape=s.shape) for s in md.outputs],
+            )
+
+        return await self._call(request, context, pb.ModelMetadataResponse(), run)
+
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        async def run(r: pb.ModelInferRequest) -> pb.ModelInferResponse:
+            response = await self.service.infer(to_core(r))
+            return from_core(response, raw=bool(r.raw_input_contents))
+
+        return await self._call(request, context, pb.ModelInferResponse(), run)
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        async def run(r: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+            msg = pb.ModelConfigResponse()
+            json_format.ParseDict(self.service.model_config(r.name, r.version), msg.config, ignore_unknown_fields=True)
+            return msg
+
+        return await self._call(request, context, pb.ModelConfigResponse(), run)
+
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        async def run(r: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+            msg = pb.ModelStatisticsResponse()
+            json_format.ParseDict(triton_stats(self.service.statistics(r.name, r.version)), msg)
+            return msg
+
+        return await self._call(request, context, pb.ModelStatisticsResponse(), run)
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        async def run(r: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+            idx = pb.RepositoryIndexResponse.ModelIndex
+            rows = self.service.repository_index(r.ready)
+            return pb.RepositoryIndexResponse(
+                models=[idx(name=x.name, version=x.version, state=x.state, reason=x.reason) for x in rows]
+            )
+
+        return await self._call(request, context, pb.RepositoryIndexResponse(), run)
+
+    async def Check(self, request: Any, context: Any) -> health_pb2.HealthCheckResponse:
+        """grpc.health.v1: SERVING when ready; the service name may be empty or ours."""
+        status = health_pb2.HealthCheckResponse
+
+        async def run(r: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
+            if r.service not in ("", SERVICE_NAME):
+                raise ModelNotFoundError(f"unknown service {r.service!r}")
+            return status(status=status.SERVING if self.service.ready() else status.NOT_SERVING)
+
+        return await self._call(request, context, status(), run)

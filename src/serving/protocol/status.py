@@ -1,0 +1,31 @@
+"""The one table from ``ErrorKind`` to HTTP status and gRPC status code."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import grpc
+
+from serving.errors import ErrorKind
+
+STATUS: dict[ErrorKind, tuple[HTTPStatus, grpc.StatusCode]] = {
+    ErrorKind.INVALID_INPUT: (HTTPStatus.BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT),
+    ErrorKind.TOO_LARGE: (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ErrorKind.NOT_FOUND: (HTTPStatus.NOT_FOUND, grpc.StatusCode.NOT_FOUND),
+    ErrorKind.UNAVAILABLE: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+    ErrorKind.OVERLOADED: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+    ErrorKind.DEADLINE_EXCEEDED: (HTTPStatus.GATEWAY_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED),
+    ErrorKind.UNIMPLEMENTED: (HTTPStatus.NOT_IMPLEMENTED, grpc.StatusCode.UNIMPLEMENTED),
+    ErrorKind.INTERNAL: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
+}
+
+RETRY_AFTER_S = 1
+"""Sent as ``Retry-After`` with OVERLOADED answers."""
+
+
+def http_status(kind: ErrorKind) -> HTTPStatus:
+    return STATUS[kind][0]
+
+
+def grpc_code(kind: ErrorKind) -> grpc.StatusCode:
+    return STATUS[kind][1]

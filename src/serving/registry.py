@@ -1,0 +1,213 @@
+"""Loaded model versions and their readiness: (name, version) -> ModelVersion."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.batching import DynamicBatcher
+from serving.config import ModelConfig, TensorConfig
+from serving.errors import ConfigError, ModelNotFoundError, ModelNotReadyError, ServingError
+from serving.repository import ModelEntry
+from serving.runtime import Model, create_model
+from serving.types import BatchStat, ModelStats, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+class VersionState(str, enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ModelVersion:
+    """One served version: artifact, I/O contract, state, batcher and statistics."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    model: Model
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    state: VersionState = VersionState.LOADING
+    reason: str = ""
+    load_seconds: float = 0.0
+    batcher: DynamicBatcher | None = None
+    stats: ModelStats = field(init=False)
+    _executor: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        self.stats = ModelStats(self.name, str(self.version))
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    def wire_shape(self, spec: TensorSpec) -> list[int]:
+        """The shape clients see: a leading -1 batch dimension when batching."""
+        return ([-1] if self.max_batch_size else []) + list(spec.shape)
+
+    def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
+        s = self.stats
+        for q in queue_ns:
+            s.queue.add(q)
+        if not ok:
+            return
+        s.execution_count += 1
+        s.inference_count += rows
+        s.compute_input.add(input_ns, len(queue_ns))
+        s.compute_infer.add(infer_ns, len(queue_ns))
+        s.compute_output.add(output_ns, len(queue_ns))
+        b = s.batch_stats.get(rows)
+        if b is None:
+            b = s.batch_stats[rows] = BatchStat(rows)
+        b.compute_input.add(input_ns)
+        b.compute_infer.add(infer_ns)
+        b.compute_output.add(output_ns)
+
+    def load(self) -> None:
+        """Load the artifact, resolve the I/O contract and start the batcher."""
+        start = time.monotonic()
+        self.model.load()
+        self.inputs, self.outputs = _resolve_io(self)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
+        output_names = [o.name for o in self.outputs]
+        batching = self.config.dynamic_batching
+        self.batcher = DynamicBatcher(
+            lambda arrays: self.model.predict(arrays, output_names),
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
+            max_queue_size=batching.max_queue_size,
+            executor=self._executor,
+            observer=self,
+        )
+        self.load_seconds = time.monotonic() - start
+        self.state = VersionState.READY
+
+    async def close(self) -> None:
+        self.state = VersionState.UNAVAILABLE
+        self.reason = "unloaded"
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self.model.unload()
+
+
+def _resolve_io(mv: ModelVersion) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Declared I/O wins; ONNX models may leave it out (read from the model, minus the batch dim)."""
+    declared_in, declared_out = mv.config.inputs, mv.config.outputs
+    model_in, model_out = mv.model.signature()
+
+    def from_model(specs: tuple[TensorSpec, ...], what: str) -> tuple[TensorSpec, ...]:
+        out = []
+        for s in specs:
+            shape = s.shape
+            if mv.max_batch_size:
+                if not shape or shape[0] not in (-1,):
+                    raise ConfigError(
+                        f"model {mv.name}: {what} {s.name!r} has shape {list(shape)}; with max_batch_size > 0 "
+                        "its first dimension must be dynamic (the batch)"
+                    )
+                shape = shape[1:]
+            out.append(TensorSpec(s.name, s.datatype, shape))
+        return tuple(out)
+
+    def from_config(ts: tuple[TensorConfig, ...]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.datatype, t.shape) for t in ts)
+
+    inputs = from_config(declared_in) if declared_in else from_model(model_in, "input")
+    outputs = from_config(declared_out) if declared_out else from_model(model_out, "output")
+    if model_in:
+        known = {s.name for s in model_in}
+        unknown = [s.name for s in inputs if s.name not in known]
+        if unknown:
+            raise ConfigError(f"model {mv.name}: model.yaml declares inputs {unknown} the model does not have")
+    if model_out:
+        known = {s.name for s in model_out}
+        unknown = [s.name for s in outputs if s.name not in known]
+        if unknown:
+            raise ConfigError(f"model {mv.name}: model.yaml declares outputs {unknown} the model does not have")
+    return inputs, outputs
+
+
+class ModelRegistry:
+    """Every model version the server knows, loaded or not."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._entries: dict[str, ModelEntry] = {}
+
+    def load_entries(self, entries: list[ModelEntry]) -> None:
+        """Load the selected versions of each entry; a failure marks only that version."""
+        for entry in entries:
+            self._entries[entry.name] = entry
+            versions = self._models.setdefault(entry.name, {})
+            for v in entry.selected:
+                mv = ModelVersion(entry.name, v, entry.config, create_model(entry.config, entry.version_dir(v)))
+                versions[v] = mv
+                try:
+                    mv.load()
+                    log.info(
+                        "model %s version %d ready in %.2fs on %s", entry.name, v, mv.load_seconds, mv.model.device
+                    )
+                except ServingError as exc:
+                    mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message
+                    log.error("model %s version %d failed to load: %s", entry.name, v, exc.message)
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """All known versions of a model, newest first.
+
+        Raises:
+            ModelNotFoundError: unknown model.
+        """
+        try:
+            versions = self._models[name]
+        except KeyError:
+            raise ModelNotFoundError(f"unknown model {name!r}") from None
+        return [versions[v] for v in sorted(versions, reverse=True)]
+
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version asked for, or the newest ready one when ``version`` is empty.
+
+        Raises:
+            ModelNotFoundError: unknown model, or a version that is not served.
+            ModelNotReadyError: the version exists but is not ready.
+        """
+        versions = self.versions(name)
+        if version:
+            if not version.isdigit():
+                raise ModelNotFoundError(f"model {name!r} has no version {version!r} (versions are integers)")
+            for mv in versions:
+                if mv.version == int(version):
+                    if mv.state is not VersionState.READY:
+                        raise ModelNotReadyError(
+                            f"model {name!r} version {version} is not ready: {mv.reason or mv.state.value}"
+                        )
+                    return mv
+            served = ", ".join(str(mv.version) for mv in versions)
+            raise ModelNotFoundError(f"model {name!r} has no version {version} (served: {served})")
+        for mv in versions:
+            if mv.state is VersionState.READY:
+                return mv
+        raise ModelNotReadyError(f"model {name!r} has no ready version")
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [mv for name in self.names() for mv in self.versions(name)]
+
+    def entry(self, name: str) -> ModelEntry:
+        self.versions(name)
+        return self._entries[name]
+
+    async def close(self) -> None:
+        for mv in self.all_versions():
+            await mv.close()

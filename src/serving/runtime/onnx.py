@@ -1,0 +1,122 @@
+"""onnxruntime runtime: CUDA provider when present and allowed, CPU otherwise."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.errors import InvalidInputError, ModelExecutionError, ModelNotReadyError
+from serving.runtime.base import Arrays
+from serving.types import TensorSpec
+
+log = logging.getLogger(__name__)
+
+_ONNX_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _spec(arg: Any) -> TensorSpec:
+    dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in arg.shape)
+    return TensorSpec(arg.name, _ONNX_TYPES.get(arg.type, arg.type), dims)
+
+
+def _to_bytes(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    out = np.empty(arr.shape, dtype=np.object_)
+    flat = out.reshape(-1)
+    for i, item in enumerate(arr.reshape(-1)):
+        flat[i] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    return out
+
+
+def _to_str(name: str, arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    out = np.empty(arr.shape, dtype=np.object_)
+    flat = out.reshape(-1)
+    try:
+        for i, item in enumerate(arr.reshape(-1)):
+            flat[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"input {name!r}: ONNX string tensors take UTF-8 text") from None
+    return out
+
+
+class OnnxModel:
+    """One ONNX artifact in an ``onnxruntime.InferenceSession``."""
+
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, path: Path, *, device: str = "auto", num_threads: int = 1) -> None:
+        self.path = path
+        self.device = "cpu"
+        self._want = device
+        self._threads = num_threads
+        self._session: ort.InferenceSession | None = None
+        self._string_inputs: set[str] = set()
+        self._string_outputs: set[str] = set()
+
+    def load(self) -> None:
+        available = ort.get_available_providers()
+        cuda = "CUDAExecutionProvider" in available
+        if self._want == "gpu" and not cuda:
+            raise ModelNotReadyError(
+                f"{self.path}: device gpu requested but onnxruntime has no CUDA provider ({available})"
+            )
+        providers = ["CPUExecutionProvider"]
+        if cuda and self._want in ("auto", "gpu"):
+            providers.insert(0, "CUDAExecutionProvider")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelNotReadyError(f"{self.path}: onnxruntime cannot load the model: {exc}") from exc
+        used = self._session.get_providers()
+        self.device = "gpu" if used and used[0] == "CUDAExecutionProvider" else "cpu"
+        self._string_inputs = {i.name for i in self._session.get_inputs() if i.type == "tensor(string)"}
+        self._string_outputs = {o.name for o in self._session.get_outputs() if o.type == "tensor(string)"}
+        log.info("loaded %s with providers %s", self.path, used)
+
+    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        s = self._require()
+        return tuple(_spec(i) for i in s.get_inputs()), tuple(_spec(o) for o in s.get_outputs())
+
+    def predict(self, inputs: Arrays, outputs: list[str]) -> Arrays:
+        s = self._require()
+        feed = {k: (_to_str(k, v) if k in self._string_inputs else v) for k, v in inputs.items()}
+        try:
+            results = s.run(outputs, feed)
+        except Exception as exc:
+            raise ModelExecutionError(f"onnxruntime failed: {exc}") from exc
+        out: Arrays = {}
+        for name, value in zip(outputs, results):
+            arr = np.asarray(value)
+            if name in self._string_outputs:
+                arr = _to_bytes(arr)
+            out[name] = arr
+        return out
+
+    def unload(self) -> None:
+        self._session = None
+
+    def _require(self) -> ort.InferenceSession:
+        if self._session is None:
+            raise ModelNotReadyError(f"{self.path}: model is not loaded")
+        return self._session

@@ -1,0 +1,316 @@
+"""The data plane: what every protocol adapter calls (OIP semantics, no wire types).
+
+``LocalInferenceService`` hosts the models in this process: a registry of loaded
+versions, one dynamic batcher per version, and the input checks of the OIP spec
+(inference_rest.md, "Inference Request JSON Object").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.codecs import numpy_dtype, shape_matches
+from serving.errors import InvalidInputError, ModelNotFoundError, ServingError
+from serving.registry import ModelRegistry, ModelVersion, VersionState
+from serving.repository import scan_repository
+from serving.types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ModelStats,
+    ModelVersionState,
+    Tensor,
+    TensorSpec,
+)
+
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+    "parameters",
+)
+
+
+class InferenceService(Protocol):
+    """What the HTTP and gRPC adapters need; the Triton extensions included."""
+
+    server_name: str
+
+    def live(self) -> bool: ...
+    def ready(self) -> bool: ...
+    def server_metadata(self) -> dict[str, Any]: ...
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
+    def model_ready(self, name: str, version: str = "") -> bool: ...
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]: ...
+    def model_version(self, name: str, version: str = "") -> ModelVersion: ...
+    def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
+    def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
+    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+
+
+class LocalInferenceService:
+    """Hosts every model of a repository in this process."""
+
+    def __init__(self, registry: ModelRegistry, server_name: str = "serving") -> None:
+        self.registry = registry
+        self.server_name = server_name
+
+    @classmethod
+    def from_repository(cls, root: Path, server_name: str = "serving") -> LocalInferenceService:
+        """Scan and load a repository.
+
+        Raises:
+            ConfigError: the repository or a model.yaml is invalid.
+        """
+        registry = ModelRegistry()
+        registry.load_entries(scan_repository(root))
+        return cls(registry, server_name)
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready when every model has a ready version (Triton's strict readiness)."""
+        return all(
+            any(mv.state is VersionState.READY for mv in self.registry.versions(n)) for n in self.registry.names()
+        )
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": self.server_name, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+    def model_version(self, name: str, version: str = "") -> ModelVersion:
+        """The version asked for (newest ready when empty).
+
+        Raises:
+            ModelNotFoundError, ModelNotReadyError.
+        """
+        return self.registry.get(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """OIP model metadata.
+
+        Raises:
+            ModelNotFoundError, ModelNotReadyError.
+        """
+        mv = self.registry.get(name, version)
+        versions = tuple(str(v.version) for v in self.registry.versions(name) if v.state is VersionState.READY)
+        return ModelMetadata(
+            name=name,
+            versions=versions,
+            platform=mv.model.platform,
+            inputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.inputs),
+            outputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.outputs),
+        )
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        """Triton's model configuration (JSON form of ``ModelConfig``).
+
+        Raises:
+            ModelNotFoundError, ModelNotReadyError.
+        """
+        return triton_config(self.registry.get(name, version))
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether the version is ready; unknown models raise.
+
+        Raises:
+            ModelNotFoundError.
+        """
+        try:
+            self.registry.get(name, version)
+        except ModelNotFoundError:
+            raise
+        except ServingError:
+            return False
+        return True
+
+    def statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        """Statistics of one version, every version of a model, or everything.
+
+        Raises:
+            ModelNotFoundError.
+        """
+        if name and version:
+            return [self.registry.get(name, version).stats]
+        versions = self.registry.versions(name) if name else self.registry.all_versions()
+        return [mv.stats for mv in versions if mv.state is VersionState.READY]
+
+    def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]:
+        rows = [
+            ModelVersionState(mv.name, str(mv.version), mv.state.value, mv.reason)
+            for mv in self.registry.all_versions()
+        ]
+        return [r for r in rows if r.state == VersionState.READY.value] if ready_only else rows
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Check the request against the model version and run it through its batcher.
+
+        Raises:
+            ModelNotFoundError, ModelNotReadyError, InvalidInputError, QueueFullError,
+            ModelExecutionError.
+        """
+        start = time.monotonic_ns()
+        mv = self.registry.get(request.model_name, request.model_version)
+        try:
+            arrays = check_inputs(mv, request.inputs)
+            wanted = check_outputs(mv, request)
+            assert mv.batcher is not None
+            results = await mv.batcher.submit(arrays)
+        except ServingError:
+            mv.stats.fail.add(time.monotonic_ns() - start)
+            raise
+        outputs = []
+        by_name = {s.name: s for s in mv.outputs}
+        for name in wanted:
+            arr = results[name]
+            outputs.append(Tensor(name, by_name[name].datatype, _as_datatype(arr, by_name[name].datatype)))
+        mv.stats.success.add(time.monotonic_ns() - start)
+        mv.stats.last_inference_ms = int(time.time() * 1000)
+        return InferenceResponse(
+            model_name=mv.name,
+            model_version=str(mv.version),
+            outputs=outputs,
+            id=request.id,
+        )
+
+
+def _as_datatype(arr: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, Any]:
+    if datatype == "BYTES":
+        return arr
+    dtype = numpy_dtype(datatype)
+    return arr if arr.dtype == dtype else arr.astype(dtype)
+
+
+def check_inputs(mv: ModelVersion, tensors: list[Tensor]) -> dict[str, np.ndarray[Any, Any]]:
+    """Match request tensors to the model's declared inputs.
+
+    Raises:
+        InvalidInputError: a missing, extra or duplicated input, a wrong datatype or shape,
+            or batch sizes that differ between inputs.
+    """
+    specs = {s.name: s for s in mv.inputs}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    for t in tensors:
+        spec = specs.get(t.name)
+        if spec is None:
+            raise InvalidInputError(f"unexpected input {t.name!r} for model {mv.name!r}; expected {sorted(specs)}")
+        if t.name in arrays:
+            raise InvalidInputError(f"input {t.name!r} given more than once")
+        if t.datatype != spec.datatype:
+            raise InvalidInputError(
+                f"input {t.name!r} has datatype {t.datatype}, model {mv.name!r} expects {spec.datatype}"
+            )
+        shape = t.shape
+        declared = mv.wire_shape(spec)
+        ok = shape_matches(shape, declared) and (not mv.max_batch_size or shape[0] >= 1)
+        if not ok:
+            raise InvalidInputError(
+                f"input {t.name!r} has shape {list(shape)}, model {mv.name!r} expects {declared}"
+                + (f" (first dimension is the batch, 1..{mv.max_batch_size})" if mv.max_batch_size else "")
+            )
+        arrays[t.name] = t.data
+    missing = sorted(set(specs) - set(arrays))
+    if missing:
+        raise InvalidInputError(f"missing input(s) {missing} for model {mv.name!r}")
+    if mv.max_batch_size:
+        sizes = {a.shape[0] for a in arrays.values()}
+        if len(sizes) > 1:
+            raise InvalidInputError(f"inputs disagree on the batch dimension: {sorted(sizes)}")
+    return arrays
+
+
+def check_outputs(mv: ModelVersion, request: InferenceRequest) -> list[str]:
+    """The output names to return (all when the request names none).
+
+    Raises:
+        InvalidInputError: an unknown or duplicated output name.
+    """
+    known = [s.name for s in mv.outputs]
+    if not request.outputs:
+        return known
+    names = [o.name for o in request.outputs]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidInputError(f"unknown output(s) {unknown} for model {mv.name!r}; outputs are {known}")
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"output requested more than once: {names}")
+    return names
+
+
+def triton_config(mv: ModelVersion) -> dict[str, Any]:
+    """The subset of Triton's ``ModelConfig`` that clients such as perf_analyzer read."""
+    policy = mv.config.version_policy
+    if policy.all:
+        vp: dict[str, Any] = {"all": {}}
+    elif policy.specific is not None:
+        vp = {"specific": {"versions": list(policy.specific)}}
+    else:
+        vp = {"latest": {"num_versions": policy.latest or 1}}
+    cfg: dict[str, Any] = {
+        "name": mv.name,
+        "platform": mv.model.platform,
+        "backend": "onnxruntime" if mv.model.platform == "onnxruntime_onnx" else "pytorch",
+        "version_policy": vp,
+        "max_batch_size": mv.max_batch_size,
+        "input": [
+            {"name": s.name, "data_type": "TYPE_" + _config_type(s.datatype), "dims": list(s.shape)} for s in mv.inputs
+        ],
+        "output": [
+            {"name": s.name, "data_type": "TYPE_" + _config_type(s.datatype), "dims": list(s.shape)} for s in mv.outputs
+        ],
+        "instance_group": [
+            {"name": mv.name, "kind": "KIND_GPU" if mv.model.device == "gpu" else "KIND_CPU", "count": 1}
+        ],
+    }
+    if mv.max_batch_size:
+        cfg["dynamic_batching"] = {
+            "max_queue_delay_microseconds": int(mv.config.dynamic_batching.max_queue_delay_ms * 1000)
+        }
+    return cfg
+
+
+def _config_type(datatype: str) -> str:
+    return "STRING" if datatype == "BYTES" else datatype
+
+
+def _duration(d: Any) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def triton_stats(stats: list[ModelStats]) -> dict[str, Any]:
+    """Triton's statistics extension JSON."""
+    rows = []
+    for s in stats:
+        rows.append(
+            {
+                "name": s.name,
+                "version": s.version,
+                "last_inference": s.last_inference_ms,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
+                "inference_stats": {
+                    "success": _duration(s.success),
+                    "fail": _duration(s.fail),
+                    "queue": _duration(s.queue),
+                    "compute_input": _duration(s.compute_input),
+                    "compute_infer": _duration(s.compute_infer),
+                    "compute_output": _duration(s.compute_output),
+                },
+                "batch_stats": [
+                    {
+                        "batch_size": b.batch_size,
+                        "compute_input": _duration(b.compute_input),
+                        "compute_infer": _duration(b.compute_infer),
+                        "compute_output": _duration(b.compute_output),
+                    }
+                    for _, b in sorted(s.batch_stats.items())
+                ],
+            }
+        )
+    return {"model_stats": rows}

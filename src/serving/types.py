@@ -1,0 +1,126 @@
+"""Protocol-neutral request, response and metadata types (numpy inside)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ParamValue = str | int | float | bool
+Parameters = dict[str, ParamValue]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A declared input or output: name, OIP datatype and shape (-1 = variable)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A named tensor. ``data`` has the numpy dtype matching ``datatype``."""
+
+    name: str
+    datatype: str
+    data: np.ndarray[Any, Any]
+    parameters: Parameters = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.data.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """An output the client asked for, with its per-output parameters."""
+
+    name: str
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """One inference request, as every adapter hands it to the service."""
+
+    model_name: str
+    inputs: list[Tensor]
+    model_version: str = ""
+    id: str = ""
+    parameters: Parameters = field(default_factory=dict)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    """The answer to an :class:`InferenceRequest`."""
+
+    model_name: str
+    model_version: str
+    outputs: list[Tensor]
+    id: str = ""
+    parameters: Parameters = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """OIP model metadata: ``GET /v2/models/{name}[/versions/{v}]``."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersionState:
+    """One row of the repository index."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class DurationStat:
+    """A count and a total duration, as Triton's StatisticDuration."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class BatchStat:
+    """Executions of one batch size (Triton's InferBatchStatistics)."""
+
+    batch_size: int
+    compute_input: DurationStat = field(default_factory=DurationStat)
+    compute_infer: DurationStat = field(default_factory=DurationStat)
+    compute_output: DurationStat = field(default_factory=DurationStat)
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """Per model version counters, the statistics extension's shape."""
+
+    name: str
+    version: str
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: DurationStat = field(default_factory=DurationStat)
+    fail: DurationStat = field(default_factory=DurationStat)
+    queue: DurationStat = field(default_factory=DurationStat)
+    compute_input: DurationStat = field(default_factory=DurationStat)
+    compute_infer: DurationStat = field(default_factory=DurationStat)
+    compute_output: DurationStat = field(default_factory=DurationStat)
+    batch_stats: dict[int, BatchStat] = field(default_factory=dict)

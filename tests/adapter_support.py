@@ -1,0 +1,41 @@
+"""Helpers shared by the adapter tests (real servers, ephemeral ports)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+
+from serving import codecs
+from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.http import build_http_app
+from serving.service import InferenceService
+
+MAX_REQUEST_BYTES = 1 << 20
+"""The body limit the adapter tests configure."""
+
+
+async def http_client_for(svc: InferenceService) -> httpx.AsyncClient:
+    app = build_http_app(svc, max_request_bytes=MAX_REQUEST_BYTES)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
+
+
+async def start_grpc(svc: InferenceService) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    adapter = GrpcAdapter(svc)
+    add_inference_service(adapter, server)
+    add_health_service(adapter, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def identity_values(datatype: str) -> np.ndarray[Any, Any]:
+    """A [2, 2] tensor of ``datatype`` with distinct values (non-ASCII BYTES included)."""
+    if datatype == "BYTES":
+        return np.array([[b"ab", b""], [b"\xc3\xa9", b"xyz"]], dtype=object)
+    if datatype == "BOOL":
+        return np.array([[True, False], [False, True]])
+    return np.array([[0, 1], [2, 3]]).astype(codecs.numpy_dtype(datatype))

@@ -1,0 +1,183 @@
+"""The batcher with real coroutines and a real worker thread; ordering is forced with
+events, never with sleeps or timing asserts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.batching import DynamicBatcher, concat_inputs, split_outputs
+from serving.errors import InvalidInputError, ModelExecutionError, QueueFullError
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+class GatedModel:
+    """Doubles ``x``; the first call blocks until ``release`` is set. Records batch sizes."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        self.batches.append(int(inputs["x"].shape[0]))
+        self.started.set()
+        self.release.wait(5)
+        return {"y": inputs["x"] * 2}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, bool]] = []
+
+    def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
+        self.calls.append((rows, len(queue_ns), ok))
+
+
+@pytest.fixture
+def executor() -> Any:
+    with ThreadPoolExecutor(1) as ex:
+        yield ex
+
+
+def x(rows: int, value: float = 1.0, width: int = 3) -> Arrays:
+    return {"x": np.full((rows, width), value, np.float32)}
+
+
+async def wait_for(event: threading.Event) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, event.wait, 5)
+
+
+async def test_requests_waiting_behind_a_batch_run_together_and_split_back(executor: Any) -> None:
+    model, rec = GatedModel(), Recorder()
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor, observer=rec)
+    first = asyncio.ensure_future(b.submit(x(1, 0)))
+    await wait_for(model.started)
+    rest = [asyncio.ensure_future(b.submit(x(rows, value))) for rows, value in [(1, 1), (3, 2), (2, 3)]]
+    await asyncio.sleep(0)
+    model.release.set()
+    results = await asyncio.gather(first, *rest)
+    assert model.batches == [1, 6]
+    assert [r["y"].shape[0] for r in results] == [1, 1, 3, 2]
+    for r, value in zip(results, [0, 1, 2, 3]):
+        np.testing.assert_array_equal(r["y"], np.full_like(r["y"], value * 2))
+    assert rec.calls == [(1, 1, True), (6, 3, True)]
+
+
+async def test_max_batch_size_caps_rows_per_execution(executor: Any) -> None:
+    model = GatedModel()
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=16, executor=executor)
+    first = asyncio.ensure_future(b.submit(x(1)))
+    await wait_for(model.started)
+    rest = [asyncio.ensure_future(b.submit(x(3))) for _ in range(3)]
+    await asyncio.sleep(0)
+    model.release.set()
+    await asyncio.gather(first, *rest)
+    assert model.batches == [1, 3, 3, 3]
+    assert max(model.batches) <= 4
+
+
+async def test_full_batch_flushes_without_waiting_for_the_delay(executor: Any) -> None:
+    model = GatedModel()
+    model.release.set()
+    # A one-hour delay: only a full batch can make this test finish.
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=16, executor=executor)
+    results = await asyncio.wait_for(asyncio.gather(*[b.submit(x(1)) for _ in range(4)]), 10)
+    assert model.batches == [4]
+    assert len(results) == 4
+
+
+async def test_incompatible_shapes_do_not_share_a_batch(executor: Any) -> None:
+    model = GatedModel()
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor)
+    first = asyncio.ensure_future(b.submit(x(1)))
+    await wait_for(model.started)
+    rest = [asyncio.ensure_future(b.submit(x(1, width=w))) for w in (3, 5, 3, 5)]
+    await asyncio.sleep(0)
+    model.release.set()
+    results = await asyncio.gather(first, *rest)
+    assert model.batches == [1, 2, 2]
+    assert [r["y"].shape for r in results] == [(1, 3), (1, 3), (1, 5), (1, 3), (1, 5)]
+
+
+async def test_queue_full_is_rejected_at_once(executor: Any) -> None:
+    model = GatedModel()
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=2, executor=executor)
+    running = asyncio.ensure_future(b.submit(x(1)))
+    await wait_for(model.started)
+    queued = [asyncio.ensure_future(b.submit(x(1))) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFullError, match="full"):
+        await b.submit(x(1))
+    model.release.set()
+    await asyncio.gather(running, *queued)
+    assert b.queue_depth == 0
+
+
+async def test_a_request_larger_than_max_batch_size_is_invalid(executor: Any) -> None:
+    b = DynamicBatcher(GatedModel(), max_batch_size=2, max_queue_delay_s=0, max_queue_size=2, executor=executor)
+    with pytest.raises(InvalidInputError, match="exceeds the model's max_batch_size 2"):
+        await b.submit(x(3))
+
+
+async def test_wrong_output_rows_fail_only_that_batch(executor: Any) -> None:
+    calls = []
+
+    def model(inputs: Arrays) -> Arrays:
+        calls.append(inputs["x"].shape[0])
+        if len(calls) == 1:
+            return {"y": inputs["x"][:1]}
+        return {"y": inputs["x"]}
+
+    rec = Recorder()
+    b = DynamicBatcher(
+        model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=8, executor=executor, observer=rec
+    )
+    failed = await asyncio.gather(*[b.submit(x(1)) for _ in range(4)], return_exceptions=True)
+    assert all(isinstance(e, ModelExecutionError) and "expected 4 rows" in e.message for e in failed)
+    ok = await asyncio.gather(*[b.submit(x(1)) for _ in range(4)])
+    assert len(ok) == 4
+    assert [c[2] for c in rec.calls] == [False, True]
+
+
+async def test_unbatched_model_gets_each_request_alone(executor: Any) -> None:
+    seen = []
+
+    def model(inputs: Arrays) -> Arrays:
+        seen.append(inputs["x"].shape)
+        return {"y": inputs["x"]}
+
+    b = DynamicBatcher(model, max_batch_size=0, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    await asyncio.gather(*[b.submit({"x": np.zeros((5,), np.float32)}) for _ in range(3)])
+    assert seen == [(5,), (5,), (5,)]
+
+
+async def test_model_exception_becomes_model_execution_error(executor: Any) -> None:
+    def model(inputs: Arrays) -> Arrays:
+        raise RuntimeError("boom")
+
+    b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    with pytest.raises(ModelExecutionError, match="boom"):
+        await b.submit(x(1))
+
+
+def test_parameters_are_validated_at_construction(executor: Any) -> None:
+    for kwargs in ({"max_batch_size": -1}, {"max_queue_delay_s": -0.1}, {"max_queue_size": 0}):
+        args: dict[str, Any] = {"max_batch_size": 1, "max_queue_delay_s": 0, "max_queue_size": 1, **kwargs}
+        with pytest.raises(ValueError):
+            DynamicBatcher(lambda a: a, executor=executor, **args)
+
+
+def test_concat_and_split_are_inverse() -> None:
+    parts = [x(1, 1), x(2, 2), x(3, 3)]
+    merged = concat_inputs(parts)
+    assert merged["x"].shape == (6, 3)
+    back = split_outputs(merged, [1, 2, 3])
+    for a, b in zip(parts, back):
+        np.testing.assert_array_equal(a["x"], b["x"])
