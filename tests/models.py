@@ -72,7 +72,15 @@ def add_model(root: Path, name: str = "add", versions: tuple[int, ...] = (1, 2, 
     _config(root / name, {"platform": "onnx", "max_batch_size": 16, **config})
 
 
-def slow_model(root: Path, name: str = "slow", size: int = 1024, repeats: int = 40) -> None:
+def slow_model(
+    root: Path,
+    name: str = "slow",
+    size: int = 1024,
+    repeats: int = 40,
+    max_batch_size: int = 1,
+    max_queue_size: int = 2,
+    max_queue_delay_ms: float = 0,
+) -> None:
     """A chain of ``repeats`` [size x size] matmuls: tens of ms per call, for overload tests."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array((rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32), "w")
@@ -91,7 +99,11 @@ def slow_model(root: Path, name: str = "slow", size: int = 1024, repeats: int = 
     _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / name / "1" / "model.onnx")
     _config(
         root / name,
-        {"platform": "onnx", "max_batch_size": 1, "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 2}},
+        {
+            "platform": "onnx",
+            "max_batch_size": max_batch_size,
+            "dynamic_batching": {"max_queue_delay_ms": max_queue_delay_ms, "max_queue_size": max_queue_size},
+        },
     )
 
 
@@ -121,5 +133,7 @@ def build_test_repository(root: Path) -> Path:
     identity_model(root, "identity_typed", types=tuple(t for t in IDENTITY_TYPES if t != "FP16"))
     add_model(root, version_policy={"latest": 2})
     slow_model(root)
+    # Milliseconds per execution, so that concurrent requests pile up behind a running batch.
+    slow_model(root, "batched", size=256, repeats=20, max_batch_size=16, max_queue_size=512, max_queue_delay_ms=2)
     broken_batch_model(root)
     return root

@@ -100,7 +100,7 @@ async def test_requested_outputs_and_per_output_binary(http: httpx.AsyncClient) 
 async def test_repository_index_and_stats(http: httpx.AsyncClient) -> None:
     index = (await http.post("/v2/repository/index", json={})).json()
     assert {"name": "add", "version": "2", "state": "READY", "reason": ""} in index
-    assert {r["name"] for r in index} == {"add", "identity", "identity_typed", "slow", "broken"}
+    assert {r["name"] for r in index} == {"add", "identity", "identity_typed", "slow", "batched", "broken"}
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 4], "data": [0] * 12}]}
     await http.post("/v2/models/add/infer", json=body)
     stats = (await http.get("/v2/models/add/versions/3/stats")).json()["model_stats"]

@@ -1,0 +1,38 @@
+"""Integration tests: one real server (`serving serve`, local Ray, HAProxy) per session.
+
+Clients are unmodified tritonclient (HTTP and gRPC) and plain HTTP/gRPC channels; this
+process never imports the server's own protobuf module (tritonclient's copy of the
+``inference.*`` messages cannot share a process with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest_values import MAX_REQUEST_BYTES
+from models import build_test_repository
+from server_process import ServerProcess
+
+from serving.demo import build_demo_repository
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repository")
+    build_demo_repository(root)
+    build_test_repository(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        repository,
+        tmp_path_factory.mktemp("logs") / "server.log",
+        env={"SERVING_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)},
+    )
+    proc.start()
+    yield proc
+    proc.stop()
