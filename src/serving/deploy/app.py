@@ -18,7 +18,7 @@ from ray.serve import Application
 
 from serving.protocol.grpc_v2 import GrpcAdapter
 from serving.protocol.http import build_http_app
-from serving.repository import scan_repository
+from serving.repository import ModelEntry, scan_repository
 from serving.service import LocalInferenceService
 
 APP_NAME = "serving"
@@ -96,12 +96,18 @@ def build_app(args: dict[str, Any]) -> Application:
             any replica starts, so a typo fails ``serve run`` at once).
     """
     parsed = AppArgs.model_validate(args)
-    entries = scan_repository(parsed.repository)
-    replicas = max((e.config.resources.replicas for e in entries), default=1)
-    num_cpus = sum(e.config.resources.num_cpus for e in entries)
-    num_gpus = sum(e.config.resources.num_gpus for e in entries)
-    return InferenceDeployment.options(
-        num_replicas=replicas,
-        max_ongoing_requests=parsed.max_ongoing_requests,
-        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
-    ).bind(str(parsed.repository.resolve()), parsed.max_request_bytes, parsed.server_name)
+    options = deployment_options(scan_repository(parsed.repository))
+    return InferenceDeployment.options(max_ongoing_requests=parsed.max_ongoing_requests, **options).bind(
+        str(parsed.repository.resolve()), parsed.max_request_bytes, parsed.server_name
+    )
+
+
+def deployment_options(entries: list[ModelEntry]) -> dict[str, Any]:
+    """Replicas and per-replica resources for a repository's models (all hosted together)."""
+    return {
+        "num_replicas": max((e.config.resources.replicas for e in entries), default=1),
+        "ray_actor_options": {
+            "num_cpus": sum(e.config.resources.num_cpus for e in entries),
+            "num_gpus": sum(e.config.resources.num_gpus for e in entries),
+        },
+    }
