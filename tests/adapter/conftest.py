@@ -10,11 +10,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from adapter_support import http_client_for, start_grpc
-from models import build_test_repository
 
 from serving.protocol._pb import inference_pb2_grpc
 from serving.service import LocalInferenceService
+
+from adapter_support import http_client_for, start_grpc
+from models import build_test_repository
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from adapter_support import http_client_for, start_grpc
 
 from serving import errors
 from serving.errors import ErrorKind, ServingError
@@ -13,6 +12,8 @@ from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
 from serving.protocol.status import STATUS
 from serving.service import LocalInferenceService
 from serving.types import InferenceRequest, InferenceResponse
+
+from adapter_support import http_client_for, start_grpc
 
 ERROR_FOR_KIND = {
     cls.kind: cls

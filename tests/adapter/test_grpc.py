@@ -5,13 +5,14 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from adapter_support import identity_values
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from models import IDENTITY_TYPES
 
 from serving import codecs
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
+
+from adapter_support import identity_values
+from models import IDENTITY_TYPES
 
 TYPED_FIELD = {
     "BOOL": "bool_contents",

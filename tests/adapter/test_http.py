@@ -6,10 +6,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from adapter_support import MAX_REQUEST_BYTES, identity_values
-from models import IDENTITY_TYPES
 
 from serving import codecs
+
+from adapter_support import MAX_REQUEST_BYTES, identity_values
+from models import IDENTITY_TYPES
 
 
 def identity_body(binary: bool) -> tuple[bytes, dict[str, str]]:

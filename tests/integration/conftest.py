@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from serving.demo import build_demo_repository
+
 from conftest_values import MAX_REQUEST_BYTES
 from models import build_test_repository
 from server_process import ServerProcess
-
-from serving.demo import build_demo_repository
 
 
 @pytest.fixture(scope="session")

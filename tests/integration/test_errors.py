@@ -13,9 +13,10 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+from tritonclient.utils import InferenceServerException
+
 from conftest_values import MAX_REQUEST_BYTES
 from server_process import ServerProcess
-from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
 

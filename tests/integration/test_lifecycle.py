@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from models import add_model
 from server_process import ServerProcess
 

@@ -12,9 +12,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from server_process import ServerProcess
 
 from serving.demo import digits_data
+
+from server_process import ServerProcess
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,11 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from models import add_model
 from serving.deploy.app import GRPC_SERVICER_FUNCTIONS, build_app, deployment_options
 from serving.errors import ConfigError
 from serving.repository import scan_repository
+
+from models import add_model
 
 CONFIG = Path(__file__).parents[2] / "configs" / "serve.yaml"
 
