@@ -58,7 +58,15 @@ class ServerProcess:
             "--grpc-port",
             str(self.grpc_port),
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # HAProxy's own metrics and stats listeners have fixed default ports: give each
+        # server its own so that two can run on one machine.
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            **self.env,
+        }
         env.pop("RAY_ADDRESS", None)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
