@@ -30,6 +30,7 @@ serve: $(DEMO_REPO)/.built
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format src tests bench

@@ -70,7 +70,7 @@ def element_count(shape: Sequence[int]) -> int:
     return n
 
 
-def check_shape(shape: Sequence[Any], what: str) -> tuple[int, ...]:
+def check_shape(shape: Any, what: str) -> tuple[int, ...]:
     """Validate a wire shape: a list of non-negative integers.
 
     Raises:

@@ -16,7 +16,6 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -226,7 +225,7 @@ class ServerSettings(BaseSettings):
     )
     max_request_bytes: PositiveInt = Field(default=64 * 1024 * 1024, description="Largest request body accepted.")
     max_ongoing_requests: PositiveInt = Field(default=1024, description="Requests one replica works on at once.")
-    num_cpus: PositiveFloat | None = Field(default=None, description="CPUs of the local Ray (None: all).")
+    num_cpus: PositiveInt | None = Field(default=None, description="CPUs of the local Ray (None: all).")
     server_name: str = "serving"
 
     @model_validator(mode="after")

@@ -140,7 +140,7 @@ def build_digits_torch(root: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(net).save(str(path))
+        torch.jit.script(net).save(str(path))  # type: ignore[no-untyped-call]
     _config(
         root / "digits_torch",
         {

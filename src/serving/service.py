@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.codecs import numpy_dtype, shape_matches
-from serving.errors import InvalidInputError, ModelNotFoundError, ServingError
+from serving.errors import InvalidInputError, ModelNotReadyError, ServingError
 from serving.registry import ModelRegistry, ModelVersion, VersionState
 from serving.repository import scan_repository
 from serving.types import (
@@ -48,7 +48,6 @@ class InferenceService(Protocol):
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
     def model_ready(self, name: str, version: str = "") -> bool: ...
     def model_config(self, name: str, version: str = "") -> dict[str, Any]: ...
-    def model_version(self, name: str, version: str = "") -> ModelVersion: ...
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
     def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
@@ -84,14 +83,6 @@ class LocalInferenceService:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": self.server_name, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
-    def model_version(self, name: str, version: str = "") -> ModelVersion:
-        """The version asked for (newest ready when empty).
-
-        Raises:
-            ModelNotFoundError, ModelNotReadyError.
-        """
-        return self.registry.get(name, version)
-
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         """OIP model metadata.
 
@@ -124,9 +115,7 @@ class LocalInferenceService:
         """
         try:
             self.registry.get(name, version)
-        except ModelNotFoundError:
-            raise
-        except ServingError:
+        except ModelNotReadyError:
             return False
         return True
 

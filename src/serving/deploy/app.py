@@ -97,7 +97,8 @@ def build_app(args: dict[str, Any]) -> Application:
     """
     parsed = AppArgs.model_validate(args)
     options = deployment_options(scan_repository(parsed.repository))
-    return InferenceDeployment.options(max_ongoing_requests=parsed.max_ongoing_requests, **options).bind(
+    deployment: Any = InferenceDeployment  # a serve.Deployment once decorated
+    return deployment.options(max_ongoing_requests=parsed.max_ongoing_requests, **options).bind(  # type: ignore[no-any-return]
         str(parsed.repository.resolve()), parsed.max_request_bytes, parsed.server_name
     )
 

@@ -73,6 +73,6 @@ def start(settings: ServerSettings) -> float:
 def stop() -> None:
     """Shut Serve down and disconnect (a local Ray stops with its processes)."""
     try:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
         ray.shutdown()

@@ -52,7 +52,7 @@ class TorchScriptModel:
                 # TorchScript is deprecated upstream in favour of torch.export; it is the
                 # format this runtime serves, so its deprecation notice is not actionable here.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(self.path), map_location=self._torch_device)
+                module = torch.jit.load(str(self.path), map_location=self._torch_device)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise ModelNotReadyError(f"{self.path}: torch cannot load the model: {exc}") from exc
         module.eval()
