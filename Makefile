@@ -37,10 +37,13 @@ format: $(BIN)/.installed
 	$(BIN)/ruff check --fix src tests bench
 
 # Generated gRPC code: regenerate with `make proto`; `make proto-check` fails on drift.
+# The two seds make the generated code importable as a package: the message classes must
+# carry their real module path, or Serve's gRPC proxy cannot pickle them to the replica.
 PB_OUT := src/serving/protocol/_pb
 define gen_proto
 	PATH=$(abspath $(BIN)):$$PATH $(PY) -m grpc_tools.protoc -I protos --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) protos/inference.proto
 	sed -i 's/^import inference_pb2 as inference__pb2/from serving.protocol._pb import inference_pb2 as inference__pb2/' $(1)/inference_pb2_grpc.py
+	sed -i "s/(DESCRIPTOR, 'inference_pb2', _globals)/(DESCRIPTOR, 'serving.protocol._pb.inference_pb2', _globals)/" $(1)/inference_pb2.py
 endef
 
 proto: $(BIN)/.installed

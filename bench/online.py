@@ -13,12 +13,12 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -60,11 +60,11 @@ def input_data(path: Path, features: int) -> Path:
     return path
 
 
-def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, data: Path) -> dict[str, float]:
+def perf_analyzer(url: str, protocol: str, model: str, version: str, concurrency: int, data: Path) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
         cmd = [
             str(TOOLS / "bin" / "perf_analyzer"),
-            "-m", model, "-u", url, "-i", protocol, "-b", "1",
+            "-m", model, "-x", version, "-u", url, "-i", protocol, "-b", "1",
             "--concurrency-range", str(concurrency),
             "--input-data", str(data),
             "--measurement-interval", "3000", "-s", "30", "--max-trials", "4",
@@ -74,7 +74,9 @@ def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, data: P
             cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]
         env = {**os.environ, "LD_LIBRARY_PATH": str(TOOLS / "lib")}
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
-        if result.returncode != 0 and not Path(out.name).read_text().strip():
+        if not Path(out.name).read_text().strip():
+            tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+            print(f"perf_analyzer failed ({result.returncode}): {' | '.join(tail)}", flush=True)
             return {"error": 1.0, "infer_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0}
         row = next(csv.DictReader(io.StringIO(Path(out.name).read_text())))
     return {
@@ -84,10 +86,70 @@ def perf_analyzer(url: str, protocol: str, model: str, concurrency: int, data: P
     }
 
 
+class FloorProcess:
+    """bench/floor_app.py in a subprocess, stopped by PID."""
+
+    def __init__(self, repository: Path, log_path: Path, default_proxy: bool) -> None:
+        from server_process import free_port
+
+        self.http_port, self.grpc_port = free_port(), free_port()
+        cmd = [sys.executable, str(HERE / "floor_app.py"), "--repository", str(repository)]
+        cmd += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
+        cmd += ["--default-proxy"] if default_proxy else []
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        }
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 240
+        while "ready" not in log_path.read_text(errors="replace").splitlines():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"floor app did not start:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        self.http_url, self.grpc_url = f"127.0.0.1:{self.http_port}", f"127.0.0.1:{self.grpc_port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def newest_version(repo: Path, model: str) -> str:
+    return str(max(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit()))
+
+
+def run_matrix(
+    label: str, path: str, http_url: str, grpc_url: str, work: Path, concurrency: list[int]
+) -> dict[tuple[str, str, int], dict[str, float]]:
+    results = {}
+    for model, features in MODELS.items():
+        data = input_data(work / f"{model}.json", features)
+        version = newest_version(work / "repo", model)
+        for protocol, url in (("grpc", grpc_url), ("http", http_url)):
+            for c in concurrency:
+                r = perf_analyzer(url, protocol, model, version, c, data)
+                results[(model, protocol, c)] = r
+                print(
+                    f"[{path} {label:7s}] {model:14s} {protocol:4s} c={c:<3d} {r['infer_s']:9,.0f} infer/s  "
+                    f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms",
+                    flush=True,
+                )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--paths", nargs="+", default=["fast", "default"], choices=["fast", "default"])
+    parser.add_argument("--no-floor", action="store_true", help="skip the Serve floor (constant-answer app)")
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
 
@@ -95,16 +157,20 @@ def main() -> None:
     repo = work / "repo"
     build_demo_repository(repo)
     build_reference_mlp(repo)
-    rows: list[dict[str, Any]] = []
     limits = {}
     for model, features in MODELS.items():
-        newest = max(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit())
+        newest = newest_version(repo, model)
         threads = 2 if model == "reference_mlp" else 1
         limits[model] = in_process_limit(repo / model / str(newest) / "model.onnx", features, threads)
         print(
             f"in-process limit {model}: {limits[model][1]:,.0f} rows/s at batch {limits[model][0]} ({threads} threads)"
         )
 
+    lines = [
+        "| path | model | protocol | concurrency | infer/s | p50 ms | p99 ms | Serve floor infer/s | of floor "
+        "| in-process limit rows/s (batch) | of limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in args.paths:
         server = ServerProcess(
             repo, work / f"server-{path}.log", env={"SERVING_FAST_PATH": str(path == "fast").lower()}
@@ -113,38 +179,33 @@ def main() -> None:
         server.start()
         print(f"[{path}] server ready in {time.monotonic() - began:.1f}s")
         try:
-            for model, features in MODELS.items():
-                data = input_data(work / f"{model}.json", features)
-                for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
-                    for c in args.concurrency:
-                        r = perf_analyzer(url, protocol, model, c, data)
-                        r.update(path=path, model=model, protocol=protocol, concurrency=c)
-                        r["ratio"] = r["infer_s"] / limits[model][1]
-                        rows.append(r)
-                        print(
-                            f"[{path}] {model:14s} {protocol:4s} c={c:<3d} {r['infer_s']:9,.0f} infer/s  "
-                            f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['ratio']:.3f} of limit",
-                            flush=True,
-                        )
+            real = run_matrix("serving", path, server.http_url, server.grpc_url, work, args.concurrency)
         finally:
             server.stop()
-
-    lines = [
-        "| path | model | protocol | concurrency | infer/s | p50 ms | p99 ms | limit rows/s (batch) | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        batch, limit = limits[r["model"]]
-        lines.append(
-            f"| {r['path']} | {r['model']} | {r['protocol']} | {r['concurrency']} | {r['infer_s']:,.0f} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {limit:,.0f} ({batch}) | {r['ratio']:.3f} |"
-        )
+        floor: dict[tuple[str, str, int], dict[str, float]] = {}
+        if not args.no_floor:
+            fp = FloorProcess(repo, work / f"floor-{path}.log", default_proxy=path == "default")
+            try:
+                floor = run_matrix("floor", path, fp.http_url, fp.grpc_url, work, args.concurrency)
+            finally:
+                fp.stop()
+        for (model, protocol, c), r in real.items():
+            batch, limit = limits[model]
+            f = floor.get((model, protocol, c), {}).get("infer_s", 0.0)
+            lines.append(
+                f"| {path} | {model} | {protocol} | {c} | {r['infer_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{f:,.0f} | {r['infer_s'] / f if f else 0:.2f} | {limit:,.0f} ({batch}) | {r['infer_s'] / limit:.4f} |"
+            )
     table = "\n".join(lines)
     print("\n" + table)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "online.md").write_text(
-        f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n{table}\n"
+        f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
+        "Batch-1 requests from perf_analyzer (tritonclient 2.51.0); HTTP uses binary tensors. "
+        "'Serve floor' is bench/floor_app.py on the same ingress path, answering a precomputed response. "
+        "'In-process limit' is onnxruntime alone at its best batch size, in the same run.\n\n"
+        f"{table}\n"
     )
 
 

@@ -86,7 +86,13 @@ class DynamicBatchingConfig(_Strict):
     """How concurrent requests are combined into one model execution."""
 
     max_queue_delay_ms: float = Field(
-        default=1.0, ge=0, le=10_000, description="Longest a request waits for others to join its batch."
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description=(
+            "Longest the oldest request waits for its batch to fill. 0 (Triton's default): run what is "
+            "queued as soon as the model is free; requests that arrive while it runs form the next batch."
+        ),
     )
     max_queue_size: PositiveInt = Field(
         default=1024, description="Requests waiting per model version; beyond it requests get 503/UNAVAILABLE."

@@ -103,7 +103,7 @@ def build_digits(root: Path) -> None:
             "platform": "onnx",
             "description": "sklearn digits (8x8 pixels scaled to [0,1]); v1 logistic regression, v2 MLP",
             "max_batch_size": 64,
-            "dynamic_batching": {"max_queue_delay_ms": 1.0, "max_queue_size": 1024},
+            "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 1024},
             "version_policy": {"all": True},
             "labels": [str(i) for i in range(DIGITS_CLASSES)],
         },
@@ -147,7 +147,7 @@ def build_digits_torch(root: Path) -> None:
             "platform": "torchscript",
             "description": "sklearn digits MLP (64 hidden units) as TorchScript",
             "max_batch_size": 64,
-            "dynamic_batching": {"max_queue_delay_ms": 1.0, "max_queue_size": 1024},
+            "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 1024},
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [DIGITS_FEATURES]}],
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": [DIGITS_CLASSES]},
@@ -171,7 +171,7 @@ def build_reference_mlp(root: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 1
             "platform": "onnx",
             "description": f"reference MLP {'->'.join(map(str, sizes))}, float32",
             "max_batch_size": max_batch_size,
-            "dynamic_batching": {"max_queue_delay_ms": 0.5, "max_queue_size": 4096},
+            "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 4096},
             "instance": {"num_threads": 2},
         },
     )

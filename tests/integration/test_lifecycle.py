@@ -7,8 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+import numpy as np
 import psutil
 import pytest
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+from tritonclient.utils import InferenceServerException
 
 from models import add_model
 from server_process import ServerProcess
@@ -51,3 +56,33 @@ def test_sigint_stops_every_process_the_server_started(tmp_path: Path) -> None:
         alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         time.sleep(0.5)
     assert not alive, [(p.pid, p.name()) for p in alive]
+
+
+def test_default_proxy_path_serves_both_protocols(tmp_path: Path) -> None:
+    """`--no-fast-path`: Serve's Python proxies, which pickle every request to the replica."""
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(1,))
+    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_FAST_PATH": "false"})
+    server.start()
+    try:
+        names = {p.name() for p in server.descendants()}
+        assert not any("haproxy" in n for n in names), names
+        x = np.ones((2, 4), np.float32)
+        g = tgrpc.InferenceServerClient(server.grpc_url)
+        gi = tgrpc.InferInput("x", [2, 4], "FP32")
+        gi.set_data_from_numpy(x)
+        np.testing.assert_array_equal(g.infer("add", [gi]).as_numpy("y"), x + 1)
+        assert g.get_model_metadata("add").name == "add"
+        with pytest.raises(InferenceServerException) as info:
+            g.infer("nope", [gi])
+        assert info.value.status() == "StatusCode.NOT_FOUND"
+        with grpc.insecure_channel(server.grpc_url) as channel:
+            with pytest.raises(grpc.RpcError) as rpc:
+                channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff", timeout=30)
+            assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        h = thttp.InferenceServerClient(server.http_url)
+        hi = thttp.InferInput("x", [2, 4], "FP32")
+        hi.set_data_from_numpy(x, binary_data=True)
+        np.testing.assert_array_equal(h.infer("add", [hi]).as_numpy("y"), x + 1)
+    finally:
+        assert server.stop() == 0, server.log()
