@@ -134,6 +134,14 @@ class InstanceConfig(_Strict):
     num_threads: NonNegativeInt = Field(
         default=1, description="Intra-op threads of the runtime (0 = the runtime's default)."
     )
+    inline_below_ms: float = Field(
+        default=0.5,
+        ge=0,
+        description=(
+            "Run batches on the replica's event loop instead of a worker thread while executions "
+            "take less than this (0: always a worker thread)."
+        ),
+    )
 
 
 class ResourcesConfig(_Strict):

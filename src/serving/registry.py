@@ -86,6 +86,7 @@ class ModelVersion:
             max_queue_size=batching.max_queue_size,
             executor=self._executor,
             observer=self,
+            inline_below_s=self.config.instance.inline_below_ms / 1000.0,
         )
         self.load_seconds = time.monotonic() - start
         self.state = VersionState.READY

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -181,3 +182,27 @@ def test_concat_and_split_are_inverse() -> None:
     back = split_outputs(merged, [1, 2, 3])
     for a, b in zip(parts, back):
         np.testing.assert_array_equal(a["x"], b["x"])
+
+
+async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any) -> None:
+    threads: list[str] = []
+    slow = threading.Event()
+
+    def model(inputs: Arrays) -> Arrays:
+        threads.append(threading.current_thread().name)
+        if slow.is_set():
+            time.sleep(0.01)  # 10 ms, above the 5 ms inline bound
+        return {"y": inputs["x"]}
+
+    b = DynamicBatcher(
+        model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor, inline_below_s=0.005
+    )
+    for _ in range(3):
+        await b.submit(x(1))
+    loop_thread = threading.current_thread().name
+    assert threads[0] != loop_thread  # nothing measured yet: the worker runs it
+    assert threads[1:] == [loop_thread, loop_thread]  # fast: inline
+    slow.set()
+    for _ in range(12):
+        await b.submit(x(1))
+    assert threads[-1] != loop_thread  # slow executions moved it back to the worker

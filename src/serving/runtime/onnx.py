@@ -84,6 +84,9 @@ class OnnxModel:
         opts.intra_op_num_threads = self._threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # onnxruntime's pool threads spin after each run by default; on a small machine that
+        # spinning takes the cores the replica's event loop needs to receive the next requests.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
