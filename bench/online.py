@@ -54,6 +54,45 @@ def in_process_limit(model_path: Path, features: int, threads: int, seconds: flo
     return best
 
 
+def in_process_service(repo: Path, model: str, features: int, concurrency: int, requests: int = 3000) -> float:
+    """Requests/s through serving's own code alone: gRPC adapter -> service -> batcher -> model,
+    with ``concurrency`` callers in one event loop and no network or Ray."""
+    import asyncio
+
+    from serving.protocol import grpc_v2
+    from serving.protocol._pb import inference_pb2 as pb
+    from serving.service import LocalInferenceService
+
+    class Context:
+        def set_code(self, code: object) -> None:
+            raise RuntimeError(f"request failed: {code}")
+
+        def set_details(self, details: str) -> None:
+            pass
+
+    async def run() -> float:
+        service = LocalInferenceService.from_repository(repo)
+        adapter = grpc_v2.GrpcAdapter(service)
+        request = pb.ModelInferRequest(model_name=model)
+        request.inputs.add(name="input", datatype="FP32", shape=[1, features])
+        request.raw_input_contents.append(np.random.default_rng(2).random((1, features), dtype=np.float32).tobytes())
+        context = Context()
+
+        async def caller(n: int) -> None:
+            for _ in range(n):
+                await adapter.ModelInfer(request, context)
+
+        await asyncio.gather(*[caller(5) for _ in range(concurrency)])
+        each = max(requests // concurrency, 1)
+        start = time.perf_counter()
+        await asyncio.gather(*[caller(each) for _ in range(concurrency)])
+        rate = each * concurrency / (time.perf_counter() - start)
+        await service.registry.close()
+        return rate
+
+    return asyncio.run(run())
+
+
 def input_data(path: Path, features: int) -> Path:
     x = digits_data()[0][:16] if features == 64 else np.random.default_rng(1).random((16, features), dtype=np.float32)
     path.write_text(json.dumps({"data": [{"input": row.astype(float).tolist()} for row in x]}))
@@ -67,7 +106,7 @@ def perf_analyzer(url: str, protocol: str, model: str, version: str, concurrency
             "-m", model, "-x", version, "-u", url, "-i", protocol, "-b", "1",
             "--concurrency-range", str(concurrency),
             "--input-data", str(data),
-            "--measurement-interval", "3000", "-s", "30", "--max-trials", "4",
+            "--measurement-interval", "3000", "-s", "50", "--max-trials", "8",
             "-f", out.name,
         ]  # fmt: skip
         if protocol == "http":
@@ -165,11 +204,16 @@ def main() -> None:
         print(
             f"in-process limit {model}: {limits[model][1]:,.0f} rows/s at batch {limits[model][0]} ({threads} threads)"
         )
+    service_rates = {}
+    for model, features in MODELS.items():
+        for c in args.concurrency:
+            service_rates[(model, c)] = in_process_service(repo, model, features, c)
+            print(f"serving in-process (no network, no Ray) {model} c={c}: {service_rates[(model, c)]:,.0f} req/s")
 
     lines = [
         "| path | model | protocol | concurrency | infer/s | p50 ms | p99 ms | Serve floor infer/s | of floor "
-        "| in-process limit rows/s (batch) | of limit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| serving in-process req/s | in-process limit rows/s (batch) | of limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in args.paths:
         server = ServerProcess(
@@ -194,7 +238,8 @@ def main() -> None:
             f = floor.get((model, protocol, c), {}).get("infer_s", 0.0)
             lines.append(
                 f"| {path} | {model} | {protocol} | {c} | {r['infer_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{f:,.0f} | {r['infer_s'] / f if f else 0:.2f} | {limit:,.0f} ({batch}) | {r['infer_s'] / limit:.4f} |"
+                f"{f:,.0f} | {r['infer_s'] / f if f else 0:.2f} | {service_rates[(model, c)]:,.0f} | "
+                f"{limit:,.0f} ({batch}) | {r['infer_s'] / limit:.4f} |"
             )
     table = "\n".join(lines)
     print("\n" + table)
@@ -204,7 +249,8 @@ def main() -> None:
         f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
         "Batch-1 requests from perf_analyzer (tritonclient 2.51.0); HTTP uses binary tensors. "
         "'Serve floor' is bench/floor_app.py on the same ingress path, answering a precomputed response. "
-        "'In-process limit' is onnxruntime alone at its best batch size, in the same run.\n\n"
+        "'Serving in-process' is serving's own code (gRPC adapter, service, batcher, model) in one event loop "
+        "without network or Ray. 'In-process limit' is onnxruntime alone at its best batch size, in the same run.\n\n"
         f"{table}\n"
     )
 
