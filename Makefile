@@ -8,7 +8,7 @@ DEMO_REPO ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test unit integration lint format proto proto-check bench clean
+.PHONY: serve test unit integration lint format proto proto-check bench loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -28,13 +28,13 @@ serve: $(DEMO_REPO)/.built
 	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench loadtests
+	$(BIN)/ruff format --check src tests bench loadtests
 	$(BIN)/mypy src
 
 format: $(BIN)/.installed
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench loadtests
+	$(BIN)/ruff check --fix src tests bench loadtests
 
 # Generated gRPC code: regenerate with `make proto`; `make proto-check` fails on drift.
 # The two seds make the generated code importable as a package: the message classes must
@@ -64,6 +64,11 @@ integration: $(BIN)/.installed
 	$(BIN)/pytest tests/integration -q
 
 test: lint proto-check unit integration
+
+# Load test a running server (defaults: the one `make serve` starts). Report in loadtest-report/.
+LOADTEST_ARGS ?= --model digits --shape step --users 16 --duration 60 --slo-p99-ms 500 --slo-error-ratio 0.01
+loadtest: $(BIN)/.installed
+	$(PY) loadtests/run.py --host http://127.0.0.1:$(HTTP_PORT) --grpc-host 127.0.0.1:$(GRPC_PORT) $(LOADTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(PY) bench/online.py
