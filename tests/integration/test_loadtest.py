@@ -41,7 +41,9 @@ def counted(out: Path) -> dict[str, tuple[int, int]]:
 
 def test_report_files_and_counts_match_the_server(server: ServerProcess, tmp_path: Path) -> None:
     before = stats(server, "identity")
-    result = run(server, tmp_path / "report", "--shape", "step", "--slo-p99-ms", "60000")
+    slo = tmp_path / "slo.yaml"
+    slo.write_text("p99_ms: 60000\nerror_ratio: 0.0\nmin_rps: 1\n")
+    result = run(server, tmp_path / "report", "--shape", "step", "--slo-file", str(slo))
     assert result.returncode == 0, result.stdout + result.stderr
     out = tmp_path / "report"
     for name in ("locust_stats.csv", "locust_stats_history.csv", "report.html", "summary.md"):
