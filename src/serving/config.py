@@ -134,6 +134,9 @@ class InstanceConfig(_Strict):
     num_threads: NonNegativeInt = Field(
         default=1, description="Intra-op threads of the runtime (0 = the runtime's default)."
     )
+    warmup: bool = Field(
+        default=True, description="Run zero-filled batches at load so the first request is not the slow one."
+    )
     inline_below_ms: float = Field(
         default=0.5,
         ge=0,

@@ -9,7 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from serving.batching import DynamicBatcher
+from serving.codecs import numpy_dtype
 from serving.config import ModelConfig, TensorConfig
 from serving.errors import ConfigError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.repository import ModelEntry
@@ -76,6 +79,8 @@ class ModelVersion:
         start = time.monotonic()
         self.model.load()
         self.inputs, self.outputs = _resolve_io(self)
+        if self.config.instance.warmup:
+            self.warm_up()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
         output_names = [o.name for o in self.outputs]
         batching = self.config.dynamic_batching
@@ -91,6 +96,20 @@ class ModelVersion:
         self.load_seconds = time.monotonic() - start
         self.state = VersionState.READY
 
+    def warm_up(self) -> None:
+        """Run zero-filled batches at batch sizes 1 and max_batch_size (variable dims = 1), so
+        the first user request does not pay for kernel selection, allocation or CUDA init.
+        A model that rejects the synthetic input only logs: its real inputs may need other sizes."""
+        sizes = sorted({1, self.max_batch_size}) if self.max_batch_size else [0]
+        names = [o.name for o in self.outputs]
+        for rows in sizes:
+            arrays = {s.name: _zeros(s, rows) for s in self.inputs}
+            try:
+                self.model.predict(arrays, names)
+            except ServingError as exc:
+                log.warning("warm-up of %s v%d at batch %d failed: %s", self.name, self.version, rows, exc.message)
+                return
+
     async def close(self) -> None:
         self.state = VersionState.UNAVAILABLE
         self.reason = "unloaded"
@@ -99,6 +118,13 @@ class ModelVersion:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         self.model.unload()
+
+
+def _zeros(spec: TensorSpec, rows: int) -> np.ndarray[Any, Any]:
+    shape = ([rows] if rows else []) + [d if d > 0 else 1 for d in spec.shape]
+    if spec.datatype == "BYTES":
+        return np.full(shape, b"", dtype=np.object_)
+    return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
 
 
 def _resolve_io(mv: ModelVersion) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
