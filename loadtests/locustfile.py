@@ -101,38 +101,42 @@ class _Base(User):
         return {"environment": self.environment}
 
 
-class HttpJsonUser(FastHttpUser):
-    """POST .../infer with JSON tensors."""
+class _HttpInferUser(FastHttpUser):
+    """POST .../infer with a body built once in ``on_start``."""
 
+    abstract = True
     wait_time = between(0.0, 0.01)
-
-    def on_start(self) -> None:
-        self.body = json.dumps(
-            {
-                "inputs": [
-                    {"name": n, "datatype": dt, "shape": shape, "data": codecs.to_list(arr, dt)}
-                    for n, dt, shape, arr in Target.inputs
-                ]
-            }
-        )
+    label = ""
+    body: bytes = b""
+    headers: dict[str, str] = {}
 
     def context(self) -> dict[str, Any]:
         return {"environment": self.environment}
 
     @task
     def infer(self) -> None:
-        self.client.post(
-            f"{Target.path}/infer",
-            data=self.body,
-            headers={"Content-Type": "application/json", "X-Request-ID": uuid.uuid4().hex},
-            name="http-json infer",
-        )
+        headers = {**self.headers, "X-Request-ID": uuid.uuid4().hex}
+        self.client.post(f"{Target.path}/infer", data=self.body, headers=headers, name=self.label)
 
 
-class HttpBinaryUser(FastHttpUser):
-    """POST .../infer with the binary tensor data extension, binary outputs too."""
+class HttpJsonUser(_HttpInferUser):
+    """JSON tensors."""
 
-    wait_time = between(0.0, 0.01)
+    label = "http-json infer"
+
+    def on_start(self) -> None:
+        inputs = [
+            {"name": n, "datatype": dt, "shape": shape, "data": codecs.to_list(arr, dt)}
+            for n, dt, shape, arr in Target.inputs
+        ]
+        self.body = json.dumps({"inputs": inputs}).encode()
+        self.headers = {"Content-Type": "application/json"}
+
+
+class HttpBinaryUser(_HttpInferUser):
+    """The binary tensor data extension, binary outputs too."""
+
+    label = "http-binary infer"
 
     def on_start(self) -> None:
         blobs, inputs = [], []
@@ -142,23 +146,10 @@ class HttpBinaryUser(FastHttpUser):
             inputs.append({"name": n, "datatype": dt, "shape": shape, "parameters": {"binary_data_size": len(blob)}})
         header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
         self.body = header + b"".join(blobs)
-        self.header_length = str(len(header))
-
-    def context(self) -> dict[str, Any]:
-        return {"environment": self.environment}
-
-    @task
-    def infer(self) -> None:
-        self.client.post(
-            f"{Target.path}/infer",
-            data=self.body,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Inference-Header-Content-Length": self.header_length,
-                "X-Request-ID": uuid.uuid4().hex,
-            },
-            name="http-binary infer",
-        )
+        self.headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        }
 
 
 class GrpcUser(_Base):

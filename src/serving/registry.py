@@ -41,6 +41,7 @@ class ModelVersion:
     state: VersionState = VersionState.LOADING
     reason: str = ""
     load_seconds: float = 0.0
+    output_datatypes: dict[str, str] = field(default_factory=dict)
     batcher: DynamicBatcher | None = None
     stats: ModelStats = field(init=False)
     _executor: ThreadPoolExecutor | None = None
@@ -79,6 +80,7 @@ class ModelVersion:
         start = time.monotonic()
         self.model.load()
         self.inputs, self.outputs = _resolve_io(self)
+        self.output_datatypes = {o.name: o.datatype for o in self.outputs}
         if self.config.instance.warmup:
             self.warm_up()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")

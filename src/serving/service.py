@@ -155,10 +155,9 @@ class LocalInferenceService:
             mv.stats.fail.add(time.monotonic_ns() - start)
             raise
         outputs = []
-        by_name = {s.name: s for s in mv.outputs}
         for name in wanted:
-            arr = results[name]
-            outputs.append(Tensor(name, by_name[name].datatype, _as_datatype(arr, by_name[name].datatype)))
+            datatype = mv.output_datatypes[name]
+            outputs.append(Tensor(name, datatype, _as_datatype(results[name], datatype)))
         mv.stats.success.add(time.monotonic_ns() - start)
         mv.stats.last_inference_ms = int(time.time() * 1000)
         return InferenceResponse(
