@@ -91,6 +91,16 @@ class ServerProcess:
         except psutil.NoSuchProcess:
             return []
 
+    def descendant_names(self) -> set[str]:
+        """Names of the processes under the server now (short-lived workers may vanish meanwhile)."""
+        names = set()
+        for p in self.descendants():
+            try:
+                names.add(p.name())
+            except psutil.NoSuchProcess:
+                pass
+        return names
+
     def stop(self) -> int | None:
         """SIGINT (as Ctrl-C), then wait; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:

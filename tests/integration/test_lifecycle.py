@@ -26,6 +26,13 @@ def serving_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
 
 
+def running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_typo_in_model_yaml_fails_at_start_naming_file_and_key(tmp_path: Path) -> None:
     add_model(tmp_path, versions=(1,), max_bach_size=4)
     result = serving_cli("serve", "--repository", str(tmp_path))
@@ -46,16 +53,16 @@ def test_sigint_stops_every_process_the_server_started(tmp_path: Path) -> None:
     server = ServerProcess(repo, tmp_path / "server.log")
     server.start()
     started = server.descendants()
-    names = {p.name() for p in started}
+    names = server.descendant_names()
     assert any("raylet" in n for n in names), names
     assert any("haproxy" in n for n in names), names
     assert server.stop() == 0, server.log()
     deadline = time.monotonic() + 30
     alive = started
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in alive if running(p)]
         time.sleep(0.5)
-    assert not alive, [(p.pid, p.name()) for p in alive]
+    assert not alive, [p.pid for p in alive]
 
 
 def test_default_proxy_path_serves_both_protocols(tmp_path: Path) -> None:
@@ -65,7 +72,7 @@ def test_default_proxy_path_serves_both_protocols(tmp_path: Path) -> None:
     server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_FAST_PATH": "false"})
     server.start()
     try:
-        names = {p.name() for p in server.descendants()}
+        names = server.descendant_names()
         assert not any("haproxy" in n for n in names), names
         x = np.ones((2, 4), np.float32)
         g = tgrpc.InferenceServerClient(server.grpc_url)
