@@ -105,10 +105,16 @@ class ServerProcess:
         """SIGINT (as Ctrl-C), then wait; returns the exit code."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
+        children = self.descendants()
         self.proc.send_signal(signal.SIGINT)
         try:
             return self.proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            # It did not stop by itself: end it and everything it had started, by PID.
+            for p in [*children, psutil.Process(self.proc.pid)]:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
             self.proc.wait()
             raise

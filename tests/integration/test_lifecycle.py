@@ -52,11 +52,14 @@ def test_sigint_stops_every_process_the_server_started(tmp_path: Path) -> None:
     add_model(repo, versions=(1,))
     server = ServerProcess(repo, tmp_path / "server.log")
     server.start()
-    started = server.descendants()
-    names = server.descendant_names()
+    try:
+        started = server.descendants()
+        names = server.descendant_names()
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
     assert any("raylet" in n for n in names), names
     assert any("haproxy" in n for n in names), names
-    assert server.stop() == 0, server.log()
     deadline = time.monotonic() + 30
     alive = started
     while alive and time.monotonic() < deadline:
