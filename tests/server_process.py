@@ -58,13 +58,19 @@ class ServerProcess:
             "--grpc-port",
             str(self.grpc_port),
         ]
-        # HAProxy's own metrics and stats listeners have fixed default ports: give each
-        # server its own so that two can run on one machine.
+        # Two servers on one machine must not share fixed ports: HAProxy's metrics and stats
+        # listeners, and the ranges replicas take their direct-ingress ports from (with the
+        # defaults, a second server's HAProxy was seen reaching the first server's replica).
+        http_base, grpc_base = free_port(), free_port()
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_base),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_base + 50),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_base),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_base + 50),
             **self.env,
         }
         env.pop("RAY_ADDRESS", None)

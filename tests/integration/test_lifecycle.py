@@ -47,17 +47,29 @@ def test_missing_repository_fails_at_start(tmp_path: Path) -> None:
     assert "does not exist" in result.stderr
 
 
-def test_sigint_stops_every_process_the_server_started(tmp_path: Path) -> None:
+def test_sigint_stops_every_process_the_server_started(server: ServerProcess, tmp_path: Path) -> None:
+    """A second server next to the session's: each answers with its own models, then this one
+    stops completely."""
     repo = tmp_path / "repo"
     add_model(repo, versions=(1,))
-    server = ServerProcess(repo, tmp_path / "server.log")
-    server.start()
+    second = ServerProcess(repo, tmp_path / "server.log")
+    second.start()
     try:
-        started = server.descendants()
-        names = server.descendant_names()
+        started = second.descendants()
+        names = second.descendant_names()
+        x = np.zeros((1, 4), np.float32)
+        for target, plus in ((second, 1), (server, 3)):  # the session's `add` serves versions 3 and 2
+            client = thttp.InferenceServerClient(target.http_url)
+            inp = thttp.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            np.testing.assert_array_equal(client.infer("add", [inp]).as_numpy("y"), x + plus)
+            g = tgrpc.InferenceServerClient(target.grpc_url)
+            gi = tgrpc.InferInput("x", [1, 4], "FP32")
+            gi.set_data_from_numpy(x)
+            np.testing.assert_array_equal(g.infer("add", [gi]).as_numpy("y"), x + plus)
     finally:
-        code = server.stop()
-    assert code == 0, server.log()
+        code = second.stop()
+    assert code == 0, second.log()
     assert any("raylet" in n for n in names), names
     assert any("haproxy" in n for n in names), names
     deadline = time.monotonic() + 30
