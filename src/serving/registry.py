@@ -84,7 +84,7 @@ class ModelVersion:
         if self.config.instance.warmup:
             self.warm_up()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
-        output_names = [o.name for o in self.outputs]
+        output_names = list(self.output_datatypes)
         batching = self.config.dynamic_batching
         self.batcher = DynamicBatcher(
             lambda arrays: self.model.predict(arrays, output_names),
@@ -103,7 +103,7 @@ class ModelVersion:
         the first user request does not pay for kernel selection, allocation or CUDA init.
         A model that rejects the synthetic input only logs: its real inputs may need other sizes."""
         sizes = sorted({1, self.max_batch_size}) if self.max_batch_size else [0]
-        names = [o.name for o in self.outputs]
+        names = list(self.output_datatypes)
         for rows in sizes:
             arrays = {s.name: _zeros(s, rows) for s in self.inputs}
             try:
