@@ -8,7 +8,7 @@ DEMO_REPO ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test unit integration lint format proto proto-check bench loadtest clean
+.PHONY: serve test unit integration lint format proto proto-check rules prometheus bench bench-batch loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -60,10 +60,20 @@ proto-check: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit tests/adapter -q
 
-integration: $(BIN)/.installed
+integration: $(BIN)/.installed prometheus
 	$(BIN)/pytest tests/integration -q
 
-test: lint proto-check unit integration
+# Debian's prometheus package: promtool (rule tests) and prometheus (integration test).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
+rules: prometheus
+	cd configs/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml
+	promtool check config configs/prometheus/prometheus.yml
+
+test: lint proto-check rules unit integration
 
 # Load test a running server (defaults: the one `make serve` starts). Report in loadtest-report/.
 LOADTEST_ARGS ?= --model digits --shape step --users 16 --duration 60 --slo-p99-ms 500 --slo-error-ratio 0.01
@@ -72,6 +82,11 @@ loadtest: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(PY) bench/online.py
+
+# Batch scoring vs one plain process; datasets are generated once into bench/.data (~1.4 GB).
+BENCH_BATCH_ARGS ?=
+bench-batch: $(BIN)/.installed
+	$(PY) bench/batch.py $(BENCH_BATCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_REPO) .proto-check .pytest_cache

@@ -31,6 +31,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     http_port: int = 0
     grpc_port: int = 0
+    metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,13 +42,18 @@ class ServerProcess:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def start(self) -> None:
-        self.http_port, self.grpc_port = free_port(), free_port()
-        while self.grpc_port == self.http_port:
-            self.grpc_port = free_port()
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        self.http_port, self.grpc_port, self.metrics_port = sorted(ports)
         cmd = [
             str(Path(sys.executable).parent / "serving"),
             "serve",
@@ -57,6 +63,8 @@ class ServerProcess:
             str(self.http_port),
             "--grpc-port",
             str(self.grpc_port),
+            "--metrics-port",
+            str(self.metrics_port),
         ]
         # Two servers on one machine must not share fixed ports: HAProxy's metrics and stats
         # listeners, and the ranges replicas take their direct-ingress ports from (with the
@@ -65,6 +73,8 @@ class ServerProcess:
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
+            # Ray's metrics agent gets new values every second instead of every ten.
+            "RAY_metrics_report_interval_ms": "1000",
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_base),

@@ -1,4 +1,4 @@
-"""``serving`` command line: ``serve`` (online server) and ``demo-repo``."""
+"""``serving`` command line: ``serve`` (online server), ``score`` (batch job) and ``demo-repo``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from serving.config import load_settings
 from serving.errors import ConfigError
 
 
-def _banner(host: str, http_port: int, grpc_port: int) -> str:
+def _banner(host: str, http_port: int, grpc_port: int, metrics_port: int) -> str:
     return f"""
-serving is ready: HTTP http://{host}:{http_port}  gRPC {host}:{grpc_port}
+serving is ready: HTTP http://{host}:{http_port}  gRPC {host}:{grpc_port}  metrics http://{host}:{metrics_port}/metrics
 
   curl -s http://{host}:{http_port}/v2/models/digits
   curl -s -X POST http://{host}:{http_port}/v2/models/digits/infer -H 'Content-Type: application/json' \\
@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
             repository=args.repository,
             http_port=args.http_port,
             grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
             host=args.host,
             ray_address=args.address,
             fast_path=False if args.no_fast_path else None,
@@ -55,7 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     try:
         print(f"started in {seconds:.1f}s", flush=True)
-        print(_banner(settings.host, settings.http_port, settings.grpc_port), flush=True)
+        print(_banner(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port), flush=True)
         stop_event.wait()
         print("stopping...", flush=True)
     finally:
@@ -64,12 +65,57 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from serving.errors import ServingError
+    from serving.offline.mapping import parse_mapping
+
+    try:
+        from serving.offline.job import JobFailedError, ScoreJob, run
+
+        job = ScoreJob(
+            repository=args.repository,
+            model=args.model,
+            inputs=args.input,
+            output=args.output,
+            mapping=parse_mapping(args.map or []),
+            passthrough=tuple(c for c in args.passthrough.split(",") if c) if args.passthrough is not None else None,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus,
+            threads=args.threads,
+            max_error_rate=args.max_error_rate,
+            rows_per_file=args.rows_per_file,
+            overwrite=args.overwrite,
+            address=args.address,
+        )
+        result = run(job)
+    except JobFailedError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except ServingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(result.summary(), flush=True)
+    return 0
+
+
 def _demo_repo(args: argparse.Namespace) -> int:
-    from serving.demo import build_demo_repository
+    from serving.demo import build_demo_dataset, build_demo_repository
 
     build_demo_repository(args.root, reference=args.reference)
     print(f"demo model repository written to {args.root}")
+    if args.dataset is not None:
+        build_demo_dataset(args.dataset)
+        print(f"demo Parquet dataset (digits, hive partition split=) written to {args.dataset}")
     return 0
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,12 +127,47 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     s.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     s.add_argument("--grpc-port", type=int, help="gRPC port (default 8001)")
+    s.add_argument("--metrics-port", type=int, help="Prometheus metrics port of the local Ray node (default 8002)")
     s.add_argument("--address", help="join this Ray cluster instead of starting a local one (or RAY_ADDRESS)")
     s.add_argument("--no-fast-path", action="store_true", help="use Serve's Python proxy instead of HAProxy")
     s.set_defaults(func=_serve)
+    sc = sub.add_parser("score", help="score Parquet files with a model (Ray Data batch job)")
+    sc.add_argument("--model", required=True, help="NAME or NAME:VERSION (default: newest served version)")
+    sc.add_argument("--input", required=True, action="append", help="Parquet file, folder, glob or URI (repeatable)")
+    sc.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
+    sc.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
+    sc.add_argument(
+        "--map",
+        action="append",
+        metavar="INPUT=COL[,COL...]",
+        help="model input from one list column, or from scalar columns stacked in order (repeatable)",
+    )
+    sc.add_argument(
+        "--passthrough", metavar="COL[,COL...]", help="columns copied to the output (replaces model.yaml's)"
+    )
+    sc.add_argument(
+        "--batch-size", type=_positive_int, default=16384, help="rows per model call (capped by max_batch_size)"
+    )
+    sc.add_argument("--concurrency", type=_positive_int, help="model actors (default: CPUs / --num-cpus, or GPUs)")
+    sc.add_argument("--num-cpus", type=float, default=1.0, help="CPUs reserved per model actor")
+    sc.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model actor (fractions share a GPU)")
+    sc.add_argument("--threads", type=int, help="runtime threads per actor (default: model.yaml instance.num_threads)")
+    sc.add_argument(
+        "--max-error-rate", type=float, default=0.0, help="fail when more than this fraction of rows fail (default 0)"
+    )
+    sc.add_argument(
+        "--rows-per-file",
+        type=_positive_int,
+        default=1_000_000,
+        help="rows per work unit and output file (input row groups are not split)",
+    )
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    sc.add_argument("--address", help="run on this Ray cluster (or RAY_ADDRESS) instead of a local one")
+    sc.set_defaults(func=_score)
     d = sub.add_parser("demo-repo", help="build the demo model repository")
     d.add_argument("root", type=Path)
     d.add_argument("--reference", action="store_true", help="also build the benchmark's reference MLP")
+    d.add_argument("--dataset", type=Path, help="also write the digits as a Parquet dataset here (for `score`)")
     d.set_defaults(func=_demo_repo)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

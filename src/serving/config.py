@@ -155,6 +155,41 @@ class ResourcesConfig(_Strict):
     num_gpus: float = Field(default=0.0, ge=0)
 
 
+class ColumnSource(_Strict):
+    """Where a model input comes from in a Parquet table: exactly one of ``column`` or ``columns``."""
+
+    column: str | None = Field(
+        default=None, description="One column: a list (or fixed-size list) per row, or a scalar for a 1-value input."
+    )
+    columns: tuple[str, ...] | None = Field(
+        default=None, description="Several scalar columns stacked, in this order, into one feature vector."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ColumnSource:
+        if (self.column is None) == (self.columns is None):
+            raise ValueError("give exactly one of column (a list column) or columns (scalar columns, in order)")
+        if self.columns is not None and not self.columns:
+            raise ValueError("columns needs at least one column")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.column,) if self.column is not None else tuple(self.columns or ())
+
+
+class BatchConfig(_Strict):
+    """How ``serving score`` maps Parquet columns to the model (command-line flags override it)."""
+
+    inputs: dict[str, ColumnSource] = Field(
+        default_factory=dict, description="Model input name -> its column(s). Omitted: a column named as the input."
+    )
+    passthrough: tuple[str, ...] = Field(default=(), description="Columns copied to the output as they are (ids).")
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="Output tensor -> output column name (default: the tensor's name)."
+    )
+
+
 class ModelConfig(_Strict):
     """The schema of ``<repository>/<model>/model.yaml``."""
 
@@ -171,6 +206,7 @@ class ModelConfig(_Strict):
     instance: InstanceConfig = InstanceConfig()
     resources: ResourcesConfig = ResourcesConfig()
     labels: tuple[str, ...] | None = Field(default=None, description="Class names of a classifier's output.")
+    batch: BatchConfig = BatchConfig()
     description: str = ""
 
     @field_validator("platform", mode="before")
@@ -236,6 +272,9 @@ class ServerSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the HTTP front end binds.")
     http_port: int = Field(default=8000, ge=1, le=65535)
     grpc_port: int = Field(default=8001, ge=1, le=65535)
+    metrics_port: int = Field(
+        default=8002, ge=1, le=65535, description="Prometheus endpoint of the local Ray node (Ray's metrics agent)."
+    )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; None starts a local one.")
     fast_path: bool = Field(
         default=True, description="HAProxy ingress straight to replicas (RAY_SERVE_ENABLE_HA_PROXY)."
@@ -247,8 +286,8 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerSettings:
-        if self.http_port == self.grpc_port:
-            raise ValueError("http_port and grpc_port must differ")
+        if len({self.http_port, self.grpc_port, self.metrics_port}) < 3:
+            raise ValueError("http_port, grpc_port and metrics_port must differ")
         return self
 
     @classmethod

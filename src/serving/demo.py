@@ -19,6 +19,8 @@ import yaml
 
 DIGITS_FEATURES = 64
 DIGITS_CLASSES = 10
+# How `serving score` reads the demo dataset (build_demo_dataset): one list column of pixels.
+DIGITS_BATCH = {"inputs": {"input": {"column": "pixels"}}, "passthrough": ["image_id"]}
 
 
 def digits_data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -106,6 +108,7 @@ def build_digits(root: Path) -> None:
             "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 1024},
             "version_policy": {"all": True},
             "labels": [str(i) for i in range(DIGITS_CLASSES)],
+            "batch": DIGITS_BATCH,
         },
     )
 
@@ -153,6 +156,7 @@ def build_digits_torch(root: Path) -> None:
                 {"name": "probabilities", "datatype": "FP32", "shape": [DIGITS_CLASSES]},
                 {"name": "label", "datatype": "INT64", "shape": []},
             ],
+            "batch": DIGITS_BATCH,
         },
     )
 
@@ -175,6 +179,28 @@ def build_reference_mlp(root: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 1
             "instance": {"num_threads": 2},
         },
     )
+
+
+def build_demo_dataset(root: Path, files: int = 3) -> Path:
+    """The digits as Parquet for ``serving score``: ``image_id``, ``pixels`` (64 floats), ``target``,
+    in ``files`` files under a hive partition ``split=train|test``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = digits_data()
+    table = pa.table(
+        {
+            "image_id": np.arange(len(x), dtype=np.int64),
+            "pixels": pa.array(list(x), pa.list_(pa.float32())),
+            "target": y,
+        }
+    )
+    bounds = np.linspace(0, len(x), files + 1).astype(int)
+    for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        split = "test" if i == files - 1 else "train"
+        (root / f"split={split}").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.slice(start, stop - start), root / f"split={split}" / f"part-{i}.parquet")
+    return root
 
 
 def build_demo_repository(root: Path, *, reference: bool = False) -> Path:

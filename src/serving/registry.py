@@ -17,9 +17,22 @@ from serving.config import ModelConfig, TensorConfig
 from serving.errors import ConfigError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.repository import ModelEntry
 from serving.runtime import Model, create_model
+from serving.telemetry.metrics import (
+    BATCH_SIZE,
+    COMPUTE_SECONDS,
+    LOAD_SECONDS,
+    QUEUE_CAPACITY,
+    QUEUE_DEPTH,
+    QUEUE_SECONDS,
+    READY,
+    Metrics,
+    NullMetrics,
+)
 from serving.types import BatchStat, ModelStats, TensorSpec
 
 log = logging.getLogger(__name__)
+
+WARMUP_MAX_ROWS = 1024
 
 
 class VersionState(str, enum.Enum):
@@ -43,11 +56,14 @@ class ModelVersion:
     load_seconds: float = 0.0
     output_datatypes: dict[str, str] = field(default_factory=dict)
     batcher: DynamicBatcher | None = None
+    metrics: Metrics = field(default_factory=NullMetrics)
     stats: ModelStats = field(init=False)
+    labels: dict[str, str] = field(init=False)
     _executor: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         self.stats = ModelStats(self.name, str(self.version))
+        self.labels = {"model": self.name, "version": str(self.version)}
 
     @property
     def max_batch_size(self) -> int:
@@ -59,10 +75,16 @@ class ModelVersion:
 
     def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
         s = self.stats
+        m = self.metrics
         for q in queue_ns:
             s.queue.add(q)
+            m.observe(QUEUE_SECONDS, self.labels, q / 1e9)
+        if self.batcher is not None:
+            m.set(QUEUE_DEPTH, self.labels, self.batcher.queue_depth)
         if not ok:
             return
+        m.observe(COMPUTE_SECONDS, self.labels, (input_ns + infer_ns + output_ns) / 1e9)
+        m.observe(BATCH_SIZE, self.labels, rows)
         s.execution_count += 1
         s.inference_count += rows
         s.compute_input.add(input_ns, len(queue_ns))
@@ -75,14 +97,18 @@ class ModelVersion:
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)
 
-    def load(self) -> None:
-        """Load the artifact, resolve the I/O contract and start the batcher."""
-        start = time.monotonic()
+    def open(self) -> None:
+        """Load the artifact, resolve the I/O contract and warm up (what online and batch share)."""
         self.model.load()
         self.inputs, self.outputs = _resolve_io(self)
         self.output_datatypes = {o.name: o.datatype for o in self.outputs}
         if self.config.instance.warmup:
             self.warm_up()
+
+    def load(self) -> None:
+        """Open the version and start its batcher (online serving)."""
+        start = time.monotonic()
+        self.open()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
         output_names = list(self.output_datatypes)
         batching = self.config.dynamic_batching
@@ -97,12 +123,17 @@ class ModelVersion:
         )
         self.load_seconds = time.monotonic() - start
         self.state = VersionState.READY
+        self.metrics.set(LOAD_SECONDS, self.labels, self.load_seconds)
+        self.metrics.set(QUEUE_CAPACITY, self.labels, batching.max_queue_size)
+        self.metrics.set(QUEUE_DEPTH, self.labels, 0)
+        self.metrics.set(READY, self.labels, 1)
 
     def warm_up(self) -> None:
-        """Run zero-filled batches at batch sizes 1 and max_batch_size (variable dims = 1), so
-        the first user request does not pay for kernel selection, allocation or CUDA init.
-        A model that rejects the synthetic input only logs: its real inputs may need other sizes."""
-        sizes = sorted({1, self.max_batch_size}) if self.max_batch_size else [0]
+        """Run zero-filled batches at batch sizes 1 and max_batch_size (at most WARMUP_MAX_ROWS;
+        variable dims = 1), so the first user request does not pay for kernel selection,
+        allocation or CUDA init. A model that rejects the synthetic input only logs: its real
+        inputs may need other sizes."""
+        sizes = sorted({1, min(self.max_batch_size, WARMUP_MAX_ROWS)}) if self.max_batch_size else [0]
         names = list(self.output_datatypes)
         for rows in sizes:
             arrays = {s.name: _zeros(s, rows) for s in self.inputs}
@@ -115,6 +146,7 @@ class ModelVersion:
     async def close(self) -> None:
         self.state = VersionState.UNAVAILABLE
         self.reason = "unloaded"
+        self.metrics.set(READY, self.labels, 0)
         if self.batcher is not None:
             await self.batcher.close()
         if self._executor is not None:
@@ -169,7 +201,8 @@ def _resolve_io(mv: ModelVersion) -> tuple[tuple[TensorSpec, ...], tuple[TensorS
 class ModelRegistry:
     """Every model version the server knows, loaded or not."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics: Metrics = metrics or NullMetrics()
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._entries: dict[str, ModelEntry] = {}
 
@@ -179,7 +212,9 @@ class ModelRegistry:
             self._entries[entry.name] = entry
             versions = self._models.setdefault(entry.name, {})
             for v in entry.selected:
-                mv = ModelVersion(entry.name, v, entry.config, create_model(entry.config, entry.version_dir(v)))
+                mv = ModelVersion(
+                    entry.name, v, entry.config, create_model(entry.config, entry.version_dir(v)), metrics=self.metrics
+                )
                 versions[v] = mv
                 try:
                     mv.load()
@@ -188,6 +223,7 @@ class ModelRegistry:
                     )
                 except ServingError as exc:
                     mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message
+                    self.metrics.set(READY, mv.labels, 0)
                     log.error("model %s version %d failed to load: %s", entry.name, v, exc.message)
 
     def names(self) -> list[str]:

@@ -37,23 +37,32 @@ def scan_repository(root: Path) -> list[ModelEntry]:
     """
     if not root.is_dir():
         raise ConfigError(f"model repository {root} does not exist or is not a directory")
-    entries = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        cfg_path = model_dir / "model.yaml"
-        if not cfg_path.is_file():
-            raise ConfigError(f"{model_dir}: no model.yaml (every model folder needs one)")
-        config = load_model_config(cfg_path)
-        available = sorted(
-            int(v.name)
-            for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / config.platform.artifact).is_file()
+    return [
+        load_model_entry(model_dir)
+        for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    ]
+
+
+def load_model_entry(model_dir: Path) -> ModelEntry:
+    """Read one model folder: its ``model.yaml`` and version folders.
+
+    Raises:
+        ConfigError: no or an invalid ``model.yaml``, or no version the policy selects.
+    """
+    cfg_path = model_dir / "model.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{model_dir}: no model.yaml (every model folder needs one)")
+    config = load_model_config(cfg_path)
+    available = sorted(
+        int(v.name)
+        for v in model_dir.iterdir()
+        if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / config.platform.artifact).is_file()
+    )
+    if not available:
+        raise ConfigError(
+            f"{model_dir}: no version folder holds {config.platform.artifact} (expected {model_dir}/1/{config.platform.artifact})"
         )
-        if not available:
-            raise ConfigError(
-                f"{model_dir}: no version folder holds {config.platform.artifact} (expected {model_dir}/1/{config.platform.artifact})"
-            )
-        selected = config.version_policy.select(available)
-        if not selected:
-            raise ConfigError(f"{cfg_path}: version_policy selects none of the available versions {available}")
-        entries.append(ModelEntry(model_dir.name, model_dir, config, tuple(available), tuple(selected)))
-    return entries
+    selected = config.version_policy.select(available)
+    if not selected:
+        raise ConfigError(f"{cfg_path}: version_policy selects none of the available versions {available}")
+    return ModelEntry(model_dir.name, model_dir, config, tuple(available), tuple(selected))

@@ -14,9 +14,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.codecs import numpy_dtype, shape_matches
-from serving.errors import InvalidInputError, ModelNotReadyError, ServingError
+from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.registry import ModelRegistry, ModelVersion, VersionState
 from serving.repository import scan_repository
+from serving.telemetry.metrics import UNKNOWN, Metrics
+from serving.telemetry.requests import InFlight, RequestTracker
 from serving.types import (
     InferenceRequest,
     InferenceResponse,
@@ -51,6 +53,7 @@ class InferenceService(Protocol):
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
     def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+    def track(self, name: str, version: str, protocol: str) -> RequestTracker: ...
 
 
 class LocalInferenceService:
@@ -59,17 +62,35 @@ class LocalInferenceService:
     def __init__(self, registry: ModelRegistry, server_name: str = "serving") -> None:
         self.registry = registry
         self.server_name = server_name
+        self._in_flight = InFlight(registry.metrics)
 
     @classmethod
-    def from_repository(cls, root: Path, server_name: str = "serving") -> LocalInferenceService:
+    def from_repository(
+        cls, root: Path, server_name: str = "serving", metrics: Metrics | None = None
+    ) -> LocalInferenceService:
         """Scan and load a repository.
 
         Raises:
             ConfigError: the repository or a model.yaml is invalid.
         """
-        registry = ModelRegistry()
+        registry = ModelRegistry(metrics)
         registry.load_entries(scan_repository(root))
         return cls(registry, server_name)
+
+    def track(self, name: str, version: str, protocol: str) -> RequestTracker:
+        """Meter one inference request (``with service.track(...) as t: ...``)."""
+        return RequestTracker(self.registry.metrics, self._in_flight, self.metric_labels, name, version, protocol)
+
+    def metric_labels(self, name: str, version: str) -> tuple[str, str]:
+        """Bounded (model, version) labels: names the repository serves, else ``_unknown``."""
+        try:
+            versions = self.registry.versions(name)
+        except ModelNotFoundError:
+            return UNKNOWN, UNKNOWN
+        if version:
+            return name, version if any(str(mv.version) == version for mv in versions) else UNKNOWN
+        ready = [mv for mv in versions if mv.state is VersionState.READY]
+        return name, str(ready[0].version) if ready else UNKNOWN
 
     def live(self) -> bool:
         return True

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from ray import serve
 from ray.serve import Application
 
+from serving.deploy.ray_metrics import RayMetrics
 from serving.protocol.grpc_v2 import GrpcAdapter
 from serving.protocol.http import build_http_app
 from serving.repository import ModelEntry, scan_repository
@@ -49,7 +50,7 @@ class InferenceDeployment:
 
     def __init__(self, repository: str, max_request_bytes: int, server_name: str) -> None:
         logging.getLogger("serving").setLevel(logging.INFO)
-        self.service = LocalInferenceService.from_repository(Path(repository), server_name)
+        self.service = LocalInferenceService.from_repository(Path(repository), server_name, metrics=RayMetrics())
         self.grpc = GrpcAdapter(self.service)
         self._max_request_bytes = max_request_bytes
 

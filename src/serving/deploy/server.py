@@ -52,6 +52,7 @@ def start(settings: ServerSettings) -> float:
             address="local",
             num_cpus=settings.num_cpus,
             include_dashboard=False,
+            _metrics_export_port=settings.metrics_port,
             _system_config={"worker_niceness": 0},
         )
     serve.start(

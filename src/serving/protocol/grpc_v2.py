@@ -212,12 +212,27 @@ class GrpcAdapter:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    async def _call(self, request: Any, context: Any, empty: R, fn: Callable[[Any], Awaitable[R]]) -> R:
+    async def _call(
+        self,
+        request: Any,
+        context: Any,
+        empty: R,
+        fn: Callable[[Any], Awaitable[R]],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> R:
         try:
             if isinstance(request, MalformedRequest):
                 raise InvalidInputError(f"malformed protobuf request: {request.error}")
             return await fn(request)
-        except ServingError as exc:
+        except Exception as exc:
+            if on_error is not None:
+                on_error(exc)
+            return self._answer_error(exc, context, empty)
+
+    @staticmethod
+    def _answer_error(exc: Exception, context: Any, empty: R) -> R:
+        """The one mapping from an exception to a gRPC status."""
+        if isinstance(exc, ServingError):
             message = exc.message
             if exc.kind is ErrorKind.INTERNAL:
                 request_id = uuid.uuid4().hex
@@ -226,9 +241,9 @@ class GrpcAdapter:
             context.set_code(grpc_code(exc.kind))
             context.set_details(message)
             return empty
-        except Exception:
+        else:
             request_id = uuid.uuid4().hex
-            log.exception("unhandled error in gRPC call (request id %s)", request_id)
+            log.error("unhandled error in gRPC call (request id %s)", request_id, exc_info=exc)
             context.set_code(grpc.StatusCode.INTERNAL)
             context.set_details(f"internal error (request id {request_id})")
             return empty
@@ -275,9 +290,18 @@ class GrpcAdapter:
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         async def run(r: pb.ModelInferRequest) -> pb.ModelInferResponse:
             response = await self.service.infer(to_core(r))
+            tracker.served_version = response.model_version
             return from_core(response, raw=bool(r.raw_input_contents))
 
-        return await self._call(request, context, pb.ModelInferResponse(), run)
+        malformed = isinstance(request, MalformedRequest)
+        tracker = self.service.track(
+            "" if malformed else request.model_name, "" if malformed else request.model_version, "grpc"
+        )
+        tracker.start()
+        errors: list[BaseException] = []
+        answer = await self._call(request, context, pb.ModelInferResponse(), run, errors.append)
+        tracker.finish(errors[0] if errors else None)
+        return answer
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def run(r: pb.ModelConfigRequest) -> pb.ModelConfigResponse:

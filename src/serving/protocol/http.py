@@ -146,11 +146,13 @@ def build_http_app(service: InferenceService, *, max_request_bytes: int = 64 * 1
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(request: Request, name: str, version: str = "") -> Response:
-        header_length = _header_length(request)
-        body = await _read_body(request, max_request_bytes)
-        core_request = rest_v2.to_core(body, header_length, name, version)
-        response = await service.infer(core_request)
-        encoded = rest_v2.from_core(response, core_request)
+        with service.track(name, version, "http") as tracker:
+            header_length = _header_length(request)
+            body = await _read_body(request, max_request_bytes)
+            core_request = rest_v2.to_core(body, header_length, name, version)
+            response = await service.infer(core_request)
+            encoded = rest_v2.from_core(response, core_request)
+            tracker.served_version = response.model_version
         if encoded.header_length is None:
             return Response(encoded.body, media_type=JSON)
         return Response(

@@ -1,0 +1,112 @@
+"""``_manifest.json``: what a scoring job read, with which model, and what it wrote.
+
+Row counts of the outputs are read back from the Parquet footers of the files the job
+wrote, not from the job's own bookkeeping, so ``rows_read == rows_scored + rows_failed``
+is a check on the files that exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from serving.offline.inputs import InputSet
+
+MANIFEST_NAME = "_manifest.json"
+ERRORS_DIR = "errors"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    path: str
+    rows: int
+    size: int
+
+
+def list_outputs(fs: pafs.FileSystem, root: str) -> tuple[list[OutputFile], list[OutputFile]]:
+    """(scored files, error files) under a job's output folder, with their row counts."""
+    scored: list[OutputFile] = []
+    errors: list[OutputFile] = []
+    info = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    for i in sorted(info, key=lambda i: i.path):
+        if i.type != pafs.FileType.File or not i.path.endswith(".parquet"):
+            continue
+        rel = os.path.relpath(i.path, root)
+        with fs.open_input_file(i.path) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        (errors if rel.split("/")[0] == ERRORS_DIR else scored).append(OutputFile(rel, rows, i.size))
+    return scored, errors
+
+
+@dataclass
+class Manifest:
+    model_name: str
+    model_version: int
+    artifact: str
+    artifact_sha256: str
+    inputs: InputSet
+    scored_files: list[OutputFile]
+    error_files: list[OutputFile]
+    started_at: dt.datetime
+    duration_s: float
+    ray_start_s: float
+    serving_version: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows_read(self) -> int:
+        return self.inputs.rows
+
+    @property
+    def rows_scored(self) -> int:
+        return sum(f.rows for f in self.scored_files)
+
+    @property
+    def rows_failed(self) -> int:
+        return sum(f.rows for f in self.error_files)
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_read == self.rows_scored + self.rows_failed
+
+    @property
+    def error_rate(self) -> float:
+        return self.rows_failed / self.rows_read if self.rows_read else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": {
+                "name": self.model_name,
+                "version": self.model_version,
+                "artifact": self.artifact,
+                "sha256": self.artifact_sha256,
+            },
+            "input": {
+                "base_dir": self.inputs.base_dir,
+                "filesystem": self.inputs.filesystem.type_name,
+                "fingerprint": self.inputs.fingerprint(),
+                "partition_columns": list(self.inputs.partition_columns),
+                "files": [{"path": f.path, "size": f.size, "rows": f.rows} for f in self.inputs.files],
+            },
+            "rows": {"read": self.rows_read, "scored": self.rows_scored, "failed": self.rows_failed},
+            "output": {
+                "files": [{"path": f.path, "rows": f.rows, "size": f.size} for f in self.scored_files],
+                "errors": [{"path": f.path, "rows": f.rows, "size": f.size} for f in self.error_files],
+            },
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "duration_s": round(self.duration_s, 3),
+            "rows_per_s": round(self.rows_read / self.duration_s) if self.duration_s > 0 else None,
+            "ray_start_s": round(self.ray_start_s, 3),
+            "serving_version": self.serving_version,
+            "settings": self.settings,
+        }
+
+    def write(self, fs: pafs.FileSystem, root: str) -> None:
+        with fs.open_output_stream(f"{root}/{MANIFEST_NAME}") as f:
+            f.write(json.dumps(self.to_dict(), indent=2).encode())
