@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.errors import InvalidInputError, ModelExecutionError, QueueFullError, ServingError
+from serving.telemetry import tracing
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -44,6 +45,7 @@ class _Pending:
     key: tuple[Any, ...]
     future: asyncio.Future[Arrays]
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
+    trace: Any = None
 
 
 def batch_key(inputs: Arrays) -> tuple[Any, ...]:
@@ -105,6 +107,7 @@ class DynamicBatcher:
         executor: Executor,
         observer: BatchObserver | None = None,
         inline_below_s: float = 0.0,
+        trace_attributes: dict[str, str] | None = None,
     ) -> None:
         if max_batch_size < 0:
             raise ValueError("max_batch_size must be an integer >= 0")
@@ -123,6 +126,7 @@ class DynamicBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._inline_below_ns = int(inline_below_s * 1e9)
         self._recent_ns: float | None = None  # moving average of execution time
+        self._trace_attributes = trace_attributes or {}
 
     @property
     def queue_depth(self) -> int:
@@ -150,6 +154,7 @@ class DynamicBatcher:
             self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._work())
         pending = _Pending(inputs, rows, batch_key(inputs) if self.max_batch_size else (), loop.create_future())
+        pending.trace = tracing.current_span_context()
         self._queue.append(pending)
         assert self._arrived is not None
         self._arrived.set()
@@ -237,6 +242,11 @@ class DynamicBatcher:
             err = exc if isinstance(exc, ServingError) else ModelExecutionError(f"model failed: {exc}")
             if self._observer:
                 self._observer.on_batch(sum(rows), queue_ns, 0, time.monotonic_ns() - start, 0, False)
+            if any(p.trace for p in batch):
+                tracing.record_batch(
+                    self._trace_attributes, [p.trace for p in batch], queue_ns, start, 0,
+                    time.monotonic_ns() - start, 0, sum(rows), err.message,
+                )  # fmt: skip
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)
@@ -245,6 +255,10 @@ class DynamicBatcher:
         self._recent_ns = took if self._recent_ns is None else 0.8 * self._recent_ns + 0.2 * took
         if self._observer:
             self._observer.on_batch(sum(rows), queue_ns, t_in, t_infer, t_out, True)
+        if any(p.trace for p in batch):
+            tracing.record_batch(
+                self._trace_attributes, [p.trace for p in batch], queue_ns, start, t_in, t_infer, t_out, sum(rows)
+            )
         for p, out in zip(batch, results):
             if not p.future.done():
                 p.future.set_result(out)

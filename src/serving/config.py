@@ -283,6 +283,9 @@ class ServerSettings(BaseSettings):
     max_ongoing_requests: PositiveInt = Field(default=1024, description="Requests one replica works on at once.")
     num_cpus: PositiveInt | None = Field(default=None, description="CPUs of the local Ray (None: all).")
     server_name: str = "serving"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Replica logs: JSON lines with request and trace ids, or plain text."
+    )
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerSettings:

@@ -120,6 +120,7 @@ class ModelVersion:
             executor=self._executor,
             observer=self,
             inline_below_s=self.config.instance.inline_below_ms / 1000.0,
+            trace_attributes={"serving.model": self.name, "serving.version": str(self.version)},
         )
         self.load_seconds = time.monotonic() - start
         self.state = VersionState.READY

@@ -8,6 +8,7 @@ versions, one dynamic batcher per version, and the input checks of the OIP spec
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,7 +54,9 @@ class InferenceService(Protocol):
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
     def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
-    def track(self, name: str, version: str, protocol: str) -> RequestTracker: ...
+    def track(
+        self, name: str, version: str, protocol: str, carrier: Mapping[str, str] | None = None
+    ) -> RequestTracker: ...
 
 
 class LocalInferenceService:
@@ -77,9 +80,14 @@ class LocalInferenceService:
         registry.load_entries(scan_repository(root))
         return cls(registry, server_name)
 
-    def track(self, name: str, version: str, protocol: str) -> RequestTracker:
-        """Meter one inference request (``with service.track(...) as t: ...``)."""
-        return RequestTracker(self.registry.metrics, self._in_flight, self.metric_labels, name, version, protocol)
+    def track(self, name: str, version: str, protocol: str, carrier: Mapping[str, str] | None = None) -> RequestTracker:
+        """Meter (and, with tracing on, trace) one inference request: ``with service.track(...) as t:``.
+
+        ``carrier``: the request's headers or metadata (a W3C ``traceparent`` in it is continued).
+        """
+        return RequestTracker(
+            self.registry.metrics, self._in_flight, self.metric_labels, name, version, protocol, carrier
+        )
 
     def metric_labels(self, name: str, version: str) -> tuple[str, str]:
         """Bounded (model, version) labels: names the repository serves, else ``_unknown``."""

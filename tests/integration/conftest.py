@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from otlp_receiver import OtlpReceiver
 
 from serving.demo import build_demo_repository
 
@@ -28,11 +29,24 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def otlp() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[ServerProcess]:
+    """The session's server, exporting traces (OTLP/HTTP, standard OTEL_* variables) to ``otlp``."""
     proc = ServerProcess(
         repository,
         tmp_path_factory.mktemp("logs") / "server.log",
-        env={"SERVING_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)},
+        env={
+            "SERVING_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        },
     )
     proc.start()
     yield proc

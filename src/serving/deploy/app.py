@@ -8,9 +8,9 @@ the models behind per-version dynamic batchers: one Ray hop on the request path.
 
 from __future__ import annotations
 
-import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from ray import serve
@@ -21,6 +21,7 @@ from serving.protocol.grpc_v2 import GrpcAdapter
 from serving.protocol.http import build_http_app
 from serving.repository import ModelEntry, scan_repository
 from serving.service import LocalInferenceService
+from serving.telemetry import logs, tracing
 
 APP_NAME = "serving"
 DEPLOYMENT_NAME = "inference"
@@ -39,6 +40,7 @@ class AppArgs(BaseModel):
     max_request_bytes: PositiveInt = 64 * 1024 * 1024
     max_ongoing_requests: PositiveInt = 1024
     server_name: str = "serving"
+    log_format: Literal["json", "text"] = "json"
 
 
 # Serve's per-request access log costs ~3% of the replica's CPU at load (py-spy); the
@@ -48,8 +50,9 @@ class AppArgs(BaseModel):
 class InferenceDeployment:
     """An ingress replica: HTTP routes come from ``build_http_app``; gRPC RPCs delegate below."""
 
-    def __init__(self, repository: str, max_request_bytes: int, server_name: str) -> None:
-        logging.getLogger("serving").setLevel(logging.INFO)
+    def __init__(self, repository: str, max_request_bytes: int, server_name: str, log_format: str = "json") -> None:
+        logs.configure(log_format)
+        tracing.configure_from_env()
         self.service = LocalInferenceService.from_repository(Path(repository), server_name, metrics=RayMetrics())
         self.grpc = GrpcAdapter(self.service)
         self._max_request_bytes = max_request_bytes
@@ -102,16 +105,21 @@ def build_app(args: dict[str, Any]) -> Application:
     options = deployment_options(scan_repository(parsed.repository))
     deployment: Any = InferenceDeployment  # a serve.Deployment once decorated
     return deployment.options(max_ongoing_requests=parsed.max_ongoing_requests, **options).bind(  # type: ignore[no-any-return]
-        str(parsed.repository.resolve()), parsed.max_request_bytes, parsed.server_name
+        str(parsed.repository.resolve()), parsed.max_request_bytes, parsed.server_name, parsed.log_format
     )
 
 
 def deployment_options(entries: list[ModelEntry]) -> dict[str, Any]:
-    """Replicas and per-replica resources for a repository's models (all hosted together)."""
-    return {
-        "num_replicas": max((e.config.resources.replicas for e in entries), default=1),
-        "ray_actor_options": {
-            "num_cpus": sum(e.config.resources.num_cpus for e in entries),
-            "num_gpus": sum(e.config.resources.num_gpus for e in entries),
-        },
+    """Replicas and per-replica resources for a repository's models (all hosted together).
+
+    The deployer's ``OTEL_*`` variables travel to every replica (on a cluster too), so tracing
+    is configured where the spans are made.
+    """
+    actor: dict[str, Any] = {
+        "num_cpus": sum(e.config.resources.num_cpus for e in entries),
+        "num_gpus": sum(e.config.resources.num_gpus for e in entries),
     }
+    otel = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+    if otel:
+        actor["runtime_env"] = {"env_vars": otel}
+    return {"num_replicas": max((e.config.resources.replicas for e in entries), default=1), "ray_actor_options": actor}

@@ -65,6 +65,7 @@ def start(settings: ServerSettings) -> float:
             "max_request_bytes": settings.max_request_bytes,
             "max_ongoing_requests": settings.max_ongoing_requests,
             "server_name": settings.server_name,
+            "log_format": settings.log_format,
         }
     )
     serve.run(app, name=APP_NAME, route_prefix="/")

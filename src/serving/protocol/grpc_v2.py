@@ -203,6 +203,14 @@ def add_health_service(servicer: Any, server: Any) -> None:
     )
 
 
+def _metadata(context: Any) -> dict[str, str]:
+    """The call's metadata as a dict (where a client's ``traceparent`` travels)."""
+    try:
+        return {str(k): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    except Exception:  # a context without metadata: no trace parent
+        return {}
+
+
 class GrpcAdapter:
     """Implements each RPC of ``GRPCInferenceService`` (and grpc.health.v1) over a service.
 
@@ -295,7 +303,10 @@ class GrpcAdapter:
 
         malformed = isinstance(request, MalformedRequest)
         tracker = self.service.track(
-            "" if malformed else request.model_name, "" if malformed else request.model_version, "grpc"
+            "" if malformed else request.model_name,
+            "" if malformed else request.model_version,
+            "grpc",
+            _metadata(context),
         )
         tracker.start()
         errors: list[BaseException] = []

@@ -146,7 +146,7 @@ def build_http_app(service: InferenceService, *, max_request_bytes: int = 64 * 1
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(request: Request, name: str, version: str = "") -> Response:
-        with service.track(name, version, "http") as tracker:
+        with service.track(name, version, "http", request.headers) as tracker:
             header_length = _header_length(request)
             body = await _read_body(request, max_request_bytes)
             core_request = rest_v2.to_core(body, header_length, name, version)

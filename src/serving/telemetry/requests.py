@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from serving.errors import ErrorKind, ServingError
+from serving.telemetry import tracing
+from serving.telemetry.logs import request_id_var
 from serving.telemetry.metrics import IN_FLIGHT, REJECTED, REQUEST_SECONDS, REQUESTS, Metrics
 
 LabelResolver = Callable[[str, str], tuple[str, str]]
+
+log = logging.getLogger(__name__)
 
 
 class InFlight:
@@ -36,7 +42,10 @@ class RequestTracker:
         "_in_flight",
         "_labels",
         "_model",
+        "_request_token",
+        "_span",
         "_start",
+        "carrier",
         "metrics",
         "name",
         "protocol",
@@ -45,9 +54,18 @@ class RequestTracker:
     )
 
     def __init__(
-        self, metrics: Metrics, in_flight: InFlight, labels: LabelResolver, name: str, version: str, protocol: str
+        self,
+        metrics: Metrics,
+        in_flight: InFlight,
+        labels: LabelResolver,
+        name: str,
+        version: str,
+        protocol: str,
+        carrier: Mapping[str, str] | None = None,
     ) -> None:
         self.metrics = metrics
+        self.carrier = carrier or {}
+        self._span: tracing.RequestSpan | None = None
         self._in_flight = in_flight
         self._labels = labels
         self.name, self.version, self.protocol = name, version, protocol
@@ -66,8 +84,11 @@ class RequestTracker:
 
     def start(self) -> None:
         self._start = time.perf_counter()
-        self._model, _ = self._labels(self.name, self.version)
+        self._model, version = self._labels(self.name, self.version)
         self._in_flight.add(self._model, self.protocol, 1)
+        self._request_token = request_id_var.set(self.carrier.get("x-request-id") or uuid.uuid4().hex[:16])
+        if tracing.enabled():
+            self._span = tracing.RequestSpan(self.carrier, self.protocol, self._model, version)
 
     def finish(self, exc: BaseException | None) -> None:
         """Record the request; ``exc`` is what it failed with (None: it succeeded)."""
@@ -87,3 +108,8 @@ class RequestTracker:
         self.metrics.inc(REQUESTS, {**labels, "outcome": outcome})
         if outcome == ErrorKind.OVERLOADED.value:
             self.metrics.inc(REJECTED, labels)
+        if outcome == ErrorKind.INTERNAL.value:
+            log.error("%s request to %s v%s failed: %s", self.protocol, model, version, exc)
+        if self._span is not None:
+            self._span.end(outcome, version)
+        request_id_var.reset(self._request_token)
