@@ -8,7 +8,7 @@ DEMO_REPO ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test unit integration lint format proto proto-check rules prometheus bench bench-batch loadtest clean
+.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus bench bench-batch loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -58,7 +58,18 @@ proto-check: $(BIN)/.installed
 # another: tritonclient's generated `inference.*` protobuf classes cannot share a process
 # with ours.
 unit: $(BIN)/.installed
-	$(BIN)/pytest tests/unit tests/adapter -q
+	$(BIN)/pytest tests/unit tests/adapter tests/gpu -q
+
+# The GPU tests alone (they skip without CUDA; on a GPU host they run).
+gpu-test: $(BIN)/.installed
+	$(BIN)/pytest tests/gpu -q -rs
+
+# The `gpu` extra (onnxruntime-gpu, torch) must resolve from the registries, as the image installs it.
+gpu-extra: $(BIN)/.installed
+	$(BIN)/pip install --dry-run --ignore-installed --quiet --report .gpu-extra.json '.[gpu]'
+	$(PY) -c "import json; names = {i['metadata']['name'] for i in json.load(open('.gpu-extra.json'))['install']}; \
+	  missing = {'onnxruntime-gpu', 'torch'} - names; assert not missing, missing; print('gpu extra resolves:', sorted(names & {'onnxruntime-gpu', 'torch'}))"
+	rm -f .gpu-extra.json
 
 integration: $(BIN)/.installed prometheus
 	$(BIN)/pytest tests/integration -q
@@ -73,7 +84,7 @@ rules: prometheus
 	cd configs/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml
 	promtool check config configs/prometheus/prometheus.yml
 
-test: lint proto-check rules unit integration
+test: lint proto-check rules gpu-extra unit integration
 
 # Load test a running server (defaults: the one `make serve` starts). Report in loadtest-report/.
 LOADTEST_ARGS ?= --model digits --shape step --users 16 --duration 60 --slo-p99-ms 500 --slo-error-ratio 0.01

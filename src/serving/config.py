@@ -125,6 +125,39 @@ class VersionPolicy(_Strict):
         return newest_first[: self.latest or 1]
 
 
+ProviderName = Literal["tensorrt", "cuda", "cpu"]
+ProviderOptionValue = str | int | float | bool
+
+
+class OnnxOptions(_Strict):
+    """onnxruntime execution providers and how inputs reach them."""
+
+    providers: tuple[ProviderName, ...] = Field(
+        default=("cuda", "cpu"),
+        description=(
+            "Preference order on a GPU device; ones this onnxruntime build lacks are skipped with a log "
+            "line, and CPU always comes last. Add tensorrt first to use TensorRT where installed."
+        ),
+    )
+    provider_options: dict[ProviderName, dict[str, ProviderOptionValue]] = Field(
+        default_factory=dict,
+        description="Options per provider, e.g. cuda: {device_id: 0}, tensorrt: {trt_fp16_enable: true}.",
+    )
+    io_binding: bool = Field(
+        default=False,
+        description="Run through onnxruntime I/O binding (outputs allocated on the device, copied back once).",
+    )
+
+
+class TorchOptions(_Strict):
+    """TorchScript execution options."""
+
+    fp16: bool = Field(default=False, description="Run the module in half precision (inputs/outputs stay FP32).")
+    pinned_memory: bool = Field(
+        default=True, description="On CUDA, copy inputs through pinned host memory (asynchronous copy)."
+    )
+
+
 class InstanceConfig(_Strict):
     """Where and how a model version runs inside a replica."""
 
@@ -137,6 +170,11 @@ class InstanceConfig(_Strict):
     warmup: bool = Field(
         default=True, description="Run zero-filled batches at load so the first request is not the slow one."
     )
+    warmup_batch_sizes: tuple[PositiveInt, ...] | None = Field(
+        default=None, description="Batch sizes to warm up (default: 1 and max_batch_size, at most 1024)."
+    )
+    onnx: OnnxOptions = OnnxOptions()
+    torch: TorchOptions = TorchOptions()
     inline_below_ms: float = Field(
         default=0.5,
         ge=0,

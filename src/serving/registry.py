@@ -134,7 +134,13 @@ class ModelVersion:
         variable dims = 1), so the first user request does not pay for kernel selection,
         allocation or CUDA init. A model that rejects the synthetic input only logs: its real
         inputs may need other sizes."""
-        sizes = sorted({1, min(self.max_batch_size, WARMUP_MAX_ROWS)}) if self.max_batch_size else [0]
+        configured = self.config.instance.warmup_batch_sizes
+        if not self.max_batch_size:
+            sizes = [0]
+        elif configured:
+            sizes = sorted({min(b, self.max_batch_size) for b in configured})
+        else:
+            sizes = sorted({1, min(self.max_batch_size, WARMUP_MAX_ROWS)})
         names = list(self.output_datatypes)
         for rows in sizes:
             arrays = {s.name: _zeros(s, rows) for s in self.inputs}

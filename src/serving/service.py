@@ -126,6 +126,7 @@ class LocalInferenceService:
             platform=mv.model.platform,
             inputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.inputs),
             outputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.outputs),
+            device=mv.model.device,
         )
 
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:

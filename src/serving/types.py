@@ -74,6 +74,9 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    device: str = "cpu"
+    """Where the version runs (cpu/gpu); HTTP metadata carries it as an extra field, and both
+    protocols report it in the model configuration's instance_group kind."""
 
 
 @dataclass(frozen=True, slots=True)

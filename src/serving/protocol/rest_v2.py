@@ -167,4 +167,5 @@ def metadata_json(md: ModelMetadata) -> dict[str, Any]:
         "platform": md.platform,
         "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in md.inputs],
         "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in md.outputs],
+        "device": md.device,
     }

@@ -19,7 +19,9 @@ def create_model(config: ModelConfig, version_dir: Path) -> Model:
     if config.platform is Platform.ONNX:
         from serving.runtime.onnx import OnnxModel
 
-        return OnnxModel(path, device=config.instance.device, num_threads=config.instance.num_threads)
+        return OnnxModel(
+            path, device=config.instance.device, num_threads=config.instance.num_threads, options=config.instance.onnx
+        )
     from serving.runtime.torchscript import TorchScriptModel
 
     return TorchScriptModel(
@@ -28,4 +30,5 @@ def create_model(config: ModelConfig, version_dir: Path) -> Model:
         output_names=[t.name for t in config.outputs or ()],
         device=config.instance.device,
         num_threads=config.instance.num_threads,
+        options=config.instance.torch,
     )

@@ -1,4 +1,5 @@
-"""onnxruntime runtime: CUDA provider when present and allowed, CPU otherwise."""
+"""onnxruntime runtime: the configured GPU providers (TensorRT, CUDA) when present and allowed,
+CPU otherwise; optionally through I/O binding."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from serving.config import OnnxOptions
 from serving.errors import InvalidInputError, ModelExecutionError, ModelNotReadyError
 from serving.runtime.base import Arrays
 from serving.types import TensorSpec
@@ -30,6 +32,35 @@ _ONNX_TYPES = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+
+
+def choose_providers(
+    want: str, options: OnnxOptions, available: list[str]
+) -> tuple[list[str | tuple[str, dict[str, Any]]], list[str]]:
+    """(providers for the session, the configured ones this build lacks). CPU always closes the list."""
+    if want == "cpu":
+        return ["CPUExecutionProvider"], []
+    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    missing = []
+    for name in options.providers:
+        full = PROVIDERS[name]
+        if full == "CPUExecutionProvider":
+            continue
+        if full not in available:
+            missing.append(full)
+            continue
+        opts = options.provider_options.get(name)
+        chosen.append((full, {k: str(v) if isinstance(v, bool) else v for k, v in opts.items()}) if opts else full)
+    chosen.append("CPUExecutionProvider")
+    return chosen, missing
 
 
 def _spec(arg: Any) -> TensorSpec:
@@ -61,25 +92,28 @@ class OnnxModel:
 
     platform = "onnxruntime_onnx"
 
-    def __init__(self, path: Path, *, device: str = "auto", num_threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, *, device: str = "auto", num_threads: int = 1, options: OnnxOptions | None = None
+    ) -> None:
         self.path = path
         self.device = "cpu"
+        self.providers: list[str] = []
         self._want = device
         self._threads = num_threads
+        self._options = options or OnnxOptions()
         self._session: ort.InferenceSession | None = None
         self._string_inputs: set[str] = set()
         self._string_outputs: set[str] = set()
 
     def load(self) -> None:
         available = ort.get_available_providers()
-        cuda = "CUDAExecutionProvider" in available
-        if self._want == "gpu" and not cuda:
+        providers, missing = choose_providers(self._want, self._options, available)
+        if missing and self._want == "gpu":
+            log.warning("%s: onnxruntime has no %s (available: %s)", self.path, missing, available)
+        if self._want == "gpu" and len(providers) == 1:
             raise ModelNotReadyError(
-                f"{self.path}: device gpu requested but onnxruntime has no CUDA provider ({available})"
+                f"{self.path}: device gpu requested but onnxruntime has no GPU provider ({available})"
             )
-        providers = ["CPUExecutionProvider"]
-        if cuda and self._want in ("auto", "gpu"):
-            providers.insert(0, "CUDAExecutionProvider")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self._threads
         opts.inter_op_num_threads = 1
@@ -92,10 +126,11 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelNotReadyError(f"{self.path}: onnxruntime cannot load the model: {exc}") from exc
         used = self._session.get_providers()
-        self.device = "gpu" if used and used[0] == "CUDAExecutionProvider" else "cpu"
+        self.providers = list(used)
+        self.device = "gpu" if used and used[0] in GPU_PROVIDERS else "cpu"
         self._string_inputs = {i.name for i in self._session.get_inputs() if i.type == "tensor(string)"}
         self._string_outputs = {o.name for o in self._session.get_outputs() if o.type == "tensor(string)"}
-        log.info("loaded %s with providers %s", self.path, used)
+        log.info("loaded %s on %s with providers %s", self.path, self.device, used)
 
     def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         s = self._require()
@@ -105,7 +140,7 @@ class OnnxModel:
         s = self._require()
         feed = {k: (_to_str(k, v) if k in self._string_inputs else v) for k, v in inputs.items()}
         try:
-            results = s.run(outputs, feed)
+            results = self._run_bound(s, outputs, feed) if self._options.io_binding else s.run(outputs, feed)
         except Exception as exc:
             raise ModelExecutionError(f"onnxruntime failed: {exc}") from exc
         out: Arrays = {}
@@ -115,6 +150,17 @@ class OnnxModel:
                 arr = _to_bytes(arr)
             out[name] = arr
         return out
+
+    def _run_bound(self, s: ort.InferenceSession, outputs: list[str], feed: Arrays) -> list[Any]:
+        """I/O binding: inputs copied to the device once, outputs allocated there and copied back once."""
+        binding = s.io_binding()
+        device = "cuda" if self.device == "gpu" else "cpu"
+        for name, arr in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+        for name in outputs:
+            binding.bind_output(name, device)
+        s.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
 
     def unload(self) -> None:
         self._session = None

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serving.config import TorchOptions
 from serving.errors import ModelExecutionError, ModelNotReadyError
 from serving.runtime.base import Arrays
 from serving.types import TensorSpec
@@ -30,8 +31,10 @@ class TorchScriptModel:
         output_names: list[str],
         device: str = "auto",
         num_threads: int = 1,
+        options: TorchOptions | None = None,
     ) -> None:
         self.path = path
+        self._options = options or TorchOptions()
         self.device = "cpu"
         self._want = device
         self._threads = num_threads
@@ -56,9 +59,11 @@ class TorchScriptModel:
         except Exception as exc:
             raise ModelNotReadyError(f"{self.path}: torch cannot load the model: {exc}") from exc
         module.eval()
+        if self._options.fp16:
+            module.half()
         self._module = module
         self.device = "gpu" if self._torch_device.type == "cuda" else "cpu"
-        log.info("loaded %s on %s", self.path, self._torch_device)
+        log.info("loaded %s on %s%s", self.path, self._torch_device, " (fp16)" if self._options.fp16 else "")
 
     def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         return (), ()
@@ -67,7 +72,7 @@ class TorchScriptModel:
         if self._module is None:
             raise ModelNotReadyError(f"{self.path}: model is not loaded")
         try:
-            tensors = [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self._torch_device) for n in self._inputs]
+            tensors = [self._to_device(inputs[n]) for n in self._inputs]
             with torch.inference_mode():
                 result = self._module(*tensors)
         except Exception as exc:
@@ -81,7 +86,21 @@ class TorchScriptModel:
         missing = [n for n in outputs if n not in named]
         if missing:
             raise ModelExecutionError(f"model returned no output named {missing}")
-        return {n: named[n].detach().cpu().numpy() for n in outputs}
+        return {n: self._to_host(named[n]) for n in outputs}
+
+    def _to_device(self, arr: np.ndarray[Any, Any]) -> Any:
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if self._torch_device.type == "cuda":
+            t = t.pin_memory().to(self._torch_device, non_blocking=True) if self._options.pinned_memory else t.cuda()
+        if self._options.fp16 and t.is_floating_point():
+            t = t.half()
+        return t
+
+    def _to_host(self, t: Any) -> np.ndarray[Any, Any]:
+        t = t.detach()
+        if self._options.fp16 and t.dtype == torch.float16:
+            t = t.float()  # the declared output datatype (FP32) holds
+        return np.asarray(t.cpu().numpy())
 
     def unload(self) -> None:
         self._module = None
