@@ -137,3 +137,11 @@ def build_test_repository(root: Path) -> Path:
     slow_model(root, "batched", size=256, repeats=20, max_batch_size=16, max_queue_size=512, max_queue_delay_ms=2)
     broken_batch_model(root)
     return root
+
+
+def build_demo_and_test_repository(root: Path) -> Path:
+    """The demo models (digits, digits_torch) next to the test models, in one repository."""
+    from serving.demo import build_demo_repository
+
+    build_demo_repository(root)
+    return build_test_repository(root)

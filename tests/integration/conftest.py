@@ -13,19 +13,14 @@ from pathlib import Path
 import pytest
 from otlp_receiver import OtlpReceiver
 
-from serving.demo import build_demo_repository
-
 from conftest_values import MAX_REQUEST_BYTES
-from models import build_test_repository
+from models import build_demo_and_test_repository
 from server_process import ServerProcess
 
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("repository")
-    build_demo_repository(root)
-    build_test_repository(root)
-    return root
+    return build_demo_and_test_repository(tmp_path_factory.mktemp("repository"))
 
 
 @pytest.fixture(scope="session")

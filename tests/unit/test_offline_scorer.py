@@ -14,21 +14,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from serving.demo import build_demo_dataset, build_demo_repository, digits_data
+from serving.demo import build_demo_dataset, digits_data
 from serving.errors import InvalidInputError, ModelNotFoundError
 from serving.offline.inputs import resolve_inputs
 from serving.offline.mapping import plan_columns
 from serving.offline.scorer import Scorer, open_version, resolve_version
 
-from models import build_test_repository
+from models import build_demo_and_test_repository
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("repo")
-    build_demo_repository(root)
-    build_test_repository(root)
-    return root
+    return build_demo_and_test_repository(tmp_path_factory.mktemp("repo"))
 
 
 def scorer(repo: Path, spec: str, schema: pa.Schema) -> Scorer:
