@@ -8,8 +8,11 @@ and Serve's own ``ray_*`` families. Ray prefixes the names with ``ray_`` (so
 ``prometheus_client`` behind a Serve route answers from one random replica per scrape.
 
 Two Ray behaviours shape this: the agent drops a gauge series that is not re-recorded within
-two report intervals, so gauges are re-sent by a background thread; and a histogram's
-``_sum`` is computed from bucket midpoints (use the buckets, not ``_sum / _count``).
+two report intervals, so gauges are kept in a dict and sent by a background thread every half
+interval (Ray exports only the last value per interval anyway; a ``Gauge.set`` costs ~7 us,
+and the in-flight gauge changes twice per request); and a histogram's ``_sum`` is computed
+from bucket midpoints (use the buckets, not ``_sum / _count``). Counter and histogram calls
+cost ~6.5 us each (measured on the 2-core dev VM).
 """
 
 from __future__ import annotations
@@ -47,11 +50,11 @@ class RayMetrics:
 
     def _refresh(self, every_s: float) -> None:
         while True:
-            time.sleep(every_s)
             with self._lock:
                 gauges = list(self._gauges.items())
             for (name, labels), value in gauges:
                 self._objs[name].set(value, tags=dict(labels))
+            time.sleep(every_s)
 
     def inc(self, spec: MetricSpec, labels: dict[str, str], value: float = 1.0) -> None:
         self._objs[spec.name].inc(value, tags=labels)
@@ -60,6 +63,5 @@ class RayMetrics:
         self._objs[spec.name].observe(value, tags=labels)
 
     def set(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
-        self._objs[spec.name].set(value, tags=labels)
         with self._lock:
             self._gauges[(spec.name, tuple(sorted(labels.items())))] = value
