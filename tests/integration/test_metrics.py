@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -131,3 +132,33 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(server: ServerPro
             break
         time.sleep(1)
     assert not missing, f"named in configs but not exported: {sorted(missing)}"
+
+
+def test_a_scrape_sums_every_replica_process(tmp_path: Path) -> None:
+    """Two replicas (two processes) on one node: one scrape holds both (Serve's default proxy here:
+    a second server on one host must not use the HAProxy fast path, see the README)."""
+    from models import add_model
+
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(1,), resources={"replicas": 2})
+    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_FAST_PATH": "false"})
+    server.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: post(server, "/v2/models/add/infer", add_body([1, 4])), range(30)))
+        assert codes == [200] * 30
+        key = ("ray_serving_requests_total", (("model", "add"), ("outcome", "ok")))
+        ready_key = ("ray_serving_model_ready", (("model", "add"), ("outcome", "")))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            samples = scrape(server.metrics_url)
+            totals = sums(samples, ("model", "outcome"))
+            if totals.get(key) == 30 and totals.get(ready_key) == 2:
+                break
+            time.sleep(1)
+        assert totals.get(key) == 30
+        assert totals.get(ready_key) == 2  # each replica reports its own version as ready
+        workers = {s[1].get("WorkerId") for s in samples if s[0] == "ray_serving_model_ready"}
+        assert len(workers) == 2
+    finally:
+        assert server.stop() == 0, server.log()
