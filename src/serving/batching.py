@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -24,8 +25,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.errors import InvalidInputError, ModelExecutionError, QueueFullError, ServingError
+from serving.errors import InvalidInputError, ModelExecutionError, ModelNotReadyError, QueueFullError, ServingError
 from serving.telemetry import tracing
+
+log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -127,6 +130,7 @@ class DynamicBatcher:
         self._inline_below_ns = int(inline_below_s * 1e9)
         self._recent_ns: float | None = None  # moving average of execution time
         self._trace_attributes = trace_attributes or {}
+        self._closed = False
 
     @property
     def queue_depth(self) -> int:
@@ -147,12 +151,15 @@ class DynamicBatcher:
                 raise InvalidInputError(
                     f"batch of {rows} rows exceeds the model's max_batch_size {self.max_batch_size}"
                 )
+        if self._closed:
+            raise ModelNotReadyError("model version is being unloaded")
         if len(self._queue) >= self.max_queue_size:
             raise QueueFullError(f"model queue is full ({self.max_queue_size} requests waiting); retry later")
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._work())
+            self._worker.add_done_callback(self._worker_ended)
         pending = _Pending(inputs, rows, batch_key(inputs) if self.max_batch_size else (), loop.create_future())
         pending.trace = tracing.current_span_context()
         self._queue.append(pending)
@@ -161,17 +168,31 @@ class DynamicBatcher:
         return await pending.future
 
     async def close(self) -> None:
-        """Stop the worker; waiting requests fail as not ready."""
+        """Stop the worker. Requests still waiting, and a batch cut short, are answered
+        UNAVAILABLE (503); later submits are refused the same way."""
+        self._closed = True
         if self._worker is not None:
             self._worker.cancel()
             try:
                 await self._worker
             except asyncio.CancelledError:
                 pass
+        self._fail_queued(ModelNotReadyError("model version was unloaded"))
+
+    def _fail_queued(self, error: ServingError) -> None:
         while self._queue:
             p = self._queue.popleft()
             if not p.future.done():
-                p.future.set_exception(ModelExecutionError("model version was unloaded"))
+                p.future.set_exception(error)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """The worker only ends by close() or by dying: either way nobody would serve the queue."""
+        if task.cancelled():
+            self._fail_queued(ModelNotReadyError("model version was unloaded"))
+            return
+        exc = task.exception()
+        log.error("batch worker died: %r", exc, exc_info=exc)
+        self._fail_queued(ModelExecutionError(f"batch worker failed: {exc}"))
 
     async def _work(self) -> None:
         arrived = self._arrived
@@ -228,42 +249,60 @@ class DynamicBatcher:
         return batch
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        """Run one batch and settle every future in it, whatever happens (the finally)."""
         start = time.monotonic_ns()
         queue_ns = [start - p.enqueued_ns for p in batch]
         rows = [p.rows for p in batch]
         items = [p.inputs for p in batch]
         inline = self._recent_ns is not None and self._recent_ns < self._inline_below_ns
+        error: ServingError | None = None
+        timings = (0, 0, 0)
         try:
             if inline:
-                results, t_in, t_infer, t_out = self._compute(items, rows)
+                results, timings = self._compute(items, rows)
             else:
-                results, t_in, t_infer, t_out = await loop.run_in_executor(self._executor, self._compute, items, rows)
+                results, timings = await loop.run_in_executor(self._executor, self._compute, items, rows)
+            for p, out in zip(batch, results):
+                if not p.future.done():
+                    p.future.set_result(out)
+            took = sum(timings)
+            self._recent_ns = took if self._recent_ns is None else 0.8 * self._recent_ns + 0.2 * took
+        except asyncio.CancelledError:
+            error = ModelNotReadyError("model version was unloaded while the batch ran")
+            raise
         except Exception as exc:
-            err = exc if isinstance(exc, ServingError) else ModelExecutionError(f"model failed: {exc}")
-            if self._observer:
-                self._observer.on_batch(sum(rows), queue_ns, 0, time.monotonic_ns() - start, 0, False)
-            if any(p.trace for p in batch):
-                tracing.record_batch(
-                    self._trace_attributes, [p.trace for p in batch], queue_ns, start, 0,
-                    time.monotonic_ns() - start, 0, sum(rows), err.message,
-                )  # fmt: skip
+            error = exc if isinstance(exc, ServingError) else ModelExecutionError(f"model failed: {exc}")
+        finally:
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(err)
-            return
-        took = t_in + t_infer + t_out
-        self._recent_ns = took if self._recent_ns is None else 0.8 * self._recent_ns + 0.2 * took
-        if self._observer:
-            self._observer.on_batch(sum(rows), queue_ns, t_in, t_infer, t_out, True)
-        if any(p.trace for p in batch):
-            tracing.record_batch(
-                self._trace_attributes, [p.trace for p in batch], queue_ns, start, t_in, t_infer, t_out, sum(rows)
-            )
-        for p, out in zip(batch, results):
-            if not p.future.done():
-                p.future.set_result(out)
+                    p.future.set_exception(error or ModelExecutionError("batch ended without an answer"))
+            self._report(batch, queue_ns, start, timings, sum(rows), error)
 
-    def _compute(self, items: list[Arrays], rows: list[int]) -> tuple[list[Arrays], int, int, int]:
+    def _report(
+        self,
+        batch: list[_Pending],
+        queue_ns: list[int],
+        start: int,
+        timings: tuple[int, int, int],
+        rows: int,
+        error: ServingError | None,
+    ) -> None:
+        """Statistics and tracing of one batch; a failure here is logged and never reaches requests."""
+        t_in, t_infer, t_out = timings
+        try:
+            if error is not None:
+                t_infer = time.monotonic_ns() - start
+            if self._observer:
+                self._observer.on_batch(rows, queue_ns, t_in, t_infer, t_out, error is None)
+            if any(p.trace for p in batch):
+                tracing.record_batch(
+                    self._trace_attributes, [p.trace for p in batch], queue_ns, start, t_in, t_infer, t_out, rows,
+                    None if error is None else error.message,
+                )  # fmt: skip
+        except Exception:
+            log.exception("recording a batch's statistics failed")
+
+    def _compute(self, items: list[Arrays], rows: list[int]) -> tuple[list[Arrays], tuple[int, int, int]]:
         t0 = time.monotonic_ns()
         if self.max_batch_size:
             merged = concat_inputs(items)
@@ -274,4 +313,4 @@ class DynamicBatcher:
         t2 = time.monotonic_ns()
         results = split_outputs(outputs, rows) if self.max_batch_size else [outputs]
         t3 = time.monotonic_ns()
-        return results, t1 - t0, t2 - t1, t3 - t2
+        return results, (t1 - t0, t2 - t1, t3 - t2)

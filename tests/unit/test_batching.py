@@ -206,3 +206,66 @@ async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any
     for _ in range(12):
         await b.submit(x(1))
     assert threads[-1] != loop_thread  # slow executions moved it back to the worker
+
+
+class RaisingObserver:
+    def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
+        raise RuntimeError("observer broke")
+
+
+async def test_a_raising_observer_neither_loses_answers_nor_kills_the_worker(executor: Any) -> None:
+    b = DynamicBatcher(
+        lambda a: {"y": a["x"] * 2},
+        max_batch_size=4,
+        max_queue_delay_s=0,
+        max_queue_size=8,
+        executor=executor,
+        observer=RaisingObserver(),
+    )
+    first = await asyncio.wait_for(b.submit(x(1, 3.0)), 5)
+    second = await asyncio.wait_for(b.submit(x(2, 4.0)), 5)  # the same worker serves on
+    assert first["y"][0, 0] == 6.0 and second["y"].shape == (2, 3)
+    await b.close()
+
+
+async def test_close_in_mid_batch_answers_the_batch_and_the_queue_unavailable(executor: Any) -> None:
+    from serving.errors import ModelNotReadyError
+
+    model = GatedModel()
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    running = asyncio.ensure_future(b.submit(x(1)))
+    await wait_for(model.started)  # the first batch is inside the model now
+    queued = asyncio.ensure_future(b.submit(x(1)))
+    await asyncio.sleep(0)
+    await b.close()
+    for fut in (running, queued):
+        with pytest.raises(ModelNotReadyError):
+            await asyncio.wait_for(fut, 5)
+    with pytest.raises(ModelNotReadyError, match="unloaded"):
+        await b.submit(x(1))
+    model.release.set()
+
+
+class Fatal(BaseException):
+    """Not an Exception: escapes the batch's error handling and ends the worker task."""
+
+
+async def test_a_dead_worker_fails_its_batch_and_everything_queued(executor: Any) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def model(a: Arrays) -> Arrays:
+        started.set()
+        gate.wait(5)
+        raise Fatal()
+
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    running = asyncio.ensure_future(b.submit(x(1)))
+    await wait_for(started)
+    queued = asyncio.ensure_future(b.submit(x(1)))
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(ModelExecutionError, match="without an answer"):
+        await asyncio.wait_for(running, 5)
+    with pytest.raises(ModelExecutionError, match="batch worker failed"):
+        await asyncio.wait_for(queued, 5)
