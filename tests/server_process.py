@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 READY_TIMEOUT_S = 240
+BANNER = "serving is ready:"
 STOP_TIMEOUT_S = 90
 
 
@@ -32,6 +33,8 @@ class ServerProcess:
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
+    args: tuple[str, ...] = ()
+    """Extra `serving serve` arguments (e.g. --replicas, --address)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,11 +52,15 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the server (on free ports unless set) and wait until it answers ready."""
         ports: set[int] = set()
         while len(ports) < 3:
             ports.add(free_port())
-        self.http_port, self.grpc_port, self.metrics_port = sorted(ports)
+        chosen = sorted(ports)
+        self.http_port = self.http_port or chosen[0]
+        self.grpc_port = self.grpc_port or chosen[1]
+        self.metrics_port = self.metrics_port or chosen[2]
         cmd = [
             str(Path(sys.executable).parent / "serving"),
             "serve",
@@ -65,38 +72,36 @@ class ServerProcess:
             str(self.grpc_port),
             "--metrics-port",
             str(self.metrics_port),
+            *self.args,
         ]
-        # Two servers on one machine must not share fixed ports: HAProxy's metrics and stats
-        # listeners, and the ranges replicas take their direct-ingress ports from (with the
-        # defaults, a second server's HAProxy was seen reaching the first server's replica).
-        http_base, grpc_base = free_port(), free_port()
         env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             # Ray's metrics agent gets new values every second instead of every ten.
             "RAY_metrics_report_interval_ms": "1000",
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_base),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_base + 50),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_base),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_base + 50),
             **self.env,
         }
         env.pop("RAY_ADDRESS", None)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Ready: the banner is printed (every replica is up) and the HTTP port answers ready."""
+        assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
+            if BANNER in self.log_path.read_text(errors="replace"):
+                try:
+                    with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                        if r.status == 200:
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.25)
         self.stop()
         raise RuntimeError(f"server not ready after {READY_TIMEOUT_S}s:\n{self.log()}")
 

@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             host=args.host,
             ray_address=args.address,
-            fast_path=False if args.no_fast_path else None,
+            replicas=_replicas(args),
         )
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -53,7 +53,11 @@ def _serve(args: argparse.Namespace) -> int:
         seconds = server.start(settings)
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        server.stop()
         return 2
+    except BaseException:
+        server.stop()
+        raise
     try:
         print(f"started in {seconds:.1f}s", flush=True)
         print(_banner(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port), flush=True)
@@ -63,6 +67,12 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop()
     print("stopped", flush=True)
     return 0
+
+
+def _replicas(args: argparse.Namespace) -> dict[str, int] | None:
+    given = {"min": args.replicas, "max": args.max_replicas}
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return chosen or None
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -124,12 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("serve", help="serve a model repository over HTTP and gRPC")
     s.add_argument("--repository", type=Path, help="model repository root (default ./model_repository)")
     s.add_argument("--config", type=Path, help="server settings YAML (keys of ServerSettings)")
-    s.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    s.add_argument("--host", help="address HTTP and gRPC bind (default 127.0.0.1)")
     s.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     s.add_argument("--grpc-port", type=int, help="gRPC port (default 8001)")
     s.add_argument("--metrics-port", type=int, help="Prometheus metrics port of the local Ray node (default 8002)")
     s.add_argument("--address", help="join this Ray cluster instead of starting a local one (or RAY_ADDRESS)")
-    s.add_argument("--no-fast-path", action="store_true", help="use Serve's Python proxy instead of HAProxy")
+    s.add_argument("--replicas", type=_positive_int, help="replicas (the fewest, with --max-replicas); default 1")
+    s.add_argument("--max-replicas", type=_positive_int, help="autoscale up to this many replicas from their load")
     s.set_defaults(func=_serve)
     sc = sub.add_parser("score", help="score Parquet files with a model (Ray Data batch job)")
     sc.add_argument("--model", required=True, help="NAME or NAME:VERSION (default: newest served version)")

@@ -15,7 +15,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -301,6 +303,42 @@ def format_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""Default largest request body (HTTP) and message (gRPC), bytes."""
+DRAIN_SECONDS = 10.0
+"""Default time a stopping replica gives in-flight requests."""
+
+
+class ReplicasConfig(_Strict):
+    """Replicas of the inference deployment. Every replica serves every model on the server's
+    ports (SO_REUSEPORT); autoscaling reads each replica's own in-flight requests and queue depth."""
+
+    min: PositiveInt = Field(
+        default=1,
+        description="Fewest replicas (the fixed count when max is unset). No scale to zero: a replica "
+        "that listens is what receives the load that would wake others.",
+    )
+    max: PositiveInt | None = Field(default=None, description="Most replicas; set it to autoscale between min and max.")
+    target_in_flight: PositiveFloat = Field(
+        default=32.0, description="Requests (in flight + queued) per replica the autoscaler aims for."
+    )
+    upscale_delay_s: NonNegativeFloat = Field(default=3.0, description="Load must stay high this long to add replicas.")
+    downscale_delay_s: NonNegativeFloat = Field(default=30.0, description="Load must stay low this long to remove.")
+    max_per_node: PositiveInt | None = Field(
+        default=None, description="At most this many replicas on one node (1 spreads them over a cluster)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicasConfig:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"replicas.max ({self.max}) must be >= replicas.min ({self.min})")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.max is not None
+
+
 class ServerSettings(BaseSettings):
     """Server-wide settings: init arguments > ``SERVING_*`` env > YAML file > defaults."""
 
@@ -314,11 +352,16 @@ class ServerSettings(BaseSettings):
         default=8002, ge=1, le=65535, description="Prometheus endpoint of the local Ray node (Ray's metrics agent)."
     )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; None starts a local one.")
-    fast_path: bool = Field(
-        default=True, description="HAProxy ingress straight to replicas (RAY_SERVE_ENABLE_HA_PROXY)."
+    max_request_bytes: PositiveInt = Field(default=MAX_REQUEST_BYTES, description="Largest request body accepted.")
+    replicas: ReplicasConfig = Field(
+        default_factory=lambda: ReplicasConfig(), description="How many replicas serve, fixed or autoscaled."
     )
-    max_request_bytes: PositiveInt = Field(default=64 * 1024 * 1024, description="Largest request body accepted.")
-    max_ongoing_requests: PositiveInt = Field(default=1024, description="Requests one replica works on at once.")
+    drain_seconds: float = Field(
+        default=DRAIN_SECONDS,
+        ge=0,
+        le=300,
+        description="How long a stopping replica keeps finishing in-flight requests before it closes connections.",
+    )
     num_cpus: PositiveInt | None = Field(default=None, description="CPUs of the local Ray (None: all).")
     server_name: str = "serving"
     log_format: Literal["json", "text"] = Field(

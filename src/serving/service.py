@@ -7,6 +7,7 @@ versions, one dynamic batcher per version, and the input checks of the OIP spec
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from serving.telemetry.requests import InFlight, RequestTracker
 from serving.types import (
     InferenceRequest,
     InferenceResponse,
+    ModelDescription,
     ModelMetadata,
     ModelStats,
     ModelVersionState,
@@ -30,7 +32,10 @@ from serving.types import (
     TensorSpec,
 )
 
-SERVER_VERSION = "0.1.0"
+try:
+    SERVER_VERSION = importlib.metadata.version("serving")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree without installing
+    SERVER_VERSION = "0+unknown"
 EXTENSIONS = (
     "binary_tensor_data",
     "model_configuration",
@@ -50,12 +55,12 @@ class InferenceService(Protocol):
     def server_metadata(self) -> dict[str, Any]: ...
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
     def model_ready(self, name: str, version: str = "") -> bool: ...
-    def model_config(self, name: str, version: str = "") -> dict[str, Any]: ...
+    def model_config(self, name: str, version: str = "") -> ModelDescription: ...
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
     def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
     def track(
-        self, name: str, version: str, protocol: str, carrier: Mapping[str, str] | None = None
+        self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
     ) -> RequestTracker: ...
 
 
@@ -80,14 +85,28 @@ class LocalInferenceService:
         registry.load_entries(scan_repository(root))
         return cls(registry, server_name)
 
-    def track(self, name: str, version: str, protocol: str, carrier: Mapping[str, str] | None = None) -> RequestTracker:
+    def track(
+        self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
+    ) -> RequestTracker:
         """Meter (and, with tracing on, trace) one inference request: ``with service.track(...) as t:``.
 
-        ``carrier``: the request's headers or metadata (a W3C ``traceparent`` in it is continued).
+        ``request_id``: the client's or a new one (logs carry it). ``carrier``: the request's
+        headers or metadata (a W3C ``traceparent`` in it is continued).
         """
         return RequestTracker(
-            self.registry.metrics, self._in_flight, self.metric_labels, name, version, protocol, carrier
+            self.registry.metrics, self._in_flight, self.metric_labels, name, version, protocol, request_id, carrier
         )
+
+    def load(self) -> tuple[int, int]:
+        """(requests in flight, requests waiting in batch queues) in this process: what the
+        autoscaler reads."""
+        return self._in_flight.total, sum(
+            mv.batcher.queue_depth for mv in self.registry.all_versions() if mv.batcher is not None
+        )
+
+    async def close(self) -> None:
+        """Stop every version's batcher; requests still waiting are answered UNAVAILABLE."""
+        await self.registry.close()
 
     def metric_labels(self, name: str, version: str) -> tuple[str, str]:
         """Bounded (model, version) labels: names the repository serves, else ``_unknown``."""
@@ -129,13 +148,13 @@ class LocalInferenceService:
             device=mv.model.device,
         )
 
-    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
-        """Triton's model configuration (JSON form of ``ModelConfig``).
+    def model_config(self, name: str, version: str = "") -> ModelDescription:
+        """What the version is (Triton's model configuration is built from it by the adapters).
 
         Raises:
             ModelNotFoundError, ModelNotReadyError.
         """
-        return triton_config(self.registry.get(name, version))
+        return describe(self.registry.get(name, version))
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether the version is ready; unknown models raise.
@@ -261,74 +280,22 @@ def check_outputs(mv: ModelVersion, request: InferenceRequest) -> list[str]:
     return names
 
 
-def triton_config(mv: ModelVersion) -> dict[str, Any]:
-    """The subset of Triton's ``ModelConfig`` that clients such as perf_analyzer read."""
+def describe(mv: ModelVersion) -> ModelDescription:
+    """The served version's description (adapters turn it into Triton's config)."""
     policy = mv.config.version_policy
     if policy.all:
-        vp: dict[str, Any] = {"all": {}}
+        vp: tuple[str, tuple[int, ...]] = ("all", ())
     elif policy.specific is not None:
-        vp = {"specific": {"versions": list(policy.specific)}}
+        vp = ("specific", tuple(policy.specific))
     else:
-        vp = {"latest": {"num_versions": policy.latest or 1}}
-    cfg: dict[str, Any] = {
-        "name": mv.name,
-        "platform": mv.model.platform,
-        "backend": "onnxruntime" if mv.model.platform == "onnxruntime_onnx" else "pytorch",
-        "version_policy": vp,
-        "max_batch_size": mv.max_batch_size,
-        "input": [
-            {"name": s.name, "data_type": "TYPE_" + _config_type(s.datatype), "dims": list(s.shape)} for s in mv.inputs
-        ],
-        "output": [
-            {"name": s.name, "data_type": "TYPE_" + _config_type(s.datatype), "dims": list(s.shape)} for s in mv.outputs
-        ],
-        "instance_group": [
-            {"name": mv.name, "kind": "KIND_GPU" if mv.model.device == "gpu" else "KIND_CPU", "count": 1}
-        ],
-    }
-    if mv.max_batch_size:
-        cfg["dynamic_batching"] = {
-            "max_queue_delay_microseconds": int(mv.config.dynamic_batching.max_queue_delay_ms * 1000)
-        }
-    return cfg
-
-
-def _config_type(datatype: str) -> str:
-    return "STRING" if datatype == "BYTES" else datatype
-
-
-def _duration(d: Any) -> dict[str, int]:
-    return {"count": d.count, "ns": d.ns}
-
-
-def triton_stats(stats: list[ModelStats]) -> dict[str, Any]:
-    """Triton's statistics extension JSON."""
-    rows = []
-    for s in stats:
-        rows.append(
-            {
-                "name": s.name,
-                "version": s.version,
-                "last_inference": s.last_inference_ms,
-                "inference_count": s.inference_count,
-                "execution_count": s.execution_count,
-                "inference_stats": {
-                    "success": _duration(s.success),
-                    "fail": _duration(s.fail),
-                    "queue": _duration(s.queue),
-                    "compute_input": _duration(s.compute_input),
-                    "compute_infer": _duration(s.compute_infer),
-                    "compute_output": _duration(s.compute_output),
-                },
-                "batch_stats": [
-                    {
-                        "batch_size": b.batch_size,
-                        "compute_input": _duration(b.compute_input),
-                        "compute_infer": _duration(b.compute_infer),
-                        "compute_output": _duration(b.compute_output),
-                    }
-                    for _, b in sorted(s.batch_stats.items())
-                ],
-            }
-        )
-    return {"model_stats": rows}
+        vp = ("latest", (policy.latest or 1,))
+    return ModelDescription(
+        name=mv.name,
+        platform=mv.model.platform,
+        max_batch_size=mv.max_batch_size,
+        inputs=mv.inputs,
+        outputs=mv.outputs,
+        device=mv.model.device,
+        version_policy=vp,
+        max_queue_delay_us=int(mv.config.dynamic_batching.max_queue_delay_ms * 1000),
+    )

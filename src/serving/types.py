@@ -80,6 +80,21 @@ class ModelMetadata:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelDescription:
+    """What a served version is (the facts behind Triton's model configuration)."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    device: str
+    version_policy: tuple[str, tuple[int, ...]]
+    """("latest", (n,)), ("all", ()) or ("specific", (v, ...))."""
+    max_queue_delay_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class ModelVersionState:
     """One row of the repository index."""
 

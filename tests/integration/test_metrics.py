@@ -135,13 +135,13 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(server: ServerPro
 
 
 def test_a_scrape_sums_every_replica_process(tmp_path: Path) -> None:
-    """Two replicas (two processes) on one node: one scrape holds both (Serve's default proxy here:
-    a second server on one host must not use the HAProxy fast path, see the README)."""
+    """Two replicas (two processes) on one node share the ports (SO_REUSEPORT): new connections
+    spread over both, and one scrape holds both."""
     from models import add_model
 
     repo = tmp_path / "repo"
     add_model(repo, versions=(1,), resources={"replicas": 2})
-    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_FAST_PATH": "false"})
+    server = ServerProcess(repo, tmp_path / "server.log")
     server.start()
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -160,5 +160,8 @@ def test_a_scrape_sums_every_replica_process(tmp_path: Path) -> None:
         assert totals.get(ready_key) == 2  # each replica reports its own version as ready
         workers = {s[1].get("WorkerId") for s in samples if s[0] == "ray_serving_model_ready"}
         assert len(workers) == 2
+        # Each request came on a new connection: the kernel gave some to each replica.
+        served_by = {s[1].get("WorkerId") for s in samples if s[0] == "ray_serving_requests_total" and s[2] > 0}
+        assert served_by == workers
     finally:
         assert server.stop() == 0, server.log()

@@ -105,6 +105,7 @@ def test_metadata_reports_the_device_and_warmup_sizes_are_configurable(demo: Pat
 
     import yaml
 
+    from serving.protocol.triton import config_json
     from serving.service import LocalInferenceService
 
     root = tmp_path / "repo"
@@ -116,5 +117,5 @@ def test_metadata_reports_the_device_and_warmup_sizes_are_configurable(demo: Pat
     registry.load_entries([e for e in scan_repository(root) if e.name == "digits"])
     svc = LocalInferenceService(registry)
     assert svc.model_metadata("digits").device == "cpu"
-    assert svc.model_config("digits")["instance_group"][0]["kind"] == "KIND_CPU"
+    assert config_json(svc.model_config("digits"))["instance_group"][0]["kind"] == "KIND_CPU"
     assert registry.get("digits").config.instance.warmup_batch_sizes == (3, 7)

@@ -7,7 +7,8 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from serving.deploy.app import GRPC_SERVICER_FUNCTIONS, build_app, deployment_options
+from serving.config import ReplicasConfig
+from serving.deploy.app import REPLICA_ENV, AppArgs, build_app, deployment_options
 from serving.errors import ConfigError
 from serving.repository import scan_repository
 
@@ -16,24 +17,46 @@ from models import add_model
 CONFIG = Path(__file__).parents[2] / "configs" / "serve.yaml"
 
 
-def test_serve_yaml_is_a_valid_ray_serve_config() -> None:
+def test_serve_yaml_is_a_valid_ray_serve_config_without_proxies() -> None:
     schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
-    assert schema.grpc_options is not None
-    assert schema.grpc_options.grpc_servicer_functions == GRPC_SERVICER_FUNCTIONS
+    assert schema.proxy_location == "Disabled"
     (app,) = schema.applications
     assert app.import_path == "serving.deploy.app:build_app"
+    AppArgs.model_validate(app.args)  # the args are ours, and typo-free
 
 
-def test_build_app_sizes_the_deployment_from_model_resources(tmp_path: Path) -> None:
+def test_fixed_replicas_from_settings_and_model_resources(tmp_path: Path) -> None:
     add_model(tmp_path, "a", versions=(1,), resources={"replicas": 2, "num_cpus": 0.5})
     add_model(tmp_path, "b", versions=(1,), resources={"num_cpus": 0.25, "num_gpus": 0.5})
     assert isinstance(build_app({"repository": str(tmp_path)}), Application)
-    options = deployment_options(scan_repository(tmp_path))
-    assert options == {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.75, "num_gpus": 0.5}}
+    options = deployment_options(scan_repository(tmp_path), ReplicasConfig(), drain_seconds=10)
+    assert options["num_replicas"] == 2
+    assert "autoscaling_config" not in options
+    actor = options["ray_actor_options"]
+    assert (actor["num_cpus"], actor["num_gpus"]) == (0.75, 0.5)
+    assert actor["runtime_env"]["env_vars"].items() >= REPLICA_ENV.items()
+    assert options["graceful_shutdown_timeout_s"] > 10
+
+
+def test_autoscaling_replicas_use_the_in_flight_policy(tmp_path: Path) -> None:
+    add_model(tmp_path, "a", versions=(1,))
+    replicas = ReplicasConfig(min=1, max=3, target_in_flight=8, max_per_node=1)
+    options = deployment_options(scan_repository(tmp_path), replicas, drain_seconds=2)
+    auto = options["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"]) == (1, 3)
+    assert auto["policy"]["policy_kwargs"] == {"target_in_flight": 8}
+    assert options["max_replicas_per_node"] == 1
+    assert "num_replicas" not in options
+    # Ray's own schema accepts what we hand it.
+    from ray.serve.config import AutoscalingConfig
+
+    AutoscalingConfig.model_validate(auto)
 
 
 def test_build_app_rejects_bad_args_and_repositories(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="repositry"):
         build_app({"repositry": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"replicas.max|must be >="):
+        build_app({"repository": str(tmp_path), "replicas": {"min": 3, "max": 2}})
     with pytest.raises(ConfigError, match="does not exist"):
         build_app({"repository": str(tmp_path / "missing")})

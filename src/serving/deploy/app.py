@@ -1,13 +1,18 @@
-"""The one place that touches Ray Serve: one application, one ingress deployment.
+"""The one place that touches Ray Serve: one application, one deployment of replicas.
 
-Each replica hosts every model of the repository in-process (``LocalInferenceService``),
-receives HTTP (FastAPI) and gRPC (``inference.GRPCInferenceService``) directly, and runs
-the models behind per-version dynamic batchers: one Ray hop on the request path. With
-``RAY_SERVE_ENABLE_HA_PROXY=1`` HAProxy forwards straight to the replicas.
+Serve is the control plane here: it places the replicas (CPUs, GPUs, fractions, nodes),
+checks their health and replaces the unhealthy, rolls out new code, and scales them from
+the load they report. It is not on the request path: each replica loads every model of the
+repository, then serves V2 gRPC and HTTP on the server's ports itself (SO_REUSEPORT: all
+replicas on a node share them), so a request goes socket -> our adapter -> batcher ->
+model in one process. No Serve proxy, HAProxy or Serve request handling (request-id
+middleware, request metadata, disconnect watch, access-log records, queue tracking): on a
+2-core VM those cost more per request than our whole service (bench/results/online.md).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,19 +21,26 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from ray import serve
 from ray.serve import Application
 
+from serving.config import DRAIN_SECONDS, MAX_REQUEST_BYTES, ReplicasConfig
+from serving.deploy.autoscaling import IN_FLIGHT, QUEUED
 from serving.deploy.ray_metrics import RayMetrics
-from serving.protocol.grpc_v2 import GrpcAdapter
-from serving.protocol.http import build_http_app
+from serving.protocol.servers import ReplicaServers, describe
 from serving.repository import ModelEntry, scan_repository
 from serving.service import LocalInferenceService
 from serving.telemetry import logs, tracing
 
+log = logging.getLogger(__name__)
+
 APP_NAME = "serving"
 DEPLOYMENT_NAME = "inference"
-GRPC_SERVICER_FUNCTIONS = [
-    "serving.protocol.grpc_v2.add_inference_service",
-    "serving.protocol.grpc_v2.add_health_service",
-]
+HEALTH_CHECK_PERIOD_S = 5.0
+REPLICA_ENV = {
+    # Our servers live on the replica's main event loop (grpc.aio wants one loop per process).
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    # Serve's own ingress stays off: no direct-ingress servers in the replica, no HAProxy.
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_ENABLE_HA_PROXY": "0",
+}
 
 
 class AppArgs(BaseModel):
@@ -37,89 +49,113 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     repository: Path = Field(description="Model repository root, readable on every node.")
-    max_request_bytes: PositiveInt = 64 * 1024 * 1024
-    max_ongoing_requests: PositiveInt = 1024
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    grpc_port: int = Field(default=8001, ge=1, le=65535)
+    max_request_bytes: PositiveInt = MAX_REQUEST_BYTES
+    drain_seconds: float = Field(default=DRAIN_SECONDS, ge=0)
+    replicas: ReplicasConfig = ReplicasConfig()
     server_name: str = "serving"
     log_format: Literal["json", "text"] = "json"
 
 
-# Serve's per-request access log costs ~3% of the replica's CPU at load (py-spy); the
-# statistics extension and metrics carry the same facts.
+# Serve's access log would log nothing (no request passes through Serve), so it is off.
 @serve.deployment(name=DEPLOYMENT_NAME, logging_config={"enable_access_log": False})
-@serve.ingress()
-class InferenceDeployment:
-    """An ingress replica: HTTP routes come from ``build_http_app``; gRPC RPCs delegate below."""
+class InferenceReplica:
+    """Loads and warms the models, then listens; reports health and load; drains on stop."""
 
-    def __init__(self, repository: str, max_request_bytes: int, server_name: str, log_format: str = "json") -> None:
-        logs.configure(log_format)
+    async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
+        parsed = AppArgs.model_validate(args)
+        logs.configure(parsed.log_format)
         tracing.configure_from_env()
-        self.service = LocalInferenceService.from_repository(Path(repository), server_name, metrics=RayMetrics())
-        self.grpc = GrpcAdapter(self.service)
-        self._max_request_bytes = max_request_bytes
+        self._metrics = RayMetrics()
+        self.service = LocalInferenceService.from_repository(parsed.repository, parsed.server_name, self._metrics)
+        self.servers = ReplicaServers(
+            self.service,
+            host=parsed.host,
+            http_port=parsed.http_port,
+            grpc_port=parsed.grpc_port,
+            max_request_bytes=parsed.max_request_bytes,
+            drain_seconds=parsed.drain_seconds,
+        )
+        try:
+            addresses = await self.servers.start()
+        except BaseException:
+            await self._release()
+            raise
+        log.info("replica pid %d serving %s", os.getpid(), describe(addresses, parsed.host))
 
-    def __serve_build_asgi_app__(self) -> Any:
-        return build_http_app(self.service, max_request_bytes=self._max_request_bytes)
+    async def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy (replaced)."""
+        await self.servers.probe()
 
-    async def ServerLive(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ServerLive(request, grpc_context)
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        in_flight, queued = self.service.load()
+        return {IN_FLIGHT: float(in_flight), QUEUED: float(queued)}
 
-    async def ServerReady(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ServerReady(request, grpc_context)
+    async def __del__(self) -> None:
+        """Serve awaits this on scale-down, rollout and shutdown (within graceful_shutdown_timeout_s)."""
+        await self.servers.stop()
+        await self._release()
 
-    async def ModelReady(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ModelReady(request, grpc_context)
-
-    async def ServerMetadata(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ServerMetadata(request, grpc_context)
-
-    async def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ModelMetadata(request, grpc_context)
-
-    async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ModelInfer(request, grpc_context)
-
-    async def ModelConfig(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ModelConfig(request, grpc_context)
-
-    async def ModelStatistics(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.ModelStatistics(request, grpc_context)
-
-    async def RepositoryIndex(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.RepositoryIndex(request, grpc_context)
-
-    async def Check(self, request: Any, grpc_context: Any) -> Any:
-        return await self.grpc.Check(request, grpc_context)
+    async def _release(self) -> None:
+        await self.service.close()
+        self._metrics.close()
+        tracing.shutdown()
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Typed application builder (Ray's app-builder pattern).
-
-    The replica reserves the sum of its models' ``resources`` and the deployment runs
-    the largest ``resources.replicas`` any model asks for.
 
     Raises:
         ConfigError: the repository or a model.yaml is invalid (checked here, before
             any replica starts, so a typo fails ``serve run`` at once).
     """
     parsed = AppArgs.model_validate(args)
-    options = deployment_options(scan_repository(parsed.repository))
-    deployment: Any = InferenceDeployment  # a serve.Deployment once decorated
-    return deployment.options(max_ongoing_requests=parsed.max_ongoing_requests, **options).bind(  # type: ignore[no-any-return]
-        str(parsed.repository.resolve()), parsed.max_request_bytes, parsed.server_name, parsed.log_format
+    options = deployment_options(scan_repository(parsed.repository), parsed.replicas, parsed.drain_seconds)
+    deployment: Any = InferenceReplica  # a serve.Deployment once decorated
+    return deployment.options(**options).bind(  # type: ignore[no-any-return]
+        {**parsed.model_dump(mode="json"), "repository": str(parsed.repository.resolve())}
     )
 
 
-def deployment_options(entries: list[ModelEntry]) -> dict[str, Any]:
-    """Replicas and per-replica resources for a repository's models (all hosted together).
+def deployment_options(entries: list[ModelEntry], replicas: ReplicasConfig, drain_seconds: float) -> dict[str, Any]:
+    """Replica count (fixed or autoscaled), per-replica resources and shutdown budget.
 
-    The deployer's ``OTEL_*`` variables travel to every replica (on a cluster too), so tracing
-    is configured where the spans are made.
+    A replica reserves the sum of its models' ``resources``; a fixed count is the larger of
+    ``replicas.min`` and any model's ``resources.replicas``. The deployer's ``OTEL_*``
+    variables travel to every replica (on a cluster too), so tracing is configured where the
+    spans are made.
     """
     actor: dict[str, Any] = {
         "num_cpus": sum(e.config.resources.num_cpus for e in entries),
         "num_gpus": sum(e.config.resources.num_gpus for e in entries),
     }
     otel = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
-    if otel:
-        actor["runtime_env"] = {"env_vars": otel}
-    return {"num_replicas": max((e.config.resources.replicas for e in entries), default=1), "ray_actor_options": actor}
+    actor["runtime_env"] = {"env_vars": {**REPLICA_ENV, **otel}}  # on every node of a cluster too
+    options: dict[str, Any] = {
+        "ray_actor_options": actor,
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        "graceful_shutdown_timeout_s": drain_seconds + 5.0,
+        "graceful_shutdown_wait_loop_s": 0.1,
+    }
+    if replicas.max_per_node is not None:
+        options["max_replicas_per_node"] = replicas.max_per_node
+    fixed = max([replicas.min, *(e.config.resources.replicas for e in entries)])
+    if replicas.max is None:
+        options["num_replicas"] = fixed
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": replicas.min,
+            "initial_replicas": replicas.min,
+            "max_replicas": replicas.max,
+            "upscale_delay_s": replicas.upscale_delay_s,
+            "downscale_delay_s": replicas.downscale_delay_s,
+            "metrics_interval_s": 1.0,
+            "look_back_period_s": 5.0,
+            "policy": {
+                "policy_function": "serving.deploy.autoscaling:InFlightPolicy",
+                "policy_kwargs": {"target_in_flight": replicas.target_in_flight},
+            },
+        }
+    return options

@@ -2,52 +2,61 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import time
 
 import ray
 from ray import serve
 
 from serving.config import ServerSettings
-from serving.deploy.app import APP_NAME, GRPC_SERVICER_FUNCTIONS, build_app
+from serving.deploy.app import APP_NAME, REPLICA_ENV, build_app
+from serving.errors import ConfigError
 from serving.repository import scan_repository
 
 log = logging.getLogger(__name__)
 
-FAST_PATH_ENV = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-}
-# Replicas behind HAProxy drain for 30 s by default before they exit; a server that is
-# told to stop should stop, so drain briefly unless the operator chose otherwise.
-DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Fail with a message naming the port when another process holds it.
 
-def configure_environment(settings: ServerSettings) -> None:
-    """Set Serve's ingress flags before Ray starts (they are read at import/start time)."""
-    for key, value in DRAIN_ENV.items():
-        os.environ.setdefault(key, value)
-    if settings.fast_path:
-        for key, value in FAST_PATH_ENV.items():
-            os.environ.setdefault(key, value)
-    else:
-        for key in FAST_PATH_ENV:
-            os.environ.setdefault(key, "0")
+    Binding without SO_REUSEPORT fails while anyone listens on the port, a server of ours
+    included (whose replicas do set SO_REUSEPORT, and would otherwise share it).
+
+    Raises:
+        ConfigError: the port is in use or the address cannot be bound.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{what} port {port} on {host} is already in use by another process; choose another port"
+            ) from None
+        raise ConfigError(f"cannot bind {what} port {port} on {host}: {exc.strerror or exc}") from None
 
 
 def start(settings: ServerSettings) -> float:
     """Start Ray (unless joining a cluster), Serve and the application; returns seconds taken.
 
+    Returns once every replica has loaded its models and listens.
+
     Raises:
-        ConfigError: the repository is invalid (checked before Ray starts).
+        ConfigError: the repository is invalid or a port is taken (checked before Ray starts).
     """
     began = time.monotonic()
     scan_repository(settings.repository)
-    configure_environment(settings)
+    os.environ.update(REPLICA_ENV)  # read by Serve at import time; a local Ray's workers inherit it
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=True)
     else:
+        check_port_free(settings.host, settings.http_port, "HTTP")
+        check_port_free(settings.host, settings.grpc_port, "gRPC")
+        check_port_free("127.0.0.1", settings.metrics_port, "metrics")
         ray.init(
             address="local",
             num_cpus=settings.num_cpus,
@@ -55,25 +64,28 @@ def start(settings: ServerSettings) -> float:
             _metrics_export_port=settings.metrics_port,
             _system_config={"worker_niceness": 0},
         )
-    serve.start(
-        http_options={"host": settings.host, "port": settings.http_port},
-        grpc_options={"port": settings.grpc_port, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS},
-    )
+    serve.start(proxy_location="Disabled")
     app = build_app(
         {
             "repository": str(settings.repository),
+            "host": settings.host,
+            "http_port": settings.http_port,
+            "grpc_port": settings.grpc_port,
             "max_request_bytes": settings.max_request_bytes,
-            "max_ongoing_requests": settings.max_ongoing_requests,
+            "drain_seconds": settings.drain_seconds,
+            "replicas": settings.replicas.model_dump(),
             "server_name": settings.server_name,
             "log_format": settings.log_format,
         }
     )
-    serve.run(app, name=APP_NAME, route_prefix="/")
+    serve.run(app, name=APP_NAME, route_prefix=None)
     return time.monotonic() - began
 
 
 def stop() -> None:
-    """Shut Serve down and disconnect (a local Ray stops with its processes)."""
+    """Shut Serve down (every replica drains) and disconnect (a local Ray stops with its processes)."""
+    if not ray.is_initialized():
+        return
     try:
         serve.shutdown()  # type: ignore[no-untyped-call]
     finally:

@@ -8,7 +8,6 @@ set on the context (Ray Serve's servicer wrappers, and plain grpc.aio, both hono
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,7 +22,9 @@ from serving import codecs
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, ServingError
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.status import grpc_code
-from serving.service import InferenceService, triton_stats
+from serving.protocol.triton import config_json, stats_json
+from serving.service import InferenceService
+from serving.telemetry.requests import new_request_id
 from serving.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,10 @@ def add_health_service(servicer: Any, server: Any) -> None:
     )
 
 
+def _request_id(metadata: dict[str, str]) -> str:
+    return metadata.get("x-request-id") or new_request_id()
+
+
 def _metadata(context: Any) -> dict[str, str]:
     """The call's metadata as a dict (where a client's ``traceparent`` travels)."""
     try:
@@ -227,6 +232,7 @@ class GrpcAdapter:
         empty: R,
         fn: Callable[[Any], Awaitable[R]],
         on_error: Callable[[BaseException], None] | None = None,
+        request_id: str = "",
     ) -> R:
         try:
             if isinstance(request, MalformedRequest):
@@ -235,26 +241,20 @@ class GrpcAdapter:
         except Exception as exc:
             if on_error is not None:
                 on_error(exc)
-            return self._answer_error(exc, context, empty)
+            return self._answer_error(exc, context, empty, request_id or _request_id(_metadata(context)))
 
     @staticmethod
-    def _answer_error(exc: Exception, context: Any, empty: R) -> R:
+    def _answer_error(exc: Exception, context: Any, empty: R, request_id: str) -> R:
         """The one mapping from an exception to a gRPC status."""
-        if isinstance(exc, ServingError):
-            message = exc.message
-            if exc.kind is ErrorKind.INTERNAL:
-                request_id = uuid.uuid4().hex
-                log.error("internal error (request id %s): %s", request_id, exc.message, exc_info=exc)
-                message = f"internal error (request id {request_id})"
+        if isinstance(exc, ServingError) and exc.kind is not ErrorKind.INTERNAL:
             context.set_code(grpc_code(exc.kind))
-            context.set_details(message)
+            context.set_details(exc.message)
             return empty
-        else:
-            request_id = uuid.uuid4().hex
-            log.error("unhandled error in gRPC call (request id %s)", request_id, exc_info=exc)
-            context.set_code(grpc.StatusCode.INTERNAL)
-            context.set_details(f"internal error (request id {request_id})")
-            return empty
+        what = exc.message if isinstance(exc, ServingError) else "unhandled error in gRPC call"
+        log.error("internal error (request id %s): %s", request_id, what, exc_info=exc)
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(f"internal error (request id {request_id})")
+        return empty
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         async def run(r: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
@@ -302,22 +302,28 @@ class GrpcAdapter:
             return from_core(response, raw=bool(r.raw_input_contents))
 
         malformed = isinstance(request, MalformedRequest)
+        metadata = _metadata(context)
+        request_id = _request_id(metadata)
+        context.set_trailing_metadata((("x-request-id", request_id),))
         tracker = self.service.track(
             "" if malformed else request.model_name,
             "" if malformed else request.model_version,
             "grpc",
-            _metadata(context),
+            request_id,
+            metadata,
         )
         tracker.start()
         errors: list[BaseException] = []
-        answer = await self._call(request, context, pb.ModelInferResponse(), run, errors.append)
+        answer = await self._call(request, context, pb.ModelInferResponse(), run, errors.append, request_id)
         tracker.finish(errors[0] if errors else None)
         return answer
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def run(r: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
             msg = pb.ModelConfigResponse()
-            json_format.ParseDict(self.service.model_config(r.name, r.version), msg.config, ignore_unknown_fields=True)
+            json_format.ParseDict(
+                config_json(self.service.model_config(r.name, r.version)), msg.config, ignore_unknown_fields=True
+            )
             return msg
 
         return await self._call(request, context, pb.ModelConfigResponse(), run)
@@ -325,7 +331,7 @@ class GrpcAdapter:
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
         async def run(r: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
             msg = pb.ModelStatisticsResponse()
-            json_format.ParseDict(triton_stats(self.service.statistics(r.name, r.version)), msg)
+            json_format.ParseDict(stats_json(self.service.statistics(r.name, r.version)), msg)
             return msg
 
         return await self._call(request, context, pb.ModelStatisticsResponse(), run)

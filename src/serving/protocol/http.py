@@ -1,66 +1,99 @@
-"""HTTP/REST adapter: OIP V2 routes plus Triton's config, statistics and repository index.
+"""HTTP/REST adapter: OIP V2 routes plus Triton's config, statistics and repository index, as
+a bare ASGI application.
 
-One exception handler maps every ``ServingError`` through ``protocol.status``; FastAPI's
-validation errors and unknown routes are answered in the same ``{"error": ...}`` shape.
+Why not FastAPI: its routing, dependency injection and response classes run on every
+request; the V2 routes are a dozen fixed paths, so a ``split("/")`` router and two ASGI
+messages per answer do the same work (bench/results/online.md has the measured rates).
+
+One function maps every ``ServingError`` to an answer (:func:`error_response`, codes from
+``protocol.status``). Every answer carries ``X-Request-ID``: the client's, or one made here,
+the same id the logs and an internal error's message carry.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from serving.errors import ErrorKind, InvalidInputError, PayloadTooLargeError, ServingError
-from serving.protocol import rest_v2
+from serving.config import MAX_REQUEST_BYTES
+from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, PayloadTooLargeError, ServingError
+from serving.protocol import rest_v2, triton
 from serving.protocol.status import RETRY_AFTER_S, http_status
-from serving.service import InferenceService, triton_stats
+from serving.service import InferenceService
+from serving.telemetry.requests import new_request_id
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+OCTETS = b"application/octet-stream"
 
 
-def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(doc, separators=(",", ":")), status_code=status, media_type=JSON, headers=headers)
+class Answer:
+    """One HTTP answer: status, body, content type and extra headers."""
+
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        body: bytes,
+        status: int = 200,
+        content_type: bytes = JSON,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.body = body
+        self.status = status
+        self.content_type = content_type
+        self.headers = headers or []
 
 
-def error_response(exc: ServingError, request_id: str = "") -> Response:
+def _json(doc: Any, status: int = 200) -> Answer:
+    return Answer(json.dumps(doc, separators=(",", ":")).encode(), status)
+
+
+def error_response(exc: ServingError, request_id: str) -> Answer:
     """The one mapping from a core error to an HTTP answer."""
-    status = http_status(exc.kind)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.kind is ErrorKind.OVERLOADED else None
+    status = int(http_status(exc.kind))
     message = exc.message
     if exc.kind is ErrorKind.INTERNAL:
-        message = f"internal error (request id {request_id or 'unknown'})"
-    return _json({"error": message}, int(status), headers)
+        message = f"internal error (request id {request_id})"
+    answer = _json({"error": message}, status)
+    if exc.kind is ErrorKind.OVERLOADED:
+        answer.headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    return answer
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class Headers:
+    """The few request headers the routes read, decoded once."""
+
+    __slots__ = ("carrier", "content_length", "header_length")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_length: bytes | None = None
+        self.header_length: bytes | None = None
+        self.carrier: dict[str, str] = {}
+        for key, value in raw:
+            if key == b"content-length":
+                self.content_length = value
+            elif key == b"inference-header-content-length":
+                self.header_length = value
+            elif key in (b"x-request-id", b"traceparent", b"tracestate"):
+                self.carrier[key.decode("latin-1")] = value.decode("latin-1")
 
 
-def _header_length(request: Request) -> int | None:
-    raw = request.headers.get(rest_v2.HEADER_LENGTH)
+def _header_length(raw: bytes | None) -> int | None:
     if raw is None:
         return None
     try:
         value = int(raw)
     except ValueError:
-        raise InvalidInputError(f"Inference-Header-Content-Length must be an integer, got {raw!r}") from None
+        raise InvalidInputError(f"Inference-Header-Content-Length must be an integer, got {raw[:32]!r}") from None
     if value == 0:
         raise InvalidInputError(
             "Inference-Header-Content-Length: 0 (a raw binary request) is not supported; send a JSON header"
@@ -68,97 +101,175 @@ def _header_length(request: Request) -> int | None:
     return value
 
 
-def build_http_app(service: InferenceService, *, max_request_bytes: int = 64 * 1024 * 1024) -> FastAPI:
-    """The REST front end of ``service``."""
-    app = FastAPI(title="serving", docs_url=None, redoc_url=None, openapi_url=None)
+class HttpApp:
+    """The REST front end of ``service`` (an ASGI 3 application).
 
-    @app.exception_handler(ServingError)
-    async def _serving_error(request: Request, exc: ServingError) -> Response:
-        return error_response(exc, request.headers.get("x-request-id", ""))
+    ``draining``: set by the server while it stops; answers then carry ``Connection: close``
+    so keep-alive clients reconnect to a replica that stays, and readiness answers 503.
+    """
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(InvalidInputError(f"invalid request: {exc.errors()}"))
+    def __init__(self, service: InferenceService, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+        self.draining = False
+        self.in_flight = 0
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _json({"error": str(exc.detail)}, exc.status_code)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        self.in_flight += 1
+        headers = Headers(scope["headers"])
+        request_id = headers.carrier.get("x-request-id") or new_request_id()
+        try:
+            try:
+                answer = await self._route(scope, receive, headers, request_id)
+            except _MethodNotAllowed as exc:
+                answer = _json({"error": exc.message}, 405)
+                answer.headers.append((b"allow", exc.allowed.encode()))
+            except ServingError as exc:
+                answer = error_response(exc, request_id)
+            except Exception:
+                log.exception("unhandled error serving %s (request id %s)", scope.get("path", ""), request_id)
+                answer = error_response(ServingError("unexpected"), request_id)
+            response_headers = [
+                (b"content-type", answer.content_type),
+                (b"content-length", str(len(answer.body)).encode()),
+                (b"x-request-id", request_id.encode("latin-1")),
+                *answer.headers,
+            ]
+            if self.draining:
+                response_headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
+            await send({"type": "http.response.body", "body": answer.body})
+        finally:
+            self.in_flight -= 1
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        log.exception("unhandled error serving %s (request id %s)", request.url.path, request_id)
-        return error_response(ServingError("unexpected"), request_id)
+    async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
+        limit = self.max_request_bytes
+        declared = headers.content_length
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(f"request body of {declared.decode()} bytes exceeds the limit of {limit} bytes")
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if len(body) > limit:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            return body
+        chunks, size = [body], len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInputError("client disconnected while sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-    @app.get("/v2/health/live")
-    async def live() -> Response:
-        return _json({"live": service.live()})
+    async def _route(self, scope: Scope, receive: Receive, headers: Headers, request_id: str) -> Answer:
+        parts = scope["path"].rstrip("/").split("/")
+        method = scope["method"]
+        if len(parts) < 2 or parts[0] != "" or parts[1] != "v2":
+            raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
+        rest = parts[2:]
+        if rest and rest[0] == "models" and len(rest) >= 2:
+            name = rest[1]
+            tail = rest[2:]
+            version = ""
+            if len(tail) >= 2 and tail[0] == "versions":
+                version, tail = tail[1], tail[2:]
+            if name == "stats" and not tail and not version:
+                _expect(method, "GET")
+                return _json(triton.stats_json(self.service.statistics()))
+            action = tail[0] if len(tail) == 1 else ("" if not tail else None)
+            if action == "infer":
+                _expect(method, "POST")
+                return await self._infer(receive, headers, request_id, name, version)
+            if action == "":
+                _expect(method, "GET")
+                return _json(rest_v2.metadata_json(self.service.model_metadata(name, version)))
+            if action == "ready":
+                _expect(method, "GET")
+                ok = self.service.model_ready(name, version)
+                return _json({"name": name, "ready": ok}, 200 if ok else 503)
+            if action == "config":
+                _expect(method, "GET")
+                return _json(triton.config_json(self.service.model_config(name, version)))
+            if action == "stats":
+                _expect(method, "GET")
+                return _json(triton.stats_json(self.service.statistics(name, version)))
+        elif not rest:
+            _expect(method, "GET")
+            return _json(self.service.server_metadata())
+        elif rest == ["health", "live"]:
+            _expect(method, "GET")
+            return _json({"live": self.service.live()})
+        elif rest == ["health", "ready"]:
+            _expect(method, "GET")
+            ok = self.service.ready() and not self.draining
+            return _json({"ready": ok}, 200 if ok else 503)
+        elif rest == ["repository", "index"]:
+            _expect(method, "POST")
+            return await self._repository_index(receive, headers)
+        raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
 
-    @app.get("/v2/health/ready")
-    async def ready() -> Response:
-        ok = service.ready()
-        return _json({"ready": ok}, 200 if ok else 503)
+    async def _infer(self, receive: Receive, headers: Headers, request_id: str, name: str, version: str) -> Answer:
+        with self.service.track(name, version, "http", request_id, headers.carrier) as tracker:
+            header_length = _header_length(headers.header_length)
+            body = await self._read_body(receive, headers)
+            core_request = rest_v2.to_core(body, header_length, name, version)
+            response = await self.service.infer(core_request)
+            encoded = rest_v2.from_core(response, core_request)
+            tracker.served_version = response.model_version
+        if encoded.header_length is None:
+            return Answer(encoded.body)
+        return Answer(
+            encoded.body,
+            content_type=OCTETS,
+            headers=[(b"inference-header-content-length", str(encoded.header_length).encode())],
+        )
 
-    @app.get("/v2")
-    async def server_metadata() -> Response:
-        return _json(service.server_metadata())
-
-    @app.get("/v2/models/stats")
-    async def all_stats() -> Response:
-        return _json(triton_stats(service.statistics()))
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str = "") -> Response:
-        return _json(rest_v2.metadata_json(service.model_metadata(name, version)))
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str = "") -> Response:
-        ok = service.model_ready(name, version)
-        return _json({"name": name, "ready": ok}, 200 if ok else 503)
-
-    @app.get("/v2/models/{name}/config")
-    @app.get("/v2/models/{name}/versions/{version}/config")
-    async def model_config(name: str, version: str = "") -> Response:
-        return _json(service.model_config(name, version))
-
-    @app.get("/v2/models/{name}/stats")
-    @app.get("/v2/models/{name}/versions/{version}/stats")
-    async def model_stats(name: str, version: str = "") -> Response:
-        return _json(triton_stats(service.statistics(name, version)))
-
-    @app.post("/v2/repository/index")
-    async def repository_index(request: Request) -> Response:
-        body = await _read_body(request, max_request_bytes)
+    async def _repository_index(self, receive: Receive, headers: Headers) -> Answer:
+        body = await self._read_body(receive, headers)
         ready_only = False
         if body.strip():
             try:
                 doc = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, UnicodeDecodeError) as exc:
                 raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
             if not isinstance(doc, dict):
                 raise InvalidInputError("request body must be a JSON object")
             ready_only = bool(doc.get("ready", False))
-        rows = service.repository_index(ready_only)
+        rows = self.service.repository_index(ready_only)
         return _json([{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows])
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(request: Request, name: str, version: str = "") -> Response:
-        with service.track(name, version, "http", request.headers) as tracker:
-            header_length = _header_length(request)
-            body = await _read_body(request, max_request_bytes)
-            core_request = rest_v2.to_core(body, header_length, name, version)
-            response = await service.infer(core_request)
-            encoded = rest_v2.from_core(response, core_request)
-            tracker.served_version = response.model_version
-        if encoded.header_length is None:
-            return Response(encoded.body, media_type=JSON)
-        return Response(
-            encoded.body,
-            media_type="application/octet-stream",
-            headers={"Inference-Header-Content-Length": str(encoded.header_length)},
-        )
 
-    return app
+def _expect(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise _MethodNotAllowed(method, allowed)
+
+
+class _MethodNotAllowed(InvalidInputError):
+    """405: the route exists for another method (answered by the router, not the status table)."""
+
+    def __init__(self, method: str, allowed: str) -> None:
+        super().__init__(f"method {method} not allowed here; use {allowed}")
+        self.allowed = allowed
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def build_http_app(service: InferenceService, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> HttpApp:
+    """The REST front end of ``service``."""
+    return HttpApp(service, max_request_bytes=max_request_bytes)

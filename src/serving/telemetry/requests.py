@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
@@ -18,16 +18,23 @@ LabelResolver = Callable[[str, str], tuple[str, str]]
 log = logging.getLogger(__name__)
 
 
+def new_request_id() -> str:
+    """A request id for a request that came without one (16 hex digits)."""
+    return os.urandom(8).hex()
+
+
 class InFlight:
-    """Requests being served in this process, per (model, protocol) label pair."""
+    """Requests being served in this process, per (model, protocol) label pair, and in all."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.counts: dict[tuple[str, str], int] = {}
+        self.total = 0
 
     def add(self, model: str, protocol: str, delta: int) -> None:
         key = (model, protocol)
         n = self.counts[key] = self.counts.get(key, 0) + delta
+        self.total += delta
         self.metrics.set(IN_FLIGHT, {"model": model, "protocol": protocol}, n)
 
 
@@ -49,6 +56,7 @@ class RequestTracker:
         "metrics",
         "name",
         "protocol",
+        "request_id",
         "served_version",
         "version",
     )
@@ -61,9 +69,11 @@ class RequestTracker:
         name: str,
         version: str,
         protocol: str,
+        request_id: str,
         carrier: Mapping[str, str] | None = None,
     ) -> None:
         self.metrics = metrics
+        self.request_id = request_id
         self.carrier = carrier or {}
         self._span: tracing.RequestSpan | None = None
         self._in_flight = in_flight
@@ -86,7 +96,7 @@ class RequestTracker:
         self._start = time.perf_counter()
         self._model, version = self._labels(self.name, self.version)
         self._in_flight.add(self._model, self.protocol, 1)
-        self._request_token = request_id_var.set(self.carrier.get("x-request-id") or uuid.uuid4().hex[:16])
+        self._request_token = request_id_var.set(self.request_id)
         if tracing.enabled():
             self._span = tracing.RequestSpan(self.carrier, self.protocol, self._model, version)
 
@@ -109,7 +119,7 @@ class RequestTracker:
         if outcome == ErrorKind.OVERLOADED.value:
             self.metrics.inc(REJECTED, labels)
         if outcome == ErrorKind.INTERNAL.value:
-            log.error("%s request to %s v%s failed: %s", self.protocol, model, version, exc)
+            log.error("%s request %s to %s v%s failed: %s", self.protocol, self.request_id, model, version, exc)
         if self._span is not None:
             self._span.end(outcome, version)
         request_id_var.reset(self._request_token)

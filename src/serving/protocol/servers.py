@@ -1,0 +1,229 @@
+"""The replica's own servers: V2 gRPC (grpc.aio) and V2 HTTP (uvicorn + httptools running
+:class:`~serving.protocol.http.HttpApp`) on the server's ports, shared by every replica on a
+node through SO_REUSEPORT (the kernel spreads connections), plus a private loopback port
+each, so a health probe reaches this replica and no other.
+
+Stopping drains: the shared listeners close first (new connections go to the replicas that
+stay), gRPC clients get GOAWAY and reconnect, HTTP answers carry ``Connection: close``
+until the in-flight requests are done and the connections go quiet, then whatever is left
+is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import uvicorn
+
+from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.http import HttpApp
+from serving.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+QUIET_S = 0.5
+"""A draining HTTP side closes once no request has started for this long (and none is running)."""
+PROBE_TIMEOUT_S = 5.0
+BACKLOG = 2048
+
+
+def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """grpcio honours ``grpc.so_reuseport`` only as an integer (the string "0" is ignored)."""
+    return [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket (SO_REUSEPORT when asked).
+
+    Raises:
+        OSError: the address cannot be bound (held by a process of another user, or not
+            with SO_REUSEPORT).
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn driven by the replica: no signal handlers of its own, no tick loop."""
+
+    async def begin(self, sockets: list[socket.socket]) -> None:
+        config = self.config
+        if not config.loaded:
+            config.load()
+        self.lifespan = config.lifespan_class(config)
+        await self.startup(sockets=sockets)
+
+
+@dataclass
+class ServerAddresses:
+    http_port: int
+    grpc_port: int
+    private_http_port: int
+    private_grpc_port: int
+
+
+class ReplicaServers:
+    """Owns one replica's gRPC and HTTP servers; :meth:`start`, :meth:`probe`, :meth:`stop`."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        host: str,
+        http_port: int,
+        grpc_port: int,
+        max_request_bytes: int,
+        drain_seconds: float,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.drain_seconds = drain_seconds
+        self.http_app = HttpApp(service, max_request_bytes=max_request_bytes)
+        self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes))
+        adapter = GrpcAdapter(service)
+        add_inference_service(adapter, self._grpc)
+        add_health_service(adapter, self._grpc)
+        self._uvicorn: _Uvicorn | None = None
+        self._sockets: list[socket.socket] = []
+        self._probe_channel: grpc.aio.Channel | None = None
+        self._stopped: asyncio.Task[None] | None = None
+        self.addresses: ServerAddresses | None = None
+
+    async def start(self) -> ServerAddresses:
+        """Bind and serve. Call once the models are loaded and warm: a replica that listens is ready.
+
+        Raises:
+            OSError: a port cannot be bound.
+        """
+        grpc_port = self._grpc.add_insecure_port(_grpc_address(self.host, self.grpc_port))
+        if grpc_port == 0:
+            raise OSError(f"cannot bind gRPC port {self.grpc_port} on {self.host}")
+        private_grpc = self._grpc.add_insecure_port("127.0.0.1:0")
+        shared = listening_socket(self.host, self.http_port, reuse_port=True)
+        private = listening_socket("127.0.0.1", 0, reuse_port=False)
+        self._sockets = [shared, private]
+        config = uvicorn.Config(
+            self.http_app,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=max(1, math.ceil(self.drain_seconds)),
+            backlog=BACKLOG,
+        )
+        self._uvicorn = _Uvicorn(config)
+        await self._grpc.start()
+        await self._uvicorn.begin(self._sockets)
+        self.addresses = ServerAddresses(
+            http_port=shared.getsockname()[1],
+            grpc_port=grpc_port,
+            private_http_port=private.getsockname()[1],
+            private_grpc_port=private_grpc,
+        )
+        self._probe_channel = grpc.aio.insecure_channel(f"127.0.0.1:{private_grpc}")
+        return self.addresses
+
+    async def probe(self) -> None:
+        """Ask this replica's own servers (over their private ports) whether they are live.
+
+        Raises:
+            RuntimeError: a server did not answer as live within PROBE_TIMEOUT_S.
+        """
+        if self.addresses is None or self._probe_channel is None:
+            raise RuntimeError("servers not started")
+        await asyncio.wait_for(self._probe_http(self.addresses.private_http_port), PROBE_TIMEOUT_S)
+        live = self._probe_channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        # ServerLiveRequest is empty; ServerLiveResponse {bool live = 1} is b"\x08\x01" when live.
+        answer = await live(b"", timeout=PROBE_TIMEOUT_S)
+        if answer != b"\x08\x01":
+            raise RuntimeError(f"gRPC ServerLive answered {answer!r}")
+
+    @staticmethod
+    async def _probe_http(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            status = await reader.readline()
+        finally:
+            writer.close()
+        if not status.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"HTTP /v2/health/live answered {status[:64]!r}")
+
+    def stop(self) -> asyncio.Task[None]:
+        """Drain and stop both servers (at most once; later calls get the same task)."""
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_task(self._stop())
+        return self._stopped
+
+    async def _stop(self) -> None:
+        began = time.monotonic()
+        self.http_app.draining = True
+        grpc_done = asyncio.ensure_future(self._grpc.stop(self.drain_seconds))
+        try:
+            if self._uvicorn is not None and self._uvicorn.started:
+                for server in self._uvicorn.servers:
+                    server.close()  # stop accepting; open connections keep being served
+                await self._drain_http(began + self.drain_seconds)
+                await self._uvicorn.shutdown()
+        finally:
+            await grpc_done
+            for sock in self._sockets:
+                sock.close()
+            if self._probe_channel is not None:
+                await self._probe_channel.close()
+        log.info("servers stopped after %.2fs of draining", time.monotonic() - began)
+
+    async def _drain_http(self, deadline: float) -> None:
+        """Serve the open connections (each answer closing its connection) until none is left,
+        or none has started a request for QUIET_S and none is running, or the deadline."""
+        assert self._uvicorn is not None
+        state = self._uvicorn.server_state
+        seen, quiet_since = state.total_requests, time.monotonic()
+        while state.connections and time.monotonic() < deadline:
+            now = time.monotonic()
+            if state.total_requests != seen:
+                seen, quiet_since = state.total_requests, now
+            elif self.http_app.in_flight == 0 and now - quiet_since >= QUIET_S:
+                return
+            await asyncio.sleep(0.05)
+
+
+def describe(addresses: ServerAddresses, host: str) -> dict[str, Any]:
+    return {
+        "http": f"{host}:{addresses.http_port}",
+        "grpc": f"{host}:{addresses.grpc_port}",
+        "private_http": f"127.0.0.1:{addresses.private_http_port}",
+        "private_grpc": f"127.0.0.1:{addresses.private_grpc_port}",
+    }

@@ -1,0 +1,126 @@
+"""A 2-node Ray cluster on this machine (``ray start --head`` + ``ray start --address``, each with
+its own ports and temp dir): `serving serve --address` places one replica on each node, and
+both answer on the server's ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tritonclient.grpc as tgrpc
+from metrics_scrape import scrape
+
+from models import add_model
+from server_process import ServerProcess, free_port
+
+pytestmark = pytest.mark.integration
+
+RAY = str(Path(sys.executable).parent / "ray")
+# Local test cluster only: the driver and both nodes agree to run without Ray's token.
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_metrics_report_interval_ms": "1000"}
+ENV.pop("RAY_ADDRESS", None)
+
+
+class RayNode:
+    """``ray start --block`` in the foreground: its Ray processes are its children, stopped by PID."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.metrics_port = free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's socket paths
+        cmd = [
+            RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+            "--metrics-export-port", str(self.metrics_port), "--temp-dir", self.temp_dir,
+            "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args,
+        ]  # fmt: skip
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+
+    def wait_started(self) -> None:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed:\n{self.log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=30)
+        for p in alive:  # only what this node started
+            p.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[str, RayNode, RayNode]]:
+    port = free_port()
+    head = RayNode(tmp_path / "head.log", "--head", "--port", str(port), "--include-dashboard", "false")
+    nodes = [head]
+    try:
+        head.wait_started()
+        worker = RayNode(tmp_path / "worker.log", "--address", f"127.0.0.1:{port}")
+        nodes.append(worker)
+        worker.wait_started()
+        yield f"127.0.0.1:{port}", head, worker
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+
+
+def test_one_replica_per_node_and_both_serve_on_the_same_ports(
+    cluster: tuple[str, RayNode, RayNode], tmp_path: Path
+) -> None:
+    address, head, worker = cluster
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(1,))
+    server = ServerProcess(
+        repo,
+        tmp_path / "server.log",
+        args=("--address", address, "--replicas", "2"),
+        env={"RAY_AUTH_MODE": "disabled", "SERVING_REPLICAS__MAX_PER_NODE": "1"},
+    )
+    server.start()
+    try:
+        body = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'
+        for _ in range(40):  # a new connection each: the kernel spreads them over both replicas
+            req = urllib.request.Request(f"http://{server.http_url}/v2/models/add/infer", data=body, method="POST")
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert r.status == 200
+        for _ in range(20):
+            client = tgrpc.InferenceServerClient(server.grpc_url)
+            inp = tgrpc.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+            np.testing.assert_array_equal(client.infer("add", [inp]).as_numpy("y"), np.full((1, 4), 2.0))
+            client.close()
+        served: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for name, node in (("head", head), ("worker", worker)):
+                samples = scrape(f"http://127.0.0.1:{node.metrics_port}/metrics")
+                served[name] = sum(s[2] for s in samples if s[0] == "ray_serving_requests_total")
+            if all(served.values()) and sum(served.values()) == 60:
+                break
+            time.sleep(1)
+        # Each node's own metrics agent saw its own replica serve; together, every request.
+        assert served["head"] > 0 and served["worker"] > 0, served
+        assert sum(served.values()) == 60, served
+    finally:
+        assert server.stop() == 0, server.log()

@@ -1,0 +1,161 @@
+"""Replicas own the request path: load makes a second replica appear (autoscaling from the
+replicas' own in-flight counts), it serves on the same ports, and the replica removed when the
+load drops drains without failing a request, over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from metrics_scrape import scrape
+
+from models import slow_model
+from server_process import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+SIZE = 256
+BODY = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,%d],"data":[%s]}]}' % (SIZE, b",".join([b"0.5"] * SIZE))
+
+
+def log_count(server: ServerProcess, text: str) -> int:
+    return server.log_path.read_text(errors="replace").count(text)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, server: ServerProcess) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{server.log()}")
+        time.sleep(0.25)
+
+
+class Load:
+    """Client threads sending until stopped; every outcome is counted."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _record(self, ok: bool, what: str) -> None:
+        with self._lock:
+            self.outcomes["ok" if ok else "failed"] += 1
+            if not ok and len(self.errors) < 20:
+                self.errors.append(what)
+
+    def grpc(self, server: ServerProcess) -> None:
+        def run() -> None:
+            client = tgrpc.InferenceServerClient(server.grpc_url)
+            inp = tgrpc.InferInput("x", [1, SIZE], "FP32")
+            inp.set_data_from_numpy(np.full((1, SIZE), 0.5, np.float32))
+            deadline = time.monotonic() + 120
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    client.infer("slow", [inp], client_timeout=30)
+                    self._record(True, "")
+                except Exception as exc:  # every failure is counted, none expected
+                    self._record(False, f"grpc: {exc}")
+            client.close()
+
+        self._start(run)
+
+    def http_keepalive(self, server: ServerProcess) -> None:
+        """One persistent connection (http.client reopens it after a Connection: close)."""
+
+        def run() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+            deadline = time.monotonic() + 120
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    conn.request("POST", "/v2/models/slow/infer", BODY, {"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    response.read()
+                    self._record(response.status == 200, f"http {response.status}")
+                except Exception as exc:
+                    self._record(False, f"http: {exc!r}")
+                    conn.close()
+            conn.close()
+
+        self._start(run)
+
+    def _start(self, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+def new_connection_request(server: ServerProcess) -> int:
+    req = urllib.request.Request(f"http://{server.http_url}/v2/models/slow/infer", data=BODY, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return int(r.status)
+
+
+def test_load_adds_a_replica_that_serves_and_scale_down_drains_without_failures(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    slow_model(repo, size=SIZE, repeats=30, max_batch_size=1, max_queue_size=256)
+    server = ServerProcess(
+        repo,
+        tmp_path / "server.log",
+        args=("--replicas", "1", "--max-replicas", "2"),
+        env={
+            "SERVING_REPLICAS__TARGET_IN_FLIGHT": "2",
+            "SERVING_REPLICAS__UPSCALE_DELAY_S": "1",
+            "SERVING_REPLICAS__DOWNSCALE_DELAY_S": "3",
+            "SERVING_DRAIN_SECONDS": "5",
+        },
+    )
+    server.start()
+    started = "replica pid"
+    try:
+        assert log_count(server, started) == 1
+        high = Load()
+        for _ in range(3):
+            high.grpc(server)
+            high.http_keepalive(server)
+        wait_until(lambda: log_count(server, started) >= 2, 90, "a second replica", server)
+        # The new replica listens on the same ports: fresh connections reach both.
+        statuses = [new_connection_request(server) for _ in range(40)]
+        assert statuses == [200] * 40
+        deadline = time.monotonic() + 30
+        workers: set[str | None] = set()
+        while len(workers) < 2 and time.monotonic() < deadline:
+            samples = scrape(server.metrics_url)
+            workers = {
+                s[1].get("WorkerId")
+                for s in samples
+                if s[0] == "ray_serving_requests_total" and s[1].get("model") == "slow" and s[2] > 0
+            }
+            time.sleep(1)
+        assert len(workers) == 2, workers
+
+        # Load drops: the autoscaler removes a replica while light traffic keeps flowing.
+        low = Load()
+        low.grpc(server)
+        low.http_keepalive(server)
+        high.stop()
+        wait_until(lambda: log_count(server, "servers stopped after") >= 1, 90, "a replica to drain", server)
+        time.sleep(1)  # traffic goes on against the replica that stays
+        low.stop()
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
+    for load in (high, low):
+        assert load.outcomes["failed"] == 0, load.errors
+    assert high.outcomes["ok"] > 0 and low.outcomes["ok"] > 0
+    print(f"high load: {dict(high.outcomes)}, during scale-down: {dict(low.outcomes)}")
