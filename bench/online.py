@@ -1,9 +1,10 @@
-"""Online benchmark: perf_analyzer against `serving serve`, next to the in-process limit.
+"""Online benchmark, side by side in one run on the reference MLP (784->1024->1024->10, FP32):
+`serving serve`, PyTriton (Triton's C++ front end, bench/pytriton_server.py), a bare grpc.aio
+echo (the Python floor, bench/echo_floor.py) and onnxruntime in-process (the limit).
 
-For the reference MLP (784->1024->1024->10, FP32) and the demo digits model, at concurrency
-1, 16 and 64, batch-1 requests, over HTTP (binary tensors) and gRPC, through the HAProxy fast
-path and Serve's default Python proxy. The limit is onnxruntime in this process at the best
-batch size, measured in the same run. Prints a table; writes bench/results/online.md.
+perf_analyzer (tritonclient 2.51.0) sends batch-1 requests at concurrency 1, 16 and 64 over
+gRPC and HTTP (binary tensors), then [64, 784] batches over gRPC. Prints every rate and the
+ratios serving / PyTriton, serving / floor and serving / limit; writes bench/results/online.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from serving.demo import build_demo_repository, build_reference_mlp, digits_data  # noqa: E402
+from serving.demo import build_reference_mlp  # noqa: E402
 
 from server_process import ServerProcess  # noqa: E402
 
@@ -70,6 +71,12 @@ def in_process_service(repo: Path, model: str, features: int, concurrency: int, 
         def set_details(self, details: str) -> None:
             pass
 
+        def set_trailing_metadata(self, metadata: object) -> None:
+            pass
+
+        def invocation_metadata(self) -> tuple[()]:
+            return ()
+
     async def run() -> float:
         service = LocalInferenceService.from_repository(repo)
         adapter = grpc_v2.GrpcAdapter(service)
@@ -94,18 +101,21 @@ def in_process_service(repo: Path, model: str, features: int, concurrency: int, 
 
 
 def input_data(path: Path, features: int) -> Path:
-    x = digits_data()[0][:16] if features == 64 else np.random.default_rng(1).random((16, features), dtype=np.float32)
+    x = np.random.default_rng(1).random((16, features), dtype=np.float32)
     path.write_text(json.dumps({"data": [{"input": row.astype(float).tolist()} for row in x]}))
     return path
 
 
-def perf_analyzer(url: str, protocol: str, model: str, version: str, concurrency: int, data: Path) -> dict[str, float]:
+def perf_analyzer(
+    url: str, protocol: str, model: str, version: str, concurrency: int, data: Path | None, batch: int = 1
+) -> dict[str, float]:
+    """One perf_analyzer measurement; ``data`` None sends random inputs."""
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
         cmd = [
             str(TOOLS / "bin" / "perf_analyzer"),
-            "-m", model, "-x", version, "-u", url, "-i", protocol, "-b", "1",
+            "-m", model, "-x", version, "-u", url, "-i", protocol, "-b", str(batch),
             "--concurrency-range", str(concurrency),
-            "--input-data", str(data),
+            "--input-data", str(data) if data else "random",
             "--measurement-interval", "3000", "-s", "50", "--max-trials", "8",
             "-f", out.name,
         ]  # fmt: skip
@@ -125,132 +135,154 @@ def perf_analyzer(url: str, protocol: str, model: str, version: str, concurrency
     }
 
 
-class FloorProcess:
-    """bench/floor_app.py in a subprocess, stopped by PID."""
+class Peer:
+    """A server under test in a subprocess, ready when it prints "ready"; stopped by PID."""
 
-    def __init__(self, repository: Path, log_path: Path, default_proxy: bool) -> None:
-        from server_process import free_port
-
-        self.http_port, self.grpc_port = free_port(), free_port()
-        cmd = [sys.executable, str(HERE / "floor_app.py"), "--repository", str(repository)]
-        cmd += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
-        cmd += ["--default-proxy"] if default_proxy else []
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        }
+    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+            )
         deadline = time.monotonic() + 240
         while "ready" not in log_path.read_text(errors="replace").splitlines():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"floor app did not start:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
-        self.http_url, self.grpc_url = f"127.0.0.1:{self.http_port}", f"127.0.0.1:{self.grpc_port}"
+                raise RuntimeError(f"{cmd[:2]} did not start:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.3)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(90)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
 
 
-def newest_version(repo: Path, model: str) -> str:
-    return str(max(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit()))
+MODEL = "reference_mlp"
+FEATURES = 784
 
 
-def run_matrix(
-    label: str, path: str, http_url: str, grpc_url: str, work: Path, concurrency: list[int]
-) -> dict[tuple[str, str, int], dict[str, float]]:
+def measure(
+    label: str, http_url: str | None, grpc_url: str, version: str, data: Path, concurrency: list[int]
+) -> dict[tuple[str, int], dict[str, float]]:
     results = {}
-    for model, features in MODELS.items():
-        data = input_data(work / f"{model}.json", features)
-        version = newest_version(work / "repo", model)
-        for protocol, url in (("grpc", grpc_url), ("http", http_url)):
-            for c in concurrency:
-                r = perf_analyzer(url, protocol, model, version, c, data)
-                results[(model, protocol, c)] = r
-                print(
-                    f"[{path} {label:7s}] {model:14s} {protocol:4s} c={c:<3d} {r['infer_s']:9,.0f} infer/s  "
-                    f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms",
-                    flush=True,
-                )
+    for protocol, url in (("grpc", grpc_url), ("http", http_url)):
+        if url is None:
+            continue
+        for c in concurrency:
+            r = results[(protocol, c)] = perf_analyzer(url, protocol, MODEL, version, c, data)
+            print(
+                f"[{label:8s}] {protocol:4s} c={c:<3d} {r['infer_s']:9,.0f} infer/s  "
+                f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms",
+                flush=True,
+            )
+    r = results[("grpc-batch64", 16)] = perf_analyzer(grpc_url, "grpc", MODEL, version, 16, None, batch=64)
+    print(f"[{label:8s}] grpc [64,784] batches c=16 {r['infer_s']:9,.0f} rows/s", flush=True)
     return results
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--paths", nargs="+", default=["fast", "default"], choices=["fast", "default"])
-    parser.add_argument("--no-floor", action="store_true", help="skip the Serve floor (constant-answer app)")
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
+    subprocess.run(["bash", str(HERE / "pytriton_env.sh")], check=True)
+    from server_process import free_port
 
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     repo = work / "repo"
-    build_demo_repository(repo)
     build_reference_mlp(repo)
-    limits = {}
-    for model, features in MODELS.items():
-        newest = newest_version(repo, model)
-        threads = 2 if model == "reference_mlp" else 1
-        limits[model] = in_process_limit(repo / model / str(newest) / "model.onnx", features, threads)
-        print(
-            f"in-process limit {model}: {limits[model][1]:,.0f} rows/s at batch {limits[model][0]} ({threads} threads)"
-        )
-    service_rates = {}
-    for model, features in MODELS.items():
-        for c in args.concurrency:
-            service_rates[(model, c)] = in_process_service(repo, model, features, c)
-            print(f"serving in-process (no network, no Ray) {model} c={c}: {service_rates[(model, c)]:,.0f} req/s")
+    onnx_path = repo / MODEL / "1" / "model.onnx"
+    data = input_data(work / "input.json", FEATURES)
+    batch, limit = in_process_limit(onnx_path, FEATURES, threads=2)
+    print(f"in-process limit: {limit:,.0f} rows/s at batch {batch} (onnxruntime, 2 threads)", flush=True)
+    service_rate = in_process_service(repo, MODEL, FEATURES, 64)
+    print(f"serving's own code in-process (no network, no Ray) c=64: {service_rate:,.0f} req/s", flush=True)
 
-    lines = [
-        "| path | model | protocol | concurrency | infer/s | p50 ms | p99 ms | Serve floor infer/s | of floor "
-        "| serving in-process req/s | in-process limit rows/s (batch) | of limit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for path in args.paths:
-        server = ServerProcess(
-            repo, work / f"server-{path}.log", env={"SERVING_FAST_PATH": str(path == "fast").lower()}
+    results: dict[str, dict[tuple[str, int], dict[str, float]]] = {}
+    server = ServerProcess(repo, work / "serving.log")
+    began = time.monotonic()
+    server.start()
+    print(f"[serving ] ready in {time.monotonic() - began:.1f}s", flush=True)
+    try:
+        results["serving"] = measure("serving", server.http_url, server.grpc_url, "1", data, args.concurrency)
+    finally:
+        server.stop()
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    began = time.monotonic()
+    triton = Peer(
+        [str(HERE / ".pytriton/bin/python"), str(HERE / "pytriton_server.py"), "--model", str(onnx_path),
+         "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
+        work / "pytriton.log",
+    )  # fmt: skip
+    print(f"[pytriton] ready in {time.monotonic() - began:.1f}s", flush=True)
+    try:
+        results["pytriton"] = measure(
+            "pytriton", f"127.0.0.1:{http}", f"127.0.0.1:{grpc_port}", "1", data, args.concurrency
         )
-        began = time.monotonic()
-        server.start()
-        print(f"[{path}] server ready in {time.monotonic() - began:.1f}s")
-        try:
-            real = run_matrix("serving", path, server.http_url, server.grpc_url, work, args.concurrency)
-        finally:
-            server.stop()
-        floor: dict[tuple[str, str, int], dict[str, float]] = {}
-        if not args.no_floor:
-            fp = FloorProcess(repo, work / f"floor-{path}.log", default_proxy=path == "default")
-            try:
-                floor = run_matrix("floor", path, fp.http_url, fp.grpc_url, work, args.concurrency)
-            finally:
-                fp.stop()
-        for (model, protocol, c), r in real.items():
-            batch, limit = limits[model]
-            f = floor.get((model, protocol, c), {}).get("infer_s", 0.0)
+    finally:
+        triton.stop()
+    floor_port = free_port()
+    floor = Peer(
+        [sys.executable, str(HERE / "echo_floor.py"), "--repository", str(repo), "--grpc-port", str(floor_port)],
+        work / "floor.log",
+    )
+    try:
+        results["floor"] = {
+            ("grpc", c): perf_analyzer(f"127.0.0.1:{floor_port}", "grpc", MODEL, "1", c, data) for c in args.concurrency
+        }
+        for c in args.concurrency:
+            print(f"[floor   ] grpc c={c:<3d} {results['floor'][('grpc', c)]['infer_s']:9,.0f} infer/s", flush=True)
+    finally:
+        floor.stop()
+
+    s, t, f = results["serving"], results["pytriton"], results["floor"]
+    lines = [
+        "| protocol | concurrency | serving infer/s | p50 ms | PyTriton infer/s | p50 ms | floor infer/s "
+        "| serving / PyTriton | serving / floor | serving / limit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for protocol in ("grpc", "http"):
+        for c in args.concurrency:
+            a, b = s[(protocol, c)], t[(protocol, c)]
+            fl = f.get((protocol, c), {}).get("infer_s", 0.0)
             lines.append(
-                f"| {path} | {model} | {protocol} | {c} | {r['infer_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                f"{f:,.0f} | {r['infer_s'] / f if f else 0:.2f} | {service_rates[(model, c)]:,.0f} | "
-                f"{limit:,.0f} ({batch}) | {r['infer_s'] / limit:.4f} |"
+                f"| {protocol} | {c} | {a['infer_s']:,.0f} | {a['p50_ms']:.2f} | {b['infer_s']:,.0f} | "
+                f"{b['p50_ms']:.2f} | {fl:,.0f} | {ratio(a['infer_s'], b['infer_s'])} | {ratio(a['infer_s'], fl)} | "
+                f"{a['infer_s'] / limit:.3f} |"
             )
-    table = "\n".join(lines)
+    summary = []
+    for protocol in ("grpc", "http"):
+        best_s = max(s[(protocol, c)]["infer_s"] for c in args.concurrency)
+        best_t = max(t[(protocol, c)]["infer_s"] for c in args.concurrency)
+        summary.append(
+            f"- {protocol} best: serving {best_s:,.0f} vs PyTriton {best_t:,.0f} infer/s = "
+            f"**{ratio(best_s, best_t)}x** (target 1.5x); p50 at c=1: serving "
+            f"{s[(protocol, args.concurrency[0])]['p50_ms']:.2f} ms, PyTriton {t[(protocol, args.concurrency[0])]['p50_ms']:.2f} ms"
+        )
+    sb, tb = s[("grpc-batch64", 16)]["infer_s"], t[("grpc-batch64", 16)]["infer_s"]
+    summary.append(
+        f"- [64, 784] batches over gRPC, c=16: serving {sb:,.0f} rows/s = **{sb / limit:.2f}** of the in-process "
+        f"limit (target 0.5); PyTriton {tb:,.0f} rows/s = {tb / limit:.2f}"
+    )
+    summary.append(f"- serving's own code in-process (no network, no Ray), c=64: {service_rate:,.0f} req/s")
+    table = "\n".join(lines) + "\n\n" + "\n".join(summary)
     print("\n" + table)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "online.md").write_text(
         f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
-        "Batch-1 requests from perf_analyzer (tritonclient 2.51.0); HTTP uses binary tensors. "
-        "'Serve floor' is bench/floor_app.py on the same ingress path, answering a precomputed response. "
-        "'Serving in-process' is serving's own code (gRPC adapter, service, batcher, model) in one event loop "
-        "without network or Ray. 'In-process limit' is onnxruntime alone at its best batch size, in the same run.\n\n"
+        "Reference MLP 784->1024->1024->10 FP32, perf_analyzer (tritonclient 2.51.0), batch-1 requests; HTTP "
+        "uses binary tensors. PyTriton 0.7.0: dynamic batching up to 128 rows / 500 us, onnxruntime with 2 "
+        "threads in its @batch callable. Floor: one bare grpc.aio process answering a precomputed response. "
+        f"Limit: onnxruntime in-process, {limit:,.0f} rows/s at batch {batch} (2 threads). All in one run.\n\n"
         f"{table}\n"
     )
 

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# PyTriton (Triton's C++ front end with a Python model callable) in its own venv under
+# bench/.pytriton: it pins its own tritonclient/protobuf, which must not meet ours. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")"
+venv=.pytriton
+[ -f "$venv/.installed" ] && exit 0
+${PYTHON:-python3.11} -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip
+"$venv/bin/pip" install -q nvidia-pytriton==0.7.0 onnxruntime numpy
+touch "$venv/.installed"

@@ -1,0 +1,56 @@
+"""PyTriton peer for `make bench`: Triton's C++ front end (HTTP + gRPC) with dynamic batching
+up to 128 rows / 500 us, the model = onnxruntime (2 intra-op threads) in a ``@batch`` Python
+callable. Runs in bench/.pytriton (its own venv). Prints "ready" once Triton answers."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import onnxruntime as ort
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True, help="path of the ONNX file")
+    parser.add_argument("--name", default="reference_mlp")
+    parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, required=True)
+    args = parser.parse_args()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    (inp,) = sess.get_inputs()
+    outs = sess.get_outputs()
+
+    @batch  # type: ignore[misc]
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        results = sess.run(None, {inp.name: inputs[inp.name]})
+        return {o.name: r for o, r in zip(outs, results)}
+
+    config = TritonConfig(
+        http_address="127.0.0.1",
+        http_port=args.http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+    )
+    with Triton(config=config) as triton:
+        triton.bind(
+            model_name=args.name,
+            infer_func=infer,
+            inputs=[Tensor(name=inp.name, dtype=np.float32, shape=tuple(inp.shape[1:]))],
+            outputs=[Tensor(name=o.name, dtype=np.float32, shape=tuple(o.shape[1:])) for o in outs],
+            config=ModelConfig(max_batch_size=128, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
+            strict=False,
+        )
+        print("ready", flush=True)
+        triton.serve()
+
+
+if __name__ == "__main__":
+    main()
