@@ -9,14 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from serving.batching import DynamicBatcher
-from serving.codecs import numpy_dtype
-from serving.config import ModelConfig, TensorConfig
-from serving.errors import ConfigError, ModelNotFoundError, ModelNotReadyError, ServingError
+from serving.config import ModelConfig
+from serving.errors import ModelNotFoundError, ModelNotReadyError, ServingError
+from serving.loaded_model import LoadedModel
 from serving.repository import ModelEntry
-from serving.runtime import Model, create_model
+from serving.runtime import create_model
 from serving.telemetry.metrics import (
     BATCH_SIZE,
     COMPUTE_SECONDS,
@@ -28,11 +26,9 @@ from serving.telemetry.metrics import (
     Metrics,
     NullMetrics,
 )
-from serving.types import BatchStat, ModelStats, TensorSpec
+from serving.types import BatchStat, ModelStats
 
 log = logging.getLogger(__name__)
-
-WARMUP_MAX_ROWS = 1024
 
 
 class VersionState(str, enum.Enum):
@@ -43,18 +39,12 @@ class VersionState(str, enum.Enum):
 
 @dataclass
 class ModelVersion:
-    """One served version: artifact, I/O contract, state, batcher and statistics."""
+    """One served version: its loaded model plus the serving lane (state, batcher, statistics)."""
 
-    name: str
-    version: int
-    config: ModelConfig
-    model: Model
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
+    loaded: LoadedModel
     state: VersionState = VersionState.LOADING
     reason: str = ""
     load_seconds: float = 0.0
-    output_datatypes: dict[str, str] = field(default_factory=dict)
     batcher: DynamicBatcher | None = None
     metrics: Metrics = field(default_factory=NullMetrics)
     stats: ModelStats = field(init=False)
@@ -66,12 +56,16 @@ class ModelVersion:
         self.labels = {"model": self.name, "version": str(self.version)}
 
     @property
-    def max_batch_size(self) -> int:
-        return self.config.max_batch_size
+    def name(self) -> str:
+        return self.loaded.name
 
-    def wire_shape(self, spec: TensorSpec) -> list[int]:
-        """The shape clients see: a leading -1 batch dimension when batching."""
-        return ([-1] if self.max_batch_size else []) + list(spec.shape)
+    @property
+    def version(self) -> int:
+        return self.loaded.version
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.loaded.config
 
     def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
         s = self.stats
@@ -97,24 +91,15 @@ class ModelVersion:
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)
 
-    def open(self) -> None:
-        """Load the artifact, resolve the I/O contract and warm up (what online and batch share)."""
-        self.model.load()
-        self.inputs, self.outputs = _resolve_io(self)
-        self.output_datatypes = {o.name: o.datatype for o in self.outputs}
-        if self.config.instance.warmup:
-            self.warm_up()
-
     def load(self) -> None:
-        """Open the version and start its batcher (online serving)."""
+        """Open the model and start its batcher (online serving)."""
         start = time.monotonic()
-        self.open()
+        self.loaded.open()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
-        output_names = list(self.output_datatypes)
         batching = self.config.dynamic_batching
         self.batcher = DynamicBatcher(
-            lambda arrays: self.model.predict(arrays, output_names),
-            max_batch_size=self.max_batch_size,
+            self.loaded.predict,
+            max_batch_size=self.loaded.max_batch_size,
             max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
             max_queue_size=batching.max_queue_size,
             executor=self._executor,
@@ -129,27 +114,6 @@ class ModelVersion:
         self.metrics.set(QUEUE_DEPTH, self.labels, 0)
         self.metrics.set(READY, self.labels, 1)
 
-    def warm_up(self) -> None:
-        """Run zero-filled batches at batch sizes 1 and max_batch_size (at most WARMUP_MAX_ROWS;
-        variable dims = 1), so the first user request does not pay for kernel selection,
-        allocation or CUDA init. A model that rejects the synthetic input only logs: its real
-        inputs may need other sizes."""
-        configured = self.config.instance.warmup_batch_sizes
-        if not self.max_batch_size:
-            sizes = [0]
-        elif configured:
-            sizes = sorted({min(b, self.max_batch_size) for b in configured})
-        else:
-            sizes = sorted({1, min(self.max_batch_size, WARMUP_MAX_ROWS)})
-        names = list(self.output_datatypes)
-        for rows in sizes:
-            arrays = {s.name: _zeros(s, rows) for s in self.inputs}
-            try:
-                self.model.predict(arrays, names)
-            except ServingError as exc:
-                log.warning("warm-up of %s v%d at batch %d failed: %s", self.name, self.version, rows, exc.message)
-                return
-
     async def close(self) -> None:
         self.state = VersionState.UNAVAILABLE
         self.reason = "unloaded"
@@ -158,51 +122,7 @@ class ModelVersion:
             await self.batcher.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        self.model.unload()
-
-
-def _zeros(spec: TensorSpec, rows: int) -> np.ndarray[Any, Any]:
-    shape = ([rows] if rows else []) + [d if d > 0 else 1 for d in spec.shape]
-    if spec.datatype == "BYTES":
-        return np.full(shape, b"", dtype=np.object_)
-    return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
-
-
-def _resolve_io(mv: ModelVersion) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """Declared I/O wins; ONNX models may leave it out (read from the model, minus the batch dim)."""
-    declared_in, declared_out = mv.config.inputs, mv.config.outputs
-    model_in, model_out = mv.model.signature()
-
-    def from_model(specs: tuple[TensorSpec, ...], what: str) -> tuple[TensorSpec, ...]:
-        out = []
-        for s in specs:
-            shape = s.shape
-            if mv.max_batch_size:
-                if not shape or shape[0] not in (-1,):
-                    raise ConfigError(
-                        f"model {mv.name}: {what} {s.name!r} has shape {list(shape)}; with max_batch_size > 0 "
-                        "its first dimension must be dynamic (the batch)"
-                    )
-                shape = shape[1:]
-            out.append(TensorSpec(s.name, s.datatype, shape))
-        return tuple(out)
-
-    def from_config(ts: tuple[TensorConfig, ...]) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t.name, t.datatype, t.shape) for t in ts)
-
-    inputs = from_config(declared_in) if declared_in else from_model(model_in, "input")
-    outputs = from_config(declared_out) if declared_out else from_model(model_out, "output")
-    if model_in:
-        known = {s.name for s in model_in}
-        unknown = [s.name for s in inputs if s.name not in known]
-        if unknown:
-            raise ConfigError(f"model {mv.name}: model.yaml declares inputs {unknown} the model does not have")
-    if model_out:
-        known = {s.name for s in model_out}
-        unknown = [s.name for s in outputs if s.name not in known]
-        if unknown:
-            raise ConfigError(f"model {mv.name}: model.yaml declares outputs {unknown} the model does not have")
-    return inputs, outputs
+        self.loaded.unload()
 
 
 class ModelRegistry:
@@ -211,6 +131,7 @@ class ModelRegistry:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics: Metrics = metrics or NullMetrics()
         self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._newest_first: dict[str, tuple[ModelVersion, ...]] = {}  # read on every request
         self._entries: dict[str, ModelEntry] = {}
 
     def load_entries(self, entries: list[ModelEntry]) -> None:
@@ -219,34 +140,31 @@ class ModelRegistry:
             self._entries[entry.name] = entry
             versions = self._models.setdefault(entry.name, {})
             for v in entry.selected:
-                mv = ModelVersion(
-                    entry.name, v, entry.config, create_model(entry.config, entry.version_dir(v)), metrics=self.metrics
-                )
+                model = create_model(entry.config, entry.version_dir(v))
+                mv = ModelVersion(LoadedModel(entry.name, v, entry.config, model), metrics=self.metrics)
                 versions[v] = mv
                 try:
                     mv.load()
-                    log.info(
-                        "model %s version %d ready in %.2fs on %s", entry.name, v, mv.load_seconds, mv.model.device
-                    )
+                    log.info("model %s version %d ready in %.2fs on %s", entry.name, v, mv.load_seconds, model.device)
                 except ServingError as exc:
                     mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message
                     self.metrics.set(READY, mv.labels, 0)
                     log.error("model %s version %d failed to load: %s", entry.name, v, exc.message)
+            self._newest_first[entry.name] = tuple(versions[v] for v in sorted(versions, reverse=True))
 
     def names(self) -> list[str]:
         return sorted(self._models)
 
-    def versions(self, name: str) -> list[ModelVersion]:
+    def versions(self, name: str) -> tuple[ModelVersion, ...]:
         """All known versions of a model, newest first.
 
         Raises:
             ModelNotFoundError: unknown model.
         """
         try:
-            versions = self._models[name]
+            return self._newest_first[name]
         except KeyError:
             raise ModelNotFoundError(f"unknown model {name!r}") from None
-        return [versions[v] for v in sorted(versions, reverse=True)]
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The version asked for, or the newest ready one when ``version`` is empty.

@@ -17,7 +17,8 @@ import numpy as np
 
 from serving.codecs import numpy_dtype, shape_matches
 from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, ServingError
-from serving.registry import ModelRegistry, ModelVersion, VersionState
+from serving.loaded_model import LoadedModel
+from serving.registry import ModelRegistry, VersionState
 from serving.repository import scan_repository
 from serving.telemetry.metrics import UNKNOWN, Metrics
 from serving.telemetry.requests import InFlight, RequestTracker
@@ -137,7 +138,7 @@ class LocalInferenceService:
         Raises:
             ModelNotFoundError, ModelNotReadyError.
         """
-        mv = self.registry.get(name, version)
+        mv = self.registry.get(name, version).loaded
         versions = tuple(str(v.version) for v in self.registry.versions(name) if v.state is VersionState.READY)
         return ModelMetadata(
             name=name,
@@ -154,7 +155,7 @@ class LocalInferenceService:
         Raises:
             ModelNotFoundError, ModelNotReadyError.
         """
-        return describe(self.registry.get(name, version))
+        return describe(self.registry.get(name, version).loaded)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether the version is ready; unknown models raise.
@@ -196,8 +197,8 @@ class LocalInferenceService:
         start = time.monotonic_ns()
         mv = self.registry.get(request.model_name, request.model_version)
         try:
-            arrays = check_inputs(mv, request.inputs)
-            wanted = check_outputs(mv, request)
+            arrays = check_inputs(mv.loaded, request.inputs)
+            wanted = check_outputs(mv.loaded, request)
             assert mv.batcher is not None
             results = await mv.batcher.submit(arrays)
         except ServingError:
@@ -205,7 +206,7 @@ class LocalInferenceService:
             raise
         outputs = []
         for name in wanted:
-            datatype = mv.output_datatypes[name]
+            datatype = mv.loaded.output_datatypes[name]
             outputs.append(Tensor(name, datatype, _as_datatype(results[name], datatype)))
         mv.stats.success.add(time.monotonic_ns() - start)
         mv.stats.last_inference_ms = int(time.time() * 1000)
@@ -224,7 +225,7 @@ def _as_datatype(arr: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, An
     return arr if arr.dtype == dtype else arr.astype(dtype)
 
 
-def check_inputs(mv: ModelVersion, tensors: list[Tensor]) -> dict[str, np.ndarray[Any, Any]]:
+def check_inputs(mv: LoadedModel, tensors: list[Tensor]) -> dict[str, np.ndarray[Any, Any]]:
     """Match request tensors to the model's declared inputs.
 
     Raises:
@@ -262,7 +263,7 @@ def check_inputs(mv: ModelVersion, tensors: list[Tensor]) -> dict[str, np.ndarra
     return arrays
 
 
-def check_outputs(mv: ModelVersion, request: InferenceRequest) -> list[str]:
+def check_outputs(mv: LoadedModel, request: InferenceRequest) -> list[str]:
     """The output names to return (all when the request names none).
 
     Raises:
@@ -280,7 +281,7 @@ def check_outputs(mv: ModelVersion, request: InferenceRequest) -> list[str]:
     return names
 
 
-def describe(mv: ModelVersion) -> ModelDescription:
+def describe(mv: LoadedModel) -> ModelDescription:
     """The served version's description (adapters turn it into Triton's config)."""
     policy = mv.config.version_policy
     if policy.all:

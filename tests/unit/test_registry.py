@@ -8,6 +8,7 @@ import pytest
 
 from serving.config import ModelConfig
 from serving.errors import ModelNotFoundError, ModelNotReadyError
+from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, ModelVersion, VersionState
 from serving.repository import scan_repository
 from serving.service import LocalInferenceService
@@ -57,7 +58,7 @@ def config(**extra: Any) -> ModelConfig:
 
 def test_warm_up_runs_batch_sizes_1_and_max_without_counting_them() -> None:
     model = RecordingModel()
-    mv = ModelVersion("m", 1, config(), model)
+    mv = ModelVersion(LoadedModel("m", 1, config(), model))
     mv.load()
     assert model.calls == [{"x": (1, 1, 3), "s": (1, 1)}, {"x": (8, 1, 3), "s": (8, 1)}]
     assert mv.stats.inference_count == 0 and mv.stats.execution_count == 0
@@ -66,7 +67,7 @@ def test_warm_up_runs_batch_sizes_1_and_max_without_counting_them() -> None:
 
 def test_warm_up_can_be_turned_off() -> None:
     model = RecordingModel()
-    ModelVersion("m", 1, config(instance={"warmup": False}), model).load()
+    ModelVersion(LoadedModel("m", 1, config(instance={"warmup": False}), model)).load()
     assert model.calls == []
 
 

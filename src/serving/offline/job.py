@@ -246,7 +246,7 @@ def prepare(job: ScoreJob) -> tuple[ModelEntry, int, InputSet, ColumnPlan]:
             labels=entry.config.labels,
         )
     finally:
-        mv.model.unload()
+        mv.unload()
     out_fs, out_path = _output_location(job.output)
     if out_fs.get_file_info(out_path).type != pafs.FileType.NotFound and not job.overwrite:
         raise InvalidInputError(f"output {job.output} already exists (pass --overwrite to replace it)")

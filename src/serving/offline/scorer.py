@@ -18,6 +18,7 @@ import pyarrow as pa
 from serving.batching import split_outputs
 from serving.codecs import numpy_dtype
 from serving.errors import ModelNotFoundError, ServingError
+from serving.loaded_model import LoadedModel
 from serving.offline.mapping import (
     ERROR_COLUMN,
     MODEL_NAME_COLUMN,
@@ -26,7 +27,6 @@ from serving.offline.mapping import (
     extract_inputs,
     output_columns,
 )
-from serving.registry import ModelVersion
 from serving.repository import ModelEntry, load_model_entry
 from serving.runtime import create_model
 
@@ -59,7 +59,7 @@ def resolve_version(repository: Path, spec: str) -> tuple[ModelEntry, int]:
 
 def open_version(
     entry: ModelEntry, version: int, *, device: str | None = None, threads: int | None = None, warmup: bool = True
-) -> ModelVersion:
+) -> LoadedModel:
     """Load one version for batch scoring (runtime options may be overridden).
 
     Raises:
@@ -70,9 +70,9 @@ def open_version(
         update={k: v for k, v in {"device": device, "num_threads": threads, "warmup": warmup}.items() if v is not None}
     )
     config = config.model_copy(update={"instance": instance})
-    mv = ModelVersion(entry.name, version, config, create_model(config, entry.version_dir(version)))
-    mv.open()
-    return mv
+    loaded = LoadedModel(entry.name, version, config, create_model(config, entry.version_dir(version)))
+    loaded.open()
+    return loaded
 
 
 def artifact_sha256(entry: ModelEntry, version: int) -> str:
@@ -92,7 +92,7 @@ class ScoredBatch:
 class Scorer:
     """Turns tables into (scored rows, failed rows with a reason); never drops a row."""
 
-    def __init__(self, mv: ModelVersion, plan: ColumnPlan) -> None:
+    def __init__(self, mv: LoadedModel, plan: ColumnPlan) -> None:
         self.mv = mv
         self.plan = plan
         self.output_names = [o.name for o in mv.outputs]
