@@ -1,4 +1,4 @@
-"""Integration tests: one real server (`serving serve`, local Ray, HAProxy) per session.
+"""Integration tests: one real server (`serving serve`, local Ray) per session.
 
 Clients are unmodified tritonclient (HTTP and gRPC) and plain HTTP/gRPC channels; this
 process never imports the server's own protobuf module (tritonclient's copy of the

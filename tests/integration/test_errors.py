@@ -1,5 +1,5 @@
 """Every error row of the protocol table over both transports, each followed by a success,
-against the real server (Ray Serve replica behind HAProxy)."""
+against the real server (a Ray Serve replica serving its own ports)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,9 @@ def test_fixed_replicas_from_settings_and_model_resources(tmp_path: Path) -> Non
     assert (actor["num_cpus"], actor["num_gpus"]) == (0.75, 0.5)
     assert actor["runtime_env"]["env_vars"].items() >= REPLICA_ENV.items()
     assert options["graceful_shutdown_timeout_s"] > 10
+    # A local Ray started by `serving serve` passes the environment on by itself.
+    local = deployment_options(scan_repository(tmp_path), ReplicasConfig(), drain_seconds=10, inherit_env=True)
+    assert "runtime_env" not in local["ray_actor_options"]
 
 
 def test_autoscaling_replicas_use_the_in_flight_policy(tmp_path: Path) -> None:

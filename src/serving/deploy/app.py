@@ -57,6 +57,10 @@ class AppArgs(BaseModel):
     replicas: ReplicasConfig = ReplicasConfig()
     server_name: str = "serving"
     log_format: Literal["json", "text"] = "json"
+    inherit_env: bool = Field(
+        default=False,
+        description="The replicas inherit this process's environment (a local Ray started here): no runtime_env.",
+    )
 
 
 # Serve's access log would log nothing (no request passes through Serve), so it is off.
@@ -112,27 +116,34 @@ def build_app(args: dict[str, Any]) -> Application:
             any replica starts, so a typo fails ``serve run`` at once).
     """
     parsed = AppArgs.model_validate(args)
-    options = deployment_options(scan_repository(parsed.repository), parsed.replicas, parsed.drain_seconds)
+    options = deployment_options(
+        scan_repository(parsed.repository), parsed.replicas, parsed.drain_seconds, parsed.inherit_env
+    )
     deployment: Any = InferenceReplica  # a serve.Deployment once decorated
     return deployment.options(**options).bind(  # type: ignore[no-any-return]
         {**parsed.model_dump(mode="json"), "repository": str(parsed.repository.resolve())}
     )
 
 
-def deployment_options(entries: list[ModelEntry], replicas: ReplicasConfig, drain_seconds: float) -> dict[str, Any]:
+def deployment_options(
+    entries: list[ModelEntry], replicas: ReplicasConfig, drain_seconds: float, inherit_env: bool = False
+) -> dict[str, Any]:
     """Replica count (fixed or autoscaled), per-replica resources and shutdown budget.
 
     A replica reserves the sum of its models' ``resources``; a fixed count is the larger of
     ``replicas.min`` and any model's ``resources.replicas``. The deployer's ``OTEL_*``
-    variables travel to every replica (on a cluster too), so tracing is configured where the
-    spans are made.
+    variables and REPLICA_ENV travel to every replica (on a cluster too) through a runtime_env,
+    so tracing is configured where the spans are made; a local Ray started by this process
+    passes its environment on by itself (``inherit_env``), and replicas without a runtime_env
+    can start on Ray's prestarted workers (faster start).
     """
     actor: dict[str, Any] = {
         "num_cpus": sum(e.config.resources.num_cpus for e in entries),
         "num_gpus": sum(e.config.resources.num_gpus for e in entries),
     }
     otel = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
-    actor["runtime_env"] = {"env_vars": {**REPLICA_ENV, **otel}}  # on every node of a cluster too
+    if not inherit_env:
+        actor["runtime_env"] = {"env_vars": {**REPLICA_ENV, **otel}}
     options: dict[str, Any] = {
         "ray_actor_options": actor,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,

@@ -76,6 +76,7 @@ def start(settings: ServerSettings) -> float:
             "replicas": settings.replicas.model_dump(),
             "server_name": settings.server_name,
             "log_format": settings.log_format,
+            "inherit_env": not settings.ray_address,
         }
     )
     serve.run(app, name=APP_NAME, route_prefix=None)

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import uvicorn
 
-from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import HttpApp
 from serving.service import InferenceService
 
@@ -164,7 +164,7 @@ class ReplicaServers:
         if self.addresses is None or self._probe_channel is None:
             raise RuntimeError("servers not started")
         await asyncio.wait_for(self._probe_http(self.addresses.private_http_port), PROBE_TIMEOUT_S)
-        live = self._probe_channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+        live = self._probe_channel.unary_unary(f"/{SERVICE_NAME}/ServerLive")
         # ServerLiveRequest is empty; ServerLiveResponse {bool live = 1} is b"\x08\x01" when live.
         answer = await live(b"", timeout=PROBE_TIMEOUT_S)
         if answer != b"\x08\x01":
