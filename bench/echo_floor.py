@@ -13,13 +13,12 @@ import numpy as np
 from google.protobuf import json_format
 
 from serving.protocol._pb import inference_pb2 as pb
+from serving.protocol.grpc_v2 import SERVICE_NAME as SERVICE
 from serving.protocol.grpc_v2 import from_core
 from serving.protocol.servers import grpc_server_options
 from serving.protocol.triton import config_json
 from serving.service import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
-
-SERVICE = "inference.GRPCInferenceService"
 
 
 async def serve(repository: Path, model: str, port: int) -> None:
@@ -28,6 +27,7 @@ async def serve(repository: Path, model: str, port: int) -> None:
     spec = md.inputs[0]
     x = np.zeros([1, *spec.shape[1:]], np.float32)
     response = await service.infer(InferenceRequest(model, [Tensor(spec.name, spec.datatype, x)]))
+    config = config_json(service.model_config(model))
     await service.close()
     tm = pb.ModelMetadataResponse.TensorMetadata
     answers = {
@@ -40,8 +40,9 @@ async def serve(repository: Path, model: str, port: int) -> None:
             outputs=[tm(name=s.name, datatype=s.datatype, shape=s.shape) for s in md.outputs],
         ).SerializeToString(),
         "ModelConfig": json_format.ParseDict(
-            {"config": config_json(service.model_config(model))}, pb.ModelConfigResponse(), ignore_unknown_fields=True
+            {"config": config}, pb.ModelConfigResponse(), ignore_unknown_fields=True
         ).SerializeToString(),
+        "ServerMetadata": pb.ServerMetadataResponse(name="floor", version="0").SerializeToString(),
         "ServerLive": pb.ServerLiveResponse(live=True).SerializeToString(),
         "ServerReady": pb.ServerReadyResponse(ready=True).SerializeToString(),
         "ModelReady": pb.ModelReadyResponse(ready=True).SerializeToString(),

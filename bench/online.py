@@ -161,6 +161,17 @@ class Peer:
                 self.proc.wait()
 
 
+def libpython_dir(python: str) -> str:
+    """Where ``python``'s own libpython lives. Triton's Python-backend stub links libpython3.11
+    by name; without this it loads the system's (Debian 3.11.2) under a venv whose stdlib is
+    another 3.11 (pyenv 3.11.7), and the model fails to load in multiprocessing."""
+    out = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
 MODEL = "reference_mlp"
 FEATURES = 784
 
@@ -217,10 +228,12 @@ def main() -> None:
         server.stop()
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     began = time.monotonic()
+    pytriton_python = str(HERE / ".pytriton/bin/python")
     triton = Peer(
-        [str(HERE / ".pytriton/bin/python"), str(HERE / "pytriton_server.py"), "--model", str(onnx_path),
+        [pytriton_python, str(HERE / "pytriton_server.py"), "--model", str(onnx_path),
          "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
         work / "pytriton.log",
+        env={"LD_LIBRARY_PATH": libpython_dir(pytriton_python)},
     )  # fmt: skip
     print(f"[pytriton] ready in {time.monotonic() - began:.1f}s", flush=True)
     try:

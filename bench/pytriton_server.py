@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 
 def main() -> None:
@@ -39,7 +39,9 @@ def main() -> None:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
     )
-    with Triton(config=config) as triton:
+    # perf_analyzer reads the statistics extension, which PyTriton puts behind a token by
+    # default; serving has no auth on 127.0.0.1 either, so neither side pays for one.
+    with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
         triton.bind(
             model_name=args.name,
             infer_func=infer,
