@@ -147,9 +147,17 @@ class HttpApp:
             self.in_flight -= 1
 
     async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
+        """The whole body, at most ``max_request_bytes``.
+
+        Raises:
+            PayloadTooLargeError: the body is larger (after reading the rest of it, so that the
+                client, still sending, reads the 413 instead of a broken connection).
+            InvalidInputError: the client went away mid-body.
+        """
         limit = self.max_request_bytes
         declared = headers.content_length
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _discard(receive, limit)
             raise PayloadTooLargeError(f"request body of {declared.decode()} bytes exceeds the limit of {limit} bytes")
         message = await receive()
         body: bytes = message.get("body", b"")
@@ -165,6 +173,7 @@ class HttpApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
+                await _discard(receive, limit)
                 raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
@@ -245,6 +254,22 @@ class HttpApp:
             ready_only = bool(doc.get("ready", False))
         rows = self.service.repository_index(ready_only)
         return _json([{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows])
+
+
+DISCARD_FACTOR = 4
+"""An oversized body is read and dropped up to this many times the limit before the 413 (like a
+lingering close); past that the connection closes under a client that is still sending."""
+
+
+async def _discard(receive: Receive, limit: int) -> None:
+    budget = DISCARD_FACTOR * limit
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _expect(method: str, allowed: str) -> None:
