@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from pathlib import Path
 
 import grpc
@@ -60,8 +61,12 @@ async def serve(repository: Path, model: str, port: int) -> None:
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     print("ready", flush=True)
-    await server.wait_for_termination()
+    await stop.wait()
+    await server.stop(None)
 
 
 def main() -> None:
