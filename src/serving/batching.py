@@ -30,6 +30,9 @@ from serving.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
+PROBE_EVERY = 16
+"""Adaptive delay: after a wait that found no company, every PROBE_EVERY-th batch waits again."""
+
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
@@ -93,6 +96,12 @@ class DynamicBatcher:
         max_queue_size: most requests waiting; more raise ``QueueFullError`` at once.
         executor: where ``run`` executes (a single worker keeps executions serial).
         observer: told about every execution.
+        adaptive_delay: wait for ``max_queue_delay_s`` only while waiting finds company. After a
+            wait that gathered no other request, the next ``PROBE_EVERY - 1`` batches run at once,
+            then waiting is tried again. Measured on the 2-core VM with grpc.aio (which hands the
+            loop one new call per round trip, so without a window every request ran alone): a
+            0.5 ms window took gRPC at concurrency 16 from ~3,400 to ~5,400 requests/s, while a
+            fixed window made a lone client's p50 1.1 ms instead of 0.6 ms.
         inline_below_s: run a batch on the event loop itself, skipping the executor, while
             executions have recently taken less than this (0 disables). Handing a batch to
             a worker thread and back costs ~0.37 ms on a 2-core VM, 15x the 0.02 ms the
@@ -109,6 +118,7 @@ class DynamicBatcher:
         max_queue_size: int,
         executor: Executor,
         observer: BatchObserver | None = None,
+        adaptive_delay: bool = False,
         inline_below_s: float = 0.0,
         trace_attributes: dict[str, str] | None = None,
     ) -> None:
@@ -131,6 +141,13 @@ class DynamicBatcher:
         self._recent_ns: float | None = None  # moving average of execution time
         self._trace_attributes = trace_attributes or {}
         self._closed = False
+        self._adaptive = adaptive_delay
+        self._skip_waits = 0  # batches to run without waiting (adaptive)
+
+    @property
+    def waits(self) -> bool:
+        """Whether the next batch waits up to ``max_queue_delay_s`` for company."""
+        return self.max_batch_size > 0 and self.max_queue_delay_s > 0 and self._skip_waits == 0
 
     @property
     def queue_depth(self) -> int:
@@ -203,9 +220,14 @@ class DynamicBatcher:
                 arrived.clear()
                 await arrived.wait()
                 continue
-            if self.max_batch_size and self.max_queue_delay_s > 0:
+            waited = self.waits
+            if waited:
                 await self._fill(arrived)
+            elif self._skip_waits:
+                self._skip_waits -= 1
             batch = self._take()
+            if self._adaptive and waited and len(batch) == 1 and batch[0].rows < self.max_batch_size:
+                self._skip_waits = PROBE_EVERY - 1  # waiting found nobody: stop paying for it
             if batch:
                 await self._execute(loop, batch)
 

@@ -99,6 +99,14 @@ class DynamicBatchingConfig(_Strict):
     max_queue_size: PositiveInt = Field(
         default=1024, description="Requests waiting per model version; beyond it requests get 503/UNAVAILABLE."
     )
+    adaptive: bool = Field(
+        default=False,
+        description=(
+            "Wait up to max_queue_delay_ms only while waiting finds company: after a wait that gathered no "
+            "other request, the next batches run at once (a lone client does not pay the delay), and "
+            "waiting is tried again every few batches."
+        ),
+    )
 
 
 class VersionPolicy(_Strict):

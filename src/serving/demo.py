@@ -175,7 +175,8 @@ def build_reference_mlp(root: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 1
             "platform": "onnx",
             "description": f"reference MLP {'->'.join(map(str, sizes))}, float32",
             "max_batch_size": max_batch_size,
-            "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 4096},
+            # Wait up to 0.5 ms (PyTriton's setting in bench/) while waiting finds company.
+            "dynamic_batching": {"max_queue_delay_ms": 0.5, "adaptive": True, "max_queue_size": 4096},
             "instance": {"num_threads": 2},
         },
     )

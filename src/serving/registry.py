@@ -101,6 +101,7 @@ class ModelVersion:
             self.loaded.predict,
             max_batch_size=self.loaded.max_batch_size,
             max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
+            adaptive_delay=batching.adaptive,
             max_queue_size=batching.max_queue_size,
             executor=self._executor,
             observer=self,

@@ -269,3 +269,42 @@ async def test_a_dead_worker_fails_its_batch_and_everything_queued(executor: Any
         await asyncio.wait_for(running, 5)
     with pytest.raises(ModelExecutionError, match="batch worker failed"):
         await asyncio.wait_for(queued, 5)
+
+
+def adaptive_batcher(executor: Any, adaptive: bool = True) -> DynamicBatcher:
+    return DynamicBatcher(
+        lambda a: {"y": a["x"] * 2},
+        max_batch_size=8,
+        max_queue_delay_s=0.02,
+        max_queue_size=16,
+        executor=executor,
+        adaptive_delay=adaptive,
+    )
+
+
+async def test_adaptive_delay_stops_waiting_for_a_lone_client_then_probes_again(executor: Any) -> None:
+    from serving.batching import PROBE_EVERY
+
+    b = adaptive_batcher(executor)
+    assert b.waits
+    await b.submit(x(1))  # waited, found nobody
+    assert not b.waits
+    for _ in range(PROBE_EVERY - 1):  # these run at once
+        await b.submit(x(1))
+    assert b.waits  # the next one tries waiting again
+    await b.close()
+
+
+async def test_adaptive_delay_keeps_waiting_while_it_finds_company(executor: Any) -> None:
+    b = adaptive_batcher(executor)
+    outs = await asyncio.gather(*(b.submit(x(1, float(i))) for i in range(3)))
+    assert [o["y"][0, 0] for o in outs] == [0.0, 2.0, 4.0]
+    assert b.waits
+    await b.close()
+
+
+async def test_a_fixed_delay_always_waits(executor: Any) -> None:
+    b = adaptive_batcher(executor, adaptive=False)
+    await b.submit(x(1))
+    assert b.waits
+    await b.close()
