@@ -73,7 +73,11 @@ class InferenceReplica:
         logs.configure(parsed.log_format)
         tracing.configure_from_env()
         self._metrics = RayMetrics()
-        self.service = LocalInferenceService.from_repository(parsed.repository, parsed.server_name, self._metrics)
+        try:
+            self.service = LocalInferenceService.from_repository(parsed.repository, parsed.server_name, self._metrics)
+        except BaseException:
+            self._metrics.close()
+            raise
         self.servers = ReplicaServers(
             self.service,
             host=parsed.host,
@@ -84,7 +88,8 @@ class InferenceReplica:
         )
         try:
             addresses = await self.servers.start()
-        except BaseException:
+        except BaseException:  # a port that cannot be bound: stop whatever did start
+            await self.servers.stop()
             await self._release()
             raise
         log.info("replica pid %d serving %s", os.getpid(), describe(addresses, parsed.host))
