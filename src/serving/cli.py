@@ -7,9 +7,10 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
-from serving.config import load_settings
+from serving.config import ServerSettings, load_settings
 from serving.errors import ConfigError
 
 
@@ -29,24 +30,29 @@ Press Ctrl-C to stop.
 """
 
 
+def _load_serve_settings(args: argparse.Namespace) -> ServerSettings:
+    return load_settings(
+        args.config,
+        repository=args.repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        ray_address=args.address,
+        replicas=_replicas(args),
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(
-            args.config,
-            repository=args.repository,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            host=args.host,
-            ray_address=args.address,
-            replicas=_replicas(args),
-        )
+        settings = _load_serve_settings(args)
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     from serving.deploy import server
 
     stop_event = threading.Event()
+    reload_event = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_event.set())
     try:
@@ -58,15 +64,48 @@ def _serve(args: argparse.Namespace) -> int:
     except BaseException:
         server.stop()
         raise
+
+    def on_sighup(*_: object) -> None:
+        reload_event.set()
+        stop_event.set()
+
+    signal.signal(signal.SIGHUP, on_sighup)
     try:
         print(f"started in {seconds:.1f}s", flush=True)
         print(_banner(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port), flush=True)
-        stop_event.wait()
+        while True:
+            stop_event.wait()
+            if not reload_event.is_set():
+                break
+            stop_event.clear()
+            reload_event.clear()
+            _rolling_update(args, settings)
         print("stopping...", flush=True)
     finally:
         server.stop()
     print("stopped", flush=True)
     return 0
+
+
+def _rolling_update(args: argparse.Namespace, running: ServerSettings) -> None:
+    """SIGHUP: re-read the settings and the repository, then replace every replica, the new ones
+    listening before the old ones drain. A change of address or ports needs a restart."""
+    from serving.deploy import server
+
+    print("SIGHUP: rolling update...", flush=True)
+    try:
+        settings = _load_serve_settings(args)
+        fixed = ("host", "http_port", "grpc_port", "metrics_port", "ray_address", "num_cpus")
+        changed = [name for name in fixed if getattr(settings, name) != getattr(running, name)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} changed: restart the server to apply")
+        began = time.monotonic()
+        server.deploy(settings)
+    except (ConfigError, RuntimeError) as exc:
+        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        print(f"rolling update failed, still serving: {message}", file=sys.stderr, flush=True)
+        return
+    print(f"rolling update done in {time.monotonic() - began:.1f}s", flush=True)
 
 
 def _replicas(args: argparse.Namespace) -> dict[str, int] | None:

@@ -335,6 +335,14 @@ class ReplicasConfig(_Strict):
     max_per_node: PositiveInt | None = Field(
         default=None, description="At most this many replicas on one node (1 spreads them over a cluster)."
     )
+    surge_percent: int = Field(
+        default=25,
+        ge=0,
+        le=100,
+        description="Extra replicas during a rolling update, as a percentage of the count (rounded up): "
+        "replacements load and listen before old replicas drain. 0 stops old replicas first, which leaves "
+        "a node's ports unanswered while its only replica is replaced.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> ReplicasConfig:

@@ -5,6 +5,7 @@ load drops drains without failing a request, over HTTP and gRPC."""
 from __future__ import annotations
 
 import http.client
+import signal
 import threading
 import time
 import urllib.request
@@ -159,3 +160,34 @@ def test_load_adds_a_replica_that_serves_and_scale_down_drains_without_failures(
         assert load.outcomes["failed"] == 0, load.errors
     assert high.outcomes["ok"] > 0 and low.outcomes["ok"] > 0
     print(f"high load: {dict(high.outcomes)}, during scale-down: {dict(low.outcomes)}")
+
+
+def test_sighup_rolls_every_replica_over_under_load_without_failures(tmp_path: Path) -> None:
+    """A rolling update (SIGHUP: settings and repository re-read, every replica replaced) under
+    HTTP and gRPC load: the replacement listens before the old replica drains; no request fails."""
+    repo = tmp_path / "repo"
+    slow_model(repo, size=SIZE, repeats=30, max_batch_size=1, max_queue_size=256)
+    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_DRAIN_SECONDS": "5"})
+    server.start()
+    try:
+        load = Load()
+        for _ in range(2):
+            load.grpc(server)
+            load.http_keepalive(server)
+        time.sleep(1)
+        before = dict(load.outcomes)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: log_count(server, "rolling update done") == 1, 90, "the rolling update", server)
+        assert log_count(server, "with outdated versions") == 1  # Serve's controller replaced the replica
+        wait_until(lambda: log_count(server, "servers stopped after") >= 1, 60, "the old replica to drain", server)
+        time.sleep(1)  # traffic goes on against the replacement
+        load.stop()
+        statuses = [new_connection_request(server) for _ in range(10)]
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
+    assert load.outcomes["failed"] == 0, load.errors
+    assert statuses == [200] * 10
+    assert load.outcomes["ok"] > before.get("ok", 0)
+    print(f"rolling update under load: {dict(load.outcomes)}")

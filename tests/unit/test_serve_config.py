@@ -36,6 +36,7 @@ def test_fixed_replicas_from_settings_and_model_resources(tmp_path: Path) -> Non
     assert (actor["num_cpus"], actor["num_gpus"]) == (0.75, 0.5)
     assert actor["runtime_env"]["env_vars"].items() >= REPLICA_ENV.items()
     assert options["graceful_shutdown_timeout_s"] > 10
+    assert options["max_surge_percent"] == 25  # replacements listen before old replicas drain
     # A local Ray started by `serving serve` passes the environment on by itself.
     local = deployment_options(scan_repository(tmp_path), ReplicasConfig(), drain_seconds=10, inherit_env=True)
     assert "runtime_env" not in local["ray_actor_options"]
@@ -61,5 +62,7 @@ def test_build_app_rejects_bad_args_and_repositories(tmp_path: Path) -> None:
         build_app({"repositry": str(tmp_path)})
     with pytest.raises(ValueError, match=r"replicas.max|must be >="):
         build_app({"repository": str(tmp_path), "replicas": {"min": 3, "max": 2}})
+    with pytest.raises(ValueError, match="surge_percent"):
+        build_app({"repository": str(tmp_path), "replicas": {"surge_percent": 150}})
     with pytest.raises(ConfigError, match="does not exist"):
         build_app({"repository": str(tmp_path / "missing")})

@@ -154,6 +154,7 @@ def deployment_options(
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "graceful_shutdown_timeout_s": drain_seconds + 5.0,
         "graceful_shutdown_wait_loop_s": 0.1,
+        "max_surge_percent": replicas.surge_percent,
     }
     if replicas.max_per_node is not None:
         options["max_replicas_per_node"] = replicas.max_per_node

@@ -65,6 +65,17 @@ def start(settings: ServerSettings) -> float:
             _system_config={"worker_niceness": 0},
         )
     serve.start(proxy_location="Disabled")
+    deploy(settings)
+    return time.monotonic() - began
+
+
+def deploy(settings: ServerSettings) -> None:
+    """Deploy the application; on a running one, a rolling update of every replica.
+
+    Serve gives each deploy a new code version, so every replica is replaced: with
+    ``replicas.surge_percent`` > 0 the replacements load and listen before the old replicas
+    drain, so the ports never go unanswered. Returns once the application is running.
+    """
     app = build_app(
         {
             "repository": str(settings.repository),
@@ -83,7 +94,6 @@ def start(settings: ServerSettings) -> float:
     # without waiting and watch the public status every 0.25 s instead.
     serve._run(app, _blocking=False, name=APP_NAME, route_prefix=None)
     wait_running(APP_NAME)
-    return time.monotonic() - began
 
 
 def wait_running(name: str, poll_s: float = 0.25) -> None:
