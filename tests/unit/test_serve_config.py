@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serving.config import ReplicasConfig
 from serving.deploy.app import REPLICA_ENV, AppArgs, build_app, deployment_options
+from serving.deploy.server import preload_modules
 from serving.errors import ConfigError
 from serving.repository import scan_repository
 
@@ -66,3 +68,11 @@ def test_build_app_rejects_bad_args_and_repositories(tmp_path: Path) -> None:
         build_app({"repository": str(tmp_path), "replicas": {"surge_percent": 150}})
     with pytest.raises(ConfigError, match="does not exist"):
         build_app({"repository": str(tmp_path / "missing")})
+
+
+def test_local_ray_workers_preload_the_replica_and_only_the_frameworks_in_use(tmp_path: Path) -> None:
+    add_model(tmp_path, "a", versions=(1,))
+    modules = preload_modules(scan_repository(tmp_path))
+    assert modules == ["serving.deploy.app", "serving.runtime.onnx"]  # no torch for an ONNX-only repository
+    for name in modules:
+        importlib.import_module(name)

@@ -7,7 +7,10 @@ from pathlib import Path
 from serving.config import ModelConfig, Platform
 from serving.runtime.base import Arrays, Model
 
-__all__ = ["Arrays", "Model", "create_model"]
+__all__ = ["RUNTIME_MODULES", "Arrays", "Model", "create_model"]
+
+# The module that implements each platform (and imports its framework).
+RUNTIME_MODULES = {Platform.ONNX: "serving.runtime.onnx", Platform.TORCHSCRIPT: "serving.runtime.torchscript"}
 
 
 def create_model(config: ModelConfig, version_dir: Path) -> Model:
