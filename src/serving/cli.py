@@ -137,6 +137,10 @@ def _score(args: argparse.Namespace) -> int:
             rows_per_file=args.rows_per_file,
             overwrite=args.overwrite,
             address=args.address,
+            executor=args.executor,
+            local_max_rows=args.local_max_rows,
+            verbose=args.verbose,
+            progress=not args.quiet,
         )
         result = run(job)
     except JobFailedError as exc:
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--replicas", type=_positive_int, help="replicas (the fewest, with --max-replicas); default 1")
     s.add_argument("--max-replicas", type=_positive_int, help="autoscale up to this many replicas from their load")
     s.set_defaults(func=_serve)
-    sc = sub.add_parser("score", help="score Parquet files with a model (Ray Data batch job)")
+    sc = sub.add_parser("score", help="score Parquet files with a model (in-process or a Ray Data job)")
     sc.add_argument("--model", required=True, help="NAME or NAME:VERSION (default: newest served version)")
     sc.add_argument("--input", required=True, action="append", help="Parquet file, folder, glob or URI (repeatable)")
     sc.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
@@ -213,6 +217,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     sc.add_argument("--address", help="run on this Ray cluster (or RAY_ADDRESS) instead of a local one")
+    sc.add_argument(
+        "--executor",
+        choices=("auto", "local", "ray"),
+        default="auto",
+        help="auto (default): in this process when no cluster is named and the input has at most "
+        "--local-max-rows rows, else Ray Data; local; ray (a local Ray, or --address)",
+    )
+    sc.add_argument(
+        "--local-max-rows", type=_positive_int, default=2_000_000, help="auto's in-process limit (default 2,000,000)"
+    )
+    sc.add_argument("--verbose", action="store_true", help="Ray's and Ray Data's own logs and progress bars")
+    sc.add_argument("--quiet", action="store_true", help="no progress output")
     sc.set_defaults(func=_score)
     d = sub.add_parser("demo-repo", help="build the demo model repository")
     d.add_argument("root", type=Path)
@@ -220,7 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--dataset", type=Path, help="also write the digits as a Parquet dataset here (for `score`)")
     d.set_defaults(func=_demo_repo)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_logs = args.command == "score" and not args.verbose  # a job's person-facing lines are its own
+    logging.basicConfig(
+        level=logging.WARNING if quiet_logs else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if getattr(args, "address", None) is None and args.command == "serve":
         import os
 

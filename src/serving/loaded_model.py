@@ -56,8 +56,14 @@ class LoadedModel:
             self.warm_up()
 
     def predict(self, arrays: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
-        """Every declared output for one batch."""
-        return self.model.predict(arrays, list(self.output_datatypes))
+        """Every declared output for one batch, as its declared datatype (a model.yaml may declare
+        FP32 for a model that computes FP64): online and offline answer with the same dtypes."""
+        outputs = self.model.predict(arrays, list(self.output_datatypes))
+        for name, datatype in self.output_datatypes.items():
+            arr = outputs[name]
+            if datatype != "BYTES" and arr.dtype != (dtype := numpy_dtype(datatype)):
+                outputs[name] = arr.astype(dtype)
+        return outputs
 
     def warm_up(self) -> None:
         """Run zero-filled batches at batch sizes 1 and max_batch_size (at most WARMUP_MAX_ROWS;

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.codecs import numpy_dtype, shape_matches
+from serving.codecs import shape_matches
 from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, VersionState
@@ -204,10 +204,8 @@ class LocalInferenceService:
         except ServingError:
             mv.stats.fail.add(time.monotonic_ns() - start)
             raise
-        outputs = []
-        for name in wanted:
-            datatype = mv.loaded.output_datatypes[name]
-            outputs.append(Tensor(name, datatype, _as_datatype(results[name], datatype)))
+        datatypes = mv.loaded.output_datatypes
+        outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
         mv.stats.success.add(time.monotonic_ns() - start)
         mv.stats.last_inference_ms = int(time.time() * 1000)
         return InferenceResponse(
@@ -216,13 +214,6 @@ class LocalInferenceService:
             outputs=outputs,
             id=request.id,
         )
-
-
-def _as_datatype(arr: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, Any]:
-    if datatype == "BYTES":
-        return arr
-    dtype = numpy_dtype(datatype)
-    return arr if arr.dtype == dtype else arr.astype(dtype)
 
 
 def check_inputs(mv: LoadedModel, tensors: list[Tensor]) -> dict[str, np.ndarray[Any, Any]]:

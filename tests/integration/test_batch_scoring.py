@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -54,8 +56,7 @@ def score(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
 
 
 def read_output(out: Path) -> pa.Table:
-    ds = pads.dataset(out, format="parquet", partitioning="hive", ignore_prefixes=["errors", "_", "."])
-    table = ds.to_table()
+    table = pads.dataset(out, format="parquet", partitioning="hive").to_table()
     return table.take(pa.compute.sort_indices(table, [("image_id", "ascending")]))
 
 
@@ -75,15 +76,31 @@ def online(server: ServerProcess, model: str, version: str, x: np.ndarray[Any, A
     return np.asarray(result.as_numpy("probabilities"))
 
 
-@pytest.fixture(scope="module")
-def digits_job(repository: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("scored") / "digits"
+def score_digits(repository: Path, dataset: Path, out: Path, *extra: str) -> tuple[Path, str, str]:
     proc = score(
         "--repository", str(repository), "--model", "digits:2", "--input", str(dataset), "--output", str(out),
-        "--max-error-rate", "0.01",
+        "--max-error-rate", "0.01", *extra,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout
+    return out, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def digits_job(repository: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The default executor: in-process (a small job, no cluster named)."""
+    out, stdout, stderr = score_digits(repository, dataset, tmp_path_factory.mktemp("scored") / "digits")
+    assert "executor: local" in stderr
+    return out, stdout
+
+
+@pytest.fixture(scope="module")
+def digits_ray_job(repository: Path, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The same job as a Ray Data job on a local Ray."""
+    out, _, stderr = score_digits(
+        repository, dataset, tmp_path_factory.mktemp("scored-ray") / "digits", "--executor", "ray"
+    )
+    assert "executor: ray" in stderr
+    return out, stderr
 
 
 def test_manifest_accounts_for_every_row(digits_job: tuple[Path, str], dataset: Path, repository: Path) -> None:
@@ -101,16 +118,59 @@ def test_manifest_accounts_for_every_row(digits_job: tuple[Path, str], dataset: 
     assert sum(f["rows"] for f in manifest["output"]["files"]) == 1797
     assert f"scored 1,797 of {1797 + len(INVALID):,} rows" in stdout
     assert not list(out.parent.glob(".digits.staging-*"))
+    assert (out / "_SUCCESS").is_file()
+    assert manifest["executor"] == "local"
+    assert sum(manifest["rows_per_node"].values()) == rows["read"]
 
 
 def test_errors_hold_exactly_the_invalid_rows_with_reasons(digits_job: tuple[Path, str]) -> None:
     out, _ = digits_job
-    errors = pq.read_table(out / "errors").to_pylist()
-    assert sorted(e["image_id"] for e in errors) == sorted(INVALID)
-    for e in errors:
+    errors = pd.read_parquet(out / "_errors")  # one dataset too, hive partition restored
+    assert sorted(errors["image_id"]) == sorted(INVALID)
+    for e in errors.to_dict("records"):
         assert INVALID[e["image_id"]] in e["error"], e
         assert e["split"] == "test"
         assert (e["model_name"], e["model_version"]) == ("digits", 2)
+
+
+def test_the_output_is_one_dataset_for_pandas_pyarrow_and_duckdb(digits_job: tuple[Path, str]) -> None:
+    """Each reader sees exactly the scored rows with the partition column restored; the side
+    outputs (``_errors/``, ``_manifest.json``, ``_SUCCESS``) are under names they all skip."""
+    out, _ = digits_job
+    want = set(range(1797))
+    frame = pd.read_parquet(out)
+    assert set(frame["image_id"]) == want and len(frame) == 1797
+    assert set(frame["split"].astype(str)) == {"train", "test"}
+    assert "error" not in frame.columns
+    table = pads.dataset(out, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 1797 and set(table.column("split").to_pylist()) == {"train", "test"}
+    rows = duckdb.sql(
+        f"SELECT count(*), count(DISTINCT image_id), min(split), max(split) "
+        f"FROM read_parquet('{out}/**/*.parquet', hive_partitioning = 1)"
+    ).fetchall()
+    assert rows == [(1797, 1797, "test", "train")]
+    errors = duckdb.sql(
+        f"SELECT count(*), min(split) FROM read_parquet('{out}/_errors/**/*.parq', hive_partitioning = 1)"
+    ).fetchall()
+    assert errors == [(len(INVALID), "test")]
+
+
+def test_in_process_and_ray_executors_write_the_same_output_and_manifest(
+    digits_job: tuple[Path, str], digits_ray_job: tuple[Path, str]
+) -> None:
+    (local, _), (ray, ray_stderr) = digits_job, digits_ray_job
+    files = sorted(p.relative_to(local) for p in local.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(ray) for p in ray.rglob("*.parquet"))
+    for f in files:
+        assert pq.read_table(local / f).equals(pq.read_table(ray / f)), f
+    volatile = {"started_at", "duration_s", "rows_per_s", "ray_start_s", "executor", "rows_per_node"}
+    a, b = (json.loads((d / "_manifest.json").read_text()) for d in (local, ray))
+    assert {k: v for k, v in a.items() if k not in volatile} == {k: v for k, v in b.items() if k not in volatile}
+    assert (a["executor"], b["executor"]) == ("local", "ray")
+    assert sum(b["rows_per_node"].values()) == b["rows"]["read"]
+    # A person's progress lines, not Ray Data's progress bars and logs.
+    assert f"progress: {b['rows']['read']:,}/{b['rows']['read']:,} rows (100%)" in ray_stderr
+    assert "Running Dataset" not in ray_stderr and "Execution plan" not in ray_stderr
 
 
 def test_predictions_equal_onnxruntime_and_the_online_server(
@@ -161,7 +221,8 @@ def test_too_many_failed_rows_publish_nothing(repository: Path, dataset: Path, t
     assert proc.returncode == 1
     assert "rows failed" in proc.stderr
     assert not out.exists()
-    assert len(pq.read_table(tmp_path / "strict.rejected" / "errors")) == len(INVALID)
+    assert len(pq.read_table(tmp_path / "strict.rejected" / "_errors")) == len(INVALID)
+    assert not (tmp_path / "strict.rejected" / "_SUCCESS").exists()
 
 
 @pytest.mark.parametrize(

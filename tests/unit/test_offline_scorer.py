@@ -20,7 +20,7 @@ from serving.offline.inputs import resolve_inputs
 from serving.offline.mapping import plan_columns
 from serving.offline.scorer import Scorer, open_version, resolve_version
 
-from models import build_demo_and_test_repository
+from models import add_model, build_demo_and_test_repository
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +169,42 @@ def test_manifest_counts_come_from_the_files_written(tmp_path: Path) -> None:
     data = build_demo_dataset(tmp_path / "data")
     inputs = resolve_inputs([str(data)])
     out = tmp_path / "out"
-    (out / "errors").mkdir(parents=True)
+    (out / "_errors" / "split=test").mkdir(parents=True)
     pq.write_table(pa.table({"a": list(range(1790))}), out / "p.parquet")
-    pq.write_table(pa.table({"a": list(range(7))}), out / "errors" / "e.parquet")
+    pq.write_table(pa.table({"a": list(range(7))}), out / "_errors" / "split=test" / "e.parq")
     scored, errors = list_outputs(pafs.LocalFileSystem(), str(out))
-    m = Manifest("m", 1, "a", "sha", inputs, scored, errors, datetime.now(UTC), 2.0, 1.0, "0")
+    m = Manifest("m", 1, "a", "sha", inputs, scored, errors, datetime.now(UTC), 2.0, 1.0, "0", "local", {"h": 1797})
     assert (m.rows_read, m.rows_scored, m.rows_failed, m.balanced) == (1797, 1790, 7, True)
     m.write(pafs.LocalFileSystem(), str(out))
     doc = json.loads((out / "_manifest.json").read_text())
     assert doc["rows"] == {"read": 1797, "scored": 1790, "failed": 7}
     assert len(doc["input"]["files"]) == 3
+    assert doc["output"]["errors"] == [{"path": "_errors/split=test/e.parq", "rows": 7, "size": errors[0].size}]
+    assert (doc["executor"], doc["rows_per_node"]) == ("local", {"h": 1797})
+
+
+def test_online_and_offline_answer_with_the_declared_output_dtypes(tmp_path: Path) -> None:
+    """model.yaml declares FP64 for a model that computes FP32: both paths give float64."""
+    import asyncio
+
+    from serving.service import LocalInferenceService
+    from serving.types import InferenceRequest, Tensor
+
+    add_model(tmp_path, "wide", versions=(1,), outputs=[{"name": "y", "datatype": "FP64", "shape": [4]}])
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+    async def online() -> np.ndarray[Any, Any]:
+        service = LocalInferenceService.from_repository(tmp_path)
+        try:
+            response = await service.infer(InferenceRequest("wide", [Tensor("x", "FP32", x)]))
+        finally:
+            await service.close()
+        return np.asarray(response.outputs[0].data)
+
+    online_y = asyncio.run(online())
+    table = pa.table({"x": pa.array(list(x), pa.list_(pa.float32()))})
+    offline = scorer(tmp_path, "wide", table.schema).score(table).scored
+    offline_y = np.stack(offline.column("y").to_numpy(zero_copy_only=False))
+    assert online_y.dtype == offline_y.dtype == np.float64
+    assert offline.schema.field("y").type.value_type == pa.float64()
+    np.testing.assert_array_equal(online_y, offline_y)

@@ -13,6 +13,7 @@ from ray import serve
 
 from serving.config import ServerSettings
 from serving.deploy.app import APP_NAME, REPLICA_ENV, build_app
+from serving.deploy.ray_start import init_ray
 from serving.errors import ConfigError
 from serving.repository import ModelEntry, scan_repository
 from serving.runtime import RUNTIME_MODULES
@@ -52,19 +53,16 @@ def start(settings: ServerSettings) -> float:
     began = time.monotonic()
     entries = scan_repository(settings.repository)
     os.environ.update(REPLICA_ENV)  # read by Serve at import time; a local Ray's workers inherit it
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=True)
-    else:
+    if not settings.ray_address:
         check_port_free(settings.host, settings.http_port, "HTTP")
         check_port_free(settings.host, settings.grpc_port, "gRPC")
         check_port_free("127.0.0.1", settings.metrics_port, "metrics")
-        ray.init(
-            address="local",
-            num_cpus=settings.num_cpus,
-            include_dashboard=False,
-            _metrics_export_port=settings.metrics_port,
-            _system_config={"worker_niceness": 0, "preload_python_modules": preload_modules(entries)},
-        )
+    init_ray(
+        settings.ray_address,
+        num_cpus=settings.num_cpus,
+        metrics_port=settings.metrics_port,
+        preload=preload_modules(entries),
+    )
     serve.start(proxy_location="Disabled")
     deploy(settings)
     return time.monotonic() - began

@@ -1,74 +1,41 @@
-"""``serving score``: a Ray Data job that scores Parquet with a model of the repository.
+"""``serving score``: score Parquet with a model of the repository, account for every row, publish.
 
-The input's Parquet footers split it into work units (consecutive row groups of one file,
-about ``rows_per_file`` rows). A Ray Data actor pool (``map_batches`` over the units, one
-loaded model version per actor) reads each unit, scores it in chunks of ``batch_size`` rows
-and writes the scored rows to the same relative path (hive folders kept) and the rows it
-cannot score to ``errors/`` with a reason, all in a staging folder beside the output. Then
-the footers of everything written are counted against the input's footers (read = scored +
-failed, or the job fails), ``_manifest.json`` is written, and the staging folder is renamed
-into place.
-
-Why not ``read_parquet -> map_batches -> write_parquet``: measured on a 2-core machine with
-an MLP 32->512->512->1 over 8M rows, that pipeline reached 0.64 of one plain process (every
-row crosses the object store twice, and Ray Data's listing and read tasks start late and
-compete with the model for the two cores); actors that read and write their own units keep
-the data in one process, as the plain loop does (``make bench-batch``).
+Plan (``plan``: checks and work units from the Parquet footers), execute (in this process for a
+small job without a cluster, ``local_executor``; else a Ray Data actor pool, ``ray_executor``;
+both run the same ``units.UnitScorer`` and write the same files), then count the footers of
+everything written against the input's (read = scored + failed, or the job fails), write
+``_manifest.json`` and publish (``publish``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
+import sys
 import time
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-import ray
-import ray.data
-import ray.exceptions
 
-from serving.config import BatchConfig, ColumnSource
 from serving.errors import InvalidInputError, ServingError
-from serving.offline.inputs import InputSet, resolve_inputs
+from serving.offline.local_executor import run_local
 from serving.offline.manifest import ERRORS_DIR, Manifest, list_outputs
-from serving.offline.mapping import ColumnPlan, plan_columns
-from serving.offline.scorer import Scorer, artifact_sha256, open_version, resolve_version
-from serving.repository import ModelEntry
+from serving.offline.plan import Prepared, ScoreJob, output_location, prepare
+from serving.offline.progress import Progress
+from serving.offline.publish import new_staging, publish, set_aside
+from serving.offline.scorer import artifact_sha256
+from serving.offline.units import UnitResult
 from serving.service import SERVER_VERSION
 
-log = logging.getLogger(__name__)
+__all__ = ["JobFailedError", "JobResult", "ScoreJob", "choose_executor", "run"]
+
+EXECUTORS = ("auto", "local", "ray")
 
 
 class JobFailedError(ServingError):
     """The job ran but its result must not be published (error rate, lost rows)."""
-
-
-@dataclass(frozen=True)
-class ScoreJob:
-    """One invocation of ``serving score``."""
-
-    repository: Path
-    model: str
-    inputs: list[str]
-    output: str
-    mapping: dict[str, ColumnSource] = field(default_factory=dict)
-    passthrough: tuple[str, ...] | None = None
-    batch_size: int = 16384
-    concurrency: int | None = None
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    threads: int | None = None
-    max_error_rate: float = 0.0
-    rows_per_file: int = 1_000_000
-    overwrite: bool = False
-    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,315 +47,137 @@ class JobResult:
         m = self.manifest
         failed = f"{m.rows_failed:,} failed -> {self.output}/{ERRORS_DIR}" if m.rows_failed else "0 failed"
         rate = m.rows_read / m.duration_s if m.duration_s else 0.0
+        ray = f"; Ray start {m.ray_start_s:.1f}s" if m.executor == "ray" else ""
         return (
             f"scored {m.rows_scored:,} of {m.rows_read:,} rows ({failed}) with {m.model_name} "
-            f"v{m.model_version} in {m.duration_s:.1f}s ({rate:,.0f} rows/s; Ray start {m.ray_start_s:.1f}s) "
+            f"v{m.model_version} in {m.duration_s:.1f}s ({rate:,.0f} rows/s, {m.executor} executor{ray}) "
             f"-> {self.output}"
         )
 
 
-@dataclass(frozen=True)
-class WorkUnit:
-    """Consecutive row groups of one input file, scored into one output file."""
-
-    index: int
-    path: str
-    row_groups: tuple[int, ...]
-    rows: int
-    partitions: dict[str, str]
-    output: str
-    """Output file stem, relative to the output folder (the input's hive folders kept)."""
-
-
-class RollingWriter:
-    """Writes ``<stem>-NNN.parquet`` files of at most ``rows_per_file`` rows each."""
-
-    def __init__(self, fs: pafs.FileSystem, stem: str, rows_per_file: int) -> None:
-        self.fs, self.stem, self.rows_per_file = fs, stem, rows_per_file
-        self._writer: pq.ParquetWriter | None = None
-        self._rows = 0
-        self._files = 0
-
-    def write(self, table: pa.Table) -> None:
-        while table.num_rows:
-            if self._writer is None or self._rows >= self.rows_per_file:
-                self.close()
-                path = f"{self.stem}-{self._files:03d}.parquet"
-                self.fs.create_dir(os.path.dirname(path), recursive=True)
-                self._writer = pq.ParquetWriter(self.fs.open_output_stream(path), table.schema)
-                self._files += 1
-            assert self._writer is not None
-            take = min(table.num_rows, self.rows_per_file - self._rows)
-            self._writer.write_table(table.slice(0, take))
-            self._rows += take
-            table = table.slice(take)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self._rows = 0
-
-
-def plan_units(inputs: InputSet, rows_per_file: int) -> list[WorkUnit]:
-    """Split every file at row-group boundaries into units of about ``rows_per_file`` rows
-    (a unit is what one actor call reads; its output is split again at ``rows_per_file``)."""
-    units: list[WorkUnit] = []
-    for f in inputs.files:
-        rel_dir = os.path.relpath(os.path.dirname(f.path), inputs.base_dir)
-        stem = os.path.splitext(os.path.basename(f.path))[0]
-        groups: list[int] = []
-        rows = 0
-        for i, n in enumerate(f.row_groups):
-            groups.append(i)
-            rows += n
-            if rows >= rows_per_file or i == len(f.row_groups) - 1:
-                name = f"{stem}-{len(units):05d}"
-                units.append(
-                    WorkUnit(
-                        len(units),
-                        f.path,
-                        tuple(groups),
-                        rows,
-                        f.partition_values(inputs.base_dir),
-                        name if rel_dir == "." else f"{rel_dir}/{name}",
-                    )
-                )
-                groups, rows = [], 0
-    return units
-
-
-class ScoringWorker:
-    """A Ray Data actor holding one loaded model version: reads a unit's row groups, scores them in
-    chunks of ``batch_size`` rows and writes the scored rows and the failed rows (with reasons).
-
-    Files are named by unit, so a unit Ray retries rewrites its files instead of adding rows.
-    """
-
-    def __init__(
-        self,
-        entry: ModelEntry,
-        version: int,
-        plan: ColumnPlan,
-        device: str | None,
-        threads: int | None,
-        in_fs: pafs.FileSystem,
-        out_fs: pafs.FileSystem,
-        staging: str,
-        batch_size: int,
-        rows_per_file: int,
-        schema: pa.Schema,
-    ) -> None:
-        self.schema = schema
-        self.rows_per_file = rows_per_file
-        self.scorer = Scorer(open_version(entry, version, device=device, threads=threads), plan)
-        self.in_fs, self.out_fs = in_fs, out_fs
-        self.staging = staging
-        self.batch_size = batch_size
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        done = [self.score_unit(WorkUnit(**u)) for u in batch.to_pylist()]
-        return pa.table({"unit": [d[0] for d in done], "scored": [d[1] for d in done], "failed": [d[2] for d in done]})
-
-    def score_unit(self, unit: WorkUnit) -> tuple[int, int, int]:
-        scored = failed = 0
-        errors: list[pa.Table] = []
-        writer = RollingWriter(self.out_fs, f"{self.staging}/{unit.output}", self.rows_per_file)
-        with self.in_fs.open_input_file(unit.path) as f:
-            reader = pq.ParquetFile(f)
-            for rb in reader.iter_batches(batch_size=self.batch_size, row_groups=list(unit.row_groups)):
-                table = self._complete(pa.Table.from_batches([rb]), unit.partitions)
-                result = self.scorer.score(table)
-                if result.scored.num_rows:
-                    writer.write(result.scored)
-                    scored += result.scored.num_rows
-                if result.errors.num_rows:
-                    errors.append(result.errors)
-                    failed += result.errors.num_rows
-        writer.close()
-        if errors:
-            name = unit.output.replace("/", "__") + ".parquet"
-            with self.out_fs.open_output_stream(f"{self.staging}/{ERRORS_DIR}/{name}") as out:
-                pq.write_table(pa.concat_tables(errors), out)
-        return unit.index, scored, failed
-
-    def _complete(self, table: pa.Table, partitions: dict[str, str]) -> pa.Table:
-        """Add the hive partition values, and null columns for what this file lacks (their rows fail)."""
-        for f in self.schema:
-            if f.name in partitions:
-                table = table.append_column(f.name, pa.array([partitions[f.name]] * table.num_rows, pa.string()))
-            elif f.name not in table.column_names:
-                table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
-        return table
-
-
-def prepare(job: ScoreJob) -> tuple[ModelEntry, int, InputSet, ColumnPlan]:
-    """Every check that needs no Ray: model, inputs, mapping, output folder.
+def choose_executor(job: ScoreJob, rows: int) -> tuple[str, str]:
+    """(executor, why). ``auto``: Ray Data when a cluster is named or the job is big, else in-process.
 
     Raises:
-        ModelNotFoundError, ConfigError, InvalidInputError: a bad invocation.
+        InvalidInputError: ``local`` together with a cluster address, or an unknown executor.
     """
-    entry, version = resolve_version(job.repository, job.model)
-    inputs = resolve_inputs(job.inputs)
-    mv = open_version(entry, version, device="cpu", threads=1, warmup=False)
-    try:
-        batch = entry.config.batch
-        config = BatchConfig(
-            inputs={**batch.inputs, **job.mapping},
-            passthrough=batch.passthrough if job.passthrough is None else job.passthrough,
-            outputs=batch.outputs,
-        )
-        plan = plan_columns(
-            config,
-            mv.inputs,
-            mv.outputs,
-            _with_partitions(inputs),
-            labels=entry.config.labels,
-        )
-    finally:
-        mv.unload()
-    out_fs, out_path = _output_location(job.output)
-    if out_fs.get_file_info(out_path).type != pafs.FileType.NotFound and not job.overwrite:
-        raise InvalidInputError(f"output {job.output} already exists (pass --overwrite to replace it)")
-    return entry, version, inputs, plan
+    cluster = job.address or os.environ.get("RAY_ADDRESS")
+    if job.executor not in EXECUTORS:
+        raise InvalidInputError(f"unknown executor {job.executor!r} (choose from {', '.join(EXECUTORS)})")
+    if job.executor == "local":
+        if job.address:
+            raise InvalidInputError("--executor local runs in this process: it cannot use --address")
+        return "local", "--executor local"
+    if job.executor == "ray":
+        return "ray", "--executor ray"
+    if cluster:
+        return "ray", f"Ray cluster {cluster}"
+    if rows > job.local_max_rows:
+        return "ray", f"{rows:,} rows > --local-max-rows {job.local_max_rows:,}"
+    return "local", f"{rows:,} rows <= --local-max-rows {job.local_max_rows:,}, no cluster named"
 
 
-def _with_partitions(inputs: InputSet) -> pa.Schema:
-    schema = inputs.schema
-    for c in inputs.partition_columns:
-        schema = schema.append(pa.field(c, pa.string()))
-    return schema
-
-
-def _output_location(output: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in output:
-        fs, path = pafs.FileSystem.from_uri(output)
-        return fs, str(path)
-    return pafs.LocalFileSystem(), os.path.abspath(output)
-
-
-def run(job: ScoreJob) -> JobResult:
-    """Run the job end to end and publish its output.
+def run(job: ScoreJob, say: Callable[[str], None] | None = None) -> JobResult:
+    """Run the job end to end and publish its output; ``say`` gets the lines meant for a person.
 
     Raises:
-        ServingError subclasses for a bad invocation (before Ray starts), JobFailedError
+        ServingError subclasses for a bad invocation (before anything runs), JobFailedError
         when the result is not published.
     """
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     started_at = dt.datetime.now(dt.UTC)
     began = time.monotonic()
-    entry, version, inputs, plan = prepare(job)
-    out_fs, out_path = _output_location(job.output)
-    parent, name = os.path.split(out_path.rstrip("/"))
-    staging = f"{parent}/.{name}.staging-{uuid.uuid4().hex[:8]}"
-    out_fs.create_dir(f"{staging}/{ERRORS_DIR}", recursive=True)
-
-    ray_began = time.monotonic()
-    _init_ray(job.address)
-    ray_start_s = time.monotonic() - ray_began
+    prepared = prepare(job)
+    executor, why = choose_executor(job, prepared.inputs.rows)
+    say(f"executor: {executor} ({why}); {len(prepared.units)} work units, {prepared.inputs.rows:,} rows")
+    out_fs, out_path = output_location(job.output)
+    staging = new_staging(out_fs, out_path)
+    progress = Progress(prepared.inputs.rows, enabled=job.progress)
+    ray_start_s = 0.0
     try:
-        _execute(job, entry, version, inputs, plan, out_fs, staging)
-    except ray.exceptions.RayError as exc:
-        out_fs.delete_dir(staging)
-        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
-        raise JobFailedError(f"the Ray job failed: {type(cause).__name__}: {cause}") from exc
+        if executor == "local":
+            results, nodes = run_local(job, prepared, out_fs, staging, progress)
+        else:
+            results, nodes, ray_start_s = _run_on_ray(job, prepared, out_fs, staging, progress)
     except BaseException:
         out_fs.delete_dir(staging)
         raise
+    finally:
+        progress.close()
+    manifest = _manifest(job, prepared, out_fs, staging, started_at, began, ray_start_s, executor, nodes)
+    _check_units(results, prepared)
+    manifest.write(out_fs, staging)
+    if not manifest.balanced:
+        rejected = set_aside(out_fs, staging, out_path)
+        raise JobFailedError(
+            f"row accounting failed: read {manifest.rows_read}, scored {manifest.rows_scored}, failed "
+            f"{manifest.rows_failed}; nothing published, the job's files are in {rejected}"
+        )
+    if manifest.error_rate > job.max_error_rate:
+        rejected = set_aside(out_fs, staging, out_path)
+        raise JobFailedError(
+            f"{manifest.rows_failed} of {manifest.rows_read} rows failed ({manifest.error_rate:.2%} > "
+            f"--max-error-rate {job.max_error_rate:.2%}); nothing published, see {rejected}/{ERRORS_DIR}"
+        )
+    publish(out_fs, staging, out_path)
+    return JobResult(manifest, job.output)
 
-    scored, errors = list_outputs(out_fs, staging)
-    manifest = Manifest(
+
+def _run_on_ray(
+    job: ScoreJob, prepared: Prepared, out_fs: pafs.FileSystem, staging: str, progress: Progress
+) -> tuple[list[UnitResult], dict[str, int], float]:
+    import ray.exceptions
+
+    from serving.deploy.ray_start import init_ray
+    from serving.offline.ray_executor import run_ray
+
+    began = time.monotonic()
+    init_ray(job.address, quiet=not job.verbose)
+    ray_start_s = time.monotonic() - began
+    try:
+        results, nodes = run_ray(job, prepared, out_fs, staging, progress)
+    except ray.exceptions.RayError as exc:
+        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+        raise JobFailedError(f"the Ray job failed: {type(cause).__name__}: {cause}") from exc
+    return results, nodes, ray_start_s
+
+
+def _check_units(results: list[UnitResult], prepared: Prepared) -> None:
+    """Every unit reported once (the footers decide the counts; this catches a lost unit early)."""
+    seen = sorted(r.index for r in results)
+    if seen != [u.index for u in prepared.units]:
+        raise JobFailedError(f"work units lost or repeated: {len(prepared.units)} planned, reports for {seen}")
+
+
+def _manifest(
+    job: ScoreJob,
+    prepared: Prepared,
+    fs: pafs.FileSystem,
+    staging: str,
+    started_at: dt.datetime,
+    began: float,
+    ray_start_s: float,
+    executor: str,
+    nodes: dict[str, int],
+) -> Manifest:
+    scored, errors = list_outputs(fs, staging)
+    entry, version = prepared.entry, prepared.version
+    return Manifest(
         model_name=entry.name,
         model_version=version,
         artifact=str(entry.version_dir(version) / entry.config.platform.artifact),
         artifact_sha256=artifact_sha256(entry, version),
-        inputs=inputs,
+        inputs=prepared.inputs,
         scored_files=scored,
         error_files=errors,
         started_at=started_at,
         duration_s=time.monotonic() - began,
         ray_start_s=ray_start_s,
         serving_version=SERVER_VERSION,
+        executor=executor,
+        nodes=nodes,
         settings=_settings(job),
     )
-    manifest.write(out_fs, staging)
-    if not manifest.balanced:
-        rejected = _set_aside(out_fs, staging, out_path)
-        raise JobFailedError(
-            f"row accounting failed: read {manifest.rows_read}, scored {manifest.rows_scored}, failed "
-            f"{manifest.rows_failed}; nothing published, the job's files are in {rejected}"
-        )
-    if manifest.error_rate > job.max_error_rate:
-        rejected = _set_aside(out_fs, staging, out_path)
-        raise JobFailedError(
-            f"{manifest.rows_failed} of {manifest.rows_read} rows failed ({manifest.error_rate:.2%} > "
-            f"--max-error-rate {job.max_error_rate:.2%}); nothing published, see {rejected}/{ERRORS_DIR}"
-        )
-    _publish(out_fs, staging, out_path)
-    return JobResult(manifest, job.output)
-
-
-def _init_ray(address: str | None) -> None:
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            _system_config={"worker_niceness": 0},
-        )
-
-
-def _execute(
-    job: ScoreJob,
-    entry: ModelEntry,
-    version: int,
-    inputs: InputSet,
-    plan: ColumnPlan,
-    out_fs: pafs.FileSystem,
-    staging: str,
-) -> None:
-    """One Ray Data actor pool over the work units; the actors read, score and write."""
-    units = plan_units(inputs, job.rows_per_file)
-    resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    concurrency = job.concurrency or max(
-        1,
-        int(resources.get("GPU", 0) // job.num_gpus) if job.num_gpus else int(resources.get("CPU", 1) // job.num_cpus),
-    )
-    concurrency = min(concurrency, len(units))
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = False
-    items = [
-        {"index": u.index, "path": u.path, "row_groups": list(u.row_groups), "rows": u.rows,
-         "partitions": u.partitions, "output": u.output}
-        for u in units
-    ]  # fmt: skip
-    done = ray.data.from_items(items, override_num_blocks=len(units)).map_batches(
-        ScoringWorker,
-        fn_constructor_kwargs={
-            "entry": entry,
-            "version": version,
-            "plan": plan,
-            "device": "gpu" if job.num_gpus > 0 else None,
-            "threads": job.threads,
-            "in_fs": inputs.filesystem,
-            "out_fs": out_fs,
-            "staging": staging,
-            "batch_size": job.batch_size,
-            "rows_per_file": job.rows_per_file,
-            "schema": _with_partitions(inputs),
-        },
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_cpus=job.num_cpus,
-        num_gpus=job.num_gpus or None,
-    )
-    summary = done.take_all()
-    log.info("scored %d work units with %d actors", len(summary), concurrency)
 
 
 def _settings(job: ScoreJob) -> dict[str, Any]:
@@ -403,22 +192,3 @@ def _settings(job: ScoreJob) -> dict[str, Any]:
         "mapping": {k: list(v.names) for k, v in job.mapping.items()},
         "passthrough": list(job.passthrough) if job.passthrough is not None else None,
     }
-
-
-def _set_aside(fs: pafs.FileSystem, staging: str, out_path: str) -> str:
-    rejected = f"{out_path.rstrip('/')}.rejected"
-    if fs.get_file_info(rejected).type != pafs.FileType.NotFound:
-        fs.delete_dir(rejected)
-    fs.move(staging, rejected)
-    return rejected
-
-
-def _publish(fs: pafs.FileSystem, staging: str, out_path: str) -> None:
-    """Rename the staging folder into place (atomic on a local filesystem; copy + delete on object stores)."""
-    old = None
-    if fs.get_file_info(out_path).type != pafs.FileType.NotFound:
-        old = f"{staging}.old"
-        fs.move(out_path, old)
-    fs.move(staging, out_path)
-    if old is not None:
-        fs.delete_dir(old)

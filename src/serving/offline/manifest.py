@@ -19,7 +19,12 @@ import pyarrow.parquet as pq
 from serving.offline.inputs import InputSet
 
 MANIFEST_NAME = "_manifest.json"
-ERRORS_DIR = "errors"
+SUCCESS_NAME = "_SUCCESS"
+ERRORS_DIR = "_errors"
+# Failed rows are Parquet named *.parq: readers that list a folder (pandas, pyarrow, Spark) read
+# OUTPUT/_errors like any dataset, and a `OUTPUT/**/*.parquet` glob (DuckDB, Polars), which skips
+# no folder name, matches only the scored rows.
+ERRORS_SUFFIX = ".parq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +40,13 @@ def list_outputs(fs: pafs.FileSystem, root: str) -> tuple[list[OutputFile], list
     errors: list[OutputFile] = []
     info = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     for i in sorted(info, key=lambda i: i.path):
-        if i.type != pafs.FileType.File or not i.path.endswith(".parquet"):
-            continue
         rel = os.path.relpath(i.path, root)
+        is_error = rel.split("/")[0] == ERRORS_DIR
+        if i.type != pafs.FileType.File or not i.path.endswith(ERRORS_SUFFIX if is_error else ".parquet"):
+            continue
         with fs.open_input_file(i.path) as f:
             rows = pq.ParquetFile(f).metadata.num_rows
-        (errors if rel.split("/")[0] == ERRORS_DIR else scored).append(OutputFile(rel, rows, i.size))
+        (errors if is_error else scored).append(OutputFile(rel, rows, i.size))
     return scored, errors
 
 
@@ -57,6 +63,9 @@ class Manifest:
     duration_s: float
     ray_start_s: float
     serving_version: str
+    executor: str
+    nodes: dict[str, int] = field(default_factory=dict)
+    """Rows read per node (Ray node id, or the host name in-process)."""
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -103,6 +112,8 @@ class Manifest:
             "duration_s": round(self.duration_s, 3),
             "rows_per_s": round(self.rows_read / self.duration_s) if self.duration_s > 0 else None,
             "ray_start_s": round(self.ray_start_s, 3),
+            "executor": self.executor,
+            "rows_per_node": self.nodes,
             "serving_version": self.serving_version,
             "settings": self.settings,
         }

@@ -140,7 +140,7 @@ class Scorer:
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}, failed
 
     def _run(self, chunk: dict[str, Array], batched: bool) -> dict[str, Array]:
-        out = self.mv.model.predict(chunk, self.output_names)
+        out = self.mv.predict(chunk)
         if not batched:
             return {k: v[np.newaxis] for k, v in out.items()}
         split_outputs(out, [len(next(iter(chunk.values())))])  # raises unless one output row per input row

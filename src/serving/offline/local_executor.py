@@ -1,0 +1,42 @@
+"""Score every work unit in this process: no Ray to start, nothing to schedule. What a small or
+medium job on one machine spends its time on is then the model and Parquet, as in a plain loop."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pyarrow.fs as pafs
+
+from serving.offline.plan import Prepared, ScoreJob
+from serving.offline.progress import Progress
+from serving.offline.scorer import Scorer, open_version
+from serving.offline.units import UnitResult, UnitScorer
+
+
+def local_node() -> str:
+    return socket.gethostname()
+
+
+def run_local(
+    job: ScoreJob, prepared: Prepared, out_fs: pafs.FileSystem, staging: str, progress: Progress
+) -> tuple[list[UnitResult], dict[str, int]]:
+    """(unit results, rows per node). One model instance with ``--threads`` runtime threads
+    (default: every CPU, as one process of its own would use)."""
+    threads = job.threads or os.cpu_count() or 1
+    mv = open_version(prepared.entry, prepared.version, device="gpu" if job.num_gpus > 0 else None, threads=threads)
+    try:
+        worker = UnitScorer(
+            Scorer(mv, prepared.plan),
+            prepared.schema,
+            prepared.inputs.filesystem,
+            out_fs,
+            staging,
+            job.batch_size,
+            job.rows_per_file,
+        )
+        progress.start()
+        results = [worker.score_unit(unit, progress.add) for unit in prepared.units]
+    finally:
+        mv.unload()
+    return results, {local_node(): sum(r.scored + r.failed for r in results)}
