@@ -4,6 +4,7 @@ both answer on the server's ports."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tritonclient.grpc as tgrpc
 from metrics_scrape import scrape
@@ -69,8 +73,10 @@ class RayNode:
             p.kill()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[str, RayNode, RayNode]]:
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RayNode, RayNode]]:
+    """One 2-node cluster for the module's tests (each cleans up what it deployed)."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     port = free_port()
     head = RayNode(tmp_path / "head.log", "--head", "--port", str(port), "--include-dashboard", "false")
     nodes = [head]
@@ -124,3 +130,39 @@ def test_one_replica_per_node_and_both_serve_on_the_same_ports(
         assert sum(served.values()) == 60, served
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_score_on_the_cluster_uses_both_nodes_and_writes_what_a_local_run_writes(
+    cluster: tuple[str, RayNode, RayNode], tmp_path: Path
+) -> None:
+    address, _, _ = cluster
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(1,), batch={"inputs": {"x": {"column": "x"}}, "passthrough": ["id"]})
+    data = tmp_path / "data"
+    for part in range(6):
+        (data / f"part={part}").mkdir(parents=True)
+        ids = np.arange(part * 500, (part + 1) * 500)
+        x = np.random.default_rng(part).random((500, 4), dtype=np.float32)
+        table = pa.table({"id": ids, "x": pa.array(list(x), pa.list_(pa.float32()))})
+        pq.write_table(table, data / f"part={part}" / "f.parquet")
+
+    def score(out: Path, *extra: str) -> dict[str, Any]:
+        cmd = [
+            str(Path(sys.executable).parent / "serving"), "score", "--repository", str(repo), "--model", "add",
+            "--input", str(data), "--output", str(out), *extra,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return dict(json.loads((out / "_manifest.json").read_text()))
+
+    on_cluster = score(tmp_path / "cluster", "--address", address)
+    local = score(tmp_path / "local", "--executor", "local")
+    assert on_cluster["executor"] == "ray" and local["executor"] == "local"
+    per_node = on_cluster["rows_per_node"]
+    assert len(per_node) == 2 and all(rows > 0 for rows in per_node.values()), per_node
+    assert sum(per_node.values()) == on_cluster["rows"]["read"] == 3000
+    files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.parquet"))
+    assert files == sorted(p.relative_to(tmp_path / "cluster") for p in (tmp_path / "cluster").rglob("*.parquet"))
+    for f in files:
+        assert pq.read_table(tmp_path / "cluster" / f).equals(pq.read_table(tmp_path / "local" / f)), f
+    assert on_cluster["output"] == local["output"] and on_cluster["rows"] == local["rows"]

@@ -28,6 +28,8 @@ from serving.repository import ModelEntry
 
 log = logging.getLogger(__name__)
 
+ACTOR_START_TIMEOUT_S = 600
+
 
 class ScoringActor:
     """A Ray Data actor: one loaded model version scoring the units it is handed."""
@@ -76,6 +78,10 @@ def run_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False
     ctx.enable_progress_bars = job.verbose
+    # Every actor loads its model before units are handed out: on a cluster the first actor up
+    # would otherwise take a small job's units while the others still start (and a pool the
+    # cluster cannot place fails with a timeout instead of waiting forever).
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     if not job.verbose:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     items = [{**asdict(u), "row_groups": list(u.row_groups)} for u in units]
