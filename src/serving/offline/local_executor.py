@@ -10,8 +10,7 @@ import pyarrow.fs as pafs
 
 from serving.offline.plan import Prepared, ScoreJob
 from serving.offline.progress import Progress
-from serving.offline.scorer import Scorer, open_version
-from serving.offline.units import UnitResult, UnitScorer
+from serving.offline.units import UnitResult, open_unit_scorer
 
 
 def local_node() -> str:
@@ -23,18 +22,8 @@ def run_local(
 ) -> tuple[list[UnitResult], dict[str, int]]:
     """(unit results, rows per node). One model instance with ``--threads`` runtime threads
     (default: every CPU, as one process of its own would use)."""
-    threads = job.threads or os.cpu_count() or 1
-    mv = open_version(prepared.entry, prepared.version, device="gpu" if job.num_gpus > 0 else None, threads=threads)
+    worker, mv = open_unit_scorer(job, prepared, out_fs, staging, threads=job.threads or os.cpu_count() or 1)
     try:
-        worker = UnitScorer(
-            Scorer(mv, prepared.plan),
-            prepared.schema,
-            prepared.inputs.filesystem,
-            out_fs,
-            staging,
-            job.batch_size,
-            job.rows_per_file,
-        )
         progress.start()
         results = [worker.score_unit(unit, progress.add) for unit in prepared.units]
     finally:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import asdict
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -22,9 +21,7 @@ import ray.data
 
 from serving.offline.plan import Prepared, ScoreJob, WorkUnit
 from serving.offline.progress import Progress
-from serving.offline.scorer import Scorer, open_version
-from serving.offline.units import UnitResult, UnitScorer
-from serving.repository import ModelEntry
+from serving.offline.units import UnitResult, open_unit_scorer
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +31,8 @@ ACTOR_START_TIMEOUT_S = 600
 class ScoringActor:
     """A Ray Data actor: one loaded model version scoring the units it is handed."""
 
-    def __init__(
-        self,
-        entry: ModelEntry,
-        version: int,
-        prepared_plan: Any,
-        device: str | None,
-        threads: int | None,
-        schema: pa.Schema,
-        in_fs: pafs.FileSystem,
-        out_fs: pafs.FileSystem,
-        staging: str,
-        batch_size: int,
-        rows_per_file: int,
-    ) -> None:
-        scorer = Scorer(open_version(entry, version, device=device, threads=threads), prepared_plan)
-        self.worker = UnitScorer(scorer, schema, in_fs, out_fs, staging, batch_size, rows_per_file)
+    def __init__(self, job: ScoreJob, prepared: Prepared, out_fs: pafs.FileSystem, staging: str) -> None:
+        self.worker, _ = open_unit_scorer(job, prepared, out_fs, staging, threads=job.threads)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -87,19 +70,7 @@ def run_ray(
     items = [{**asdict(u), "row_groups": list(u.row_groups)} for u in units]
     done = ray.data.from_items(items, override_num_blocks=max(1, len(units))).map_batches(
         ScoringActor,
-        fn_constructor_kwargs={
-            "entry": prepared.entry,
-            "version": prepared.version,
-            "prepared_plan": prepared.plan,
-            "device": "gpu" if job.num_gpus > 0 else None,
-            "threads": job.threads,
-            "schema": prepared.schema,
-            "in_fs": prepared.inputs.filesystem,
-            "out_fs": out_fs,
-            "staging": staging,
-            "batch_size": job.batch_size,
-            "rows_per_file": job.rows_per_file,
-        },
+        fn_constructor_kwargs={"job": job, "prepared": prepared, "out_fs": out_fs, "staging": staging},
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=concurrency),

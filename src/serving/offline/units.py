@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from serving.loaded_model import LoadedModel
 from serving.offline.manifest import ERRORS_DIR, ERRORS_SUFFIX
-from serving.offline.plan import WorkUnit
-from serving.offline.scorer import Scorer
+from serving.offline.plan import Prepared, ScoreJob, WorkUnit
+from serving.offline.scorer import Scorer, open_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,19 @@ class UnitScorer:
             elif f.name not in table.column_names:
                 table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
         return table
+
+
+def open_unit_scorer(
+    job: ScoreJob, prepared: Prepared, out_fs: pafs.FileSystem, staging: str, threads: int | None
+) -> tuple[UnitScorer, LoadedModel]:
+    """Load the job's model version (on the GPU when the job asks for GPUs) and a scorer of units
+    around it; the caller unloads the model when done."""
+    mv = open_version(prepared.entry, prepared.version, device="gpu" if job.num_gpus > 0 else None, threads=threads)
+    scorer = Scorer(mv, prepared.plan)
+    worker = UnitScorer(
+        scorer, prepared.schema, prepared.inputs.filesystem, out_fs, staging, job.batch_size, job.rows_per_file
+    )
+    return worker, mv
 
 
 def _without(table: pa.Table, partitions: dict[str, str]) -> pa.Table:
