@@ -164,6 +164,42 @@ def score_job(repo: Path, model: str, data: Path, out: Path, extra: list[str]) -
     }
 
 
+def incremental_point(repo: Path, tmp: Path, model: str = "heavy", files: int = 100, rows: int = 20_000) -> str:
+    """`--incremental` that finds 1 new file among ``files`` scored ones, against the full run."""
+    lake, out = tmp / "lake", tmp / "incremental-out"
+    rng = np.random.default_rng(2)
+
+    def add_file(i: int) -> None:
+        block = rng.standard_normal((FEATURES, rows), dtype=np.float32)
+        cols: dict[str, Any] = {"id": np.arange(i * rows, (i + 1) * rows, dtype=np.int64)}
+        cols.update({f"f{j}": block[j] for j in range(FEATURES)})
+        pq.write_table(pa.table(cols), lake / f"part-{i:03d}.parquet")
+
+    lake.mkdir(parents=True)
+    for i in range(files):
+        add_file(i)
+    cmd = [
+        sys.executable, "-m", "serving.cli", "score", "--repository", str(repo), "--model", model,
+        "--input", str(lake), "--output", str(out), "--incremental", "--quiet",
+    ]  # fmt: skip
+    timings = []
+    for step in range(2):
+        if step:
+            add_file(files)
+        began = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        timings.append(time.perf_counter() - began)
+    run = json.loads((out / "_manifest.json").read_text())["run"]
+    shutil.rmtree(lake)
+    shutil.rmtree(out)
+    return (
+        f"\nIncremental ({model}, {files} files x {rows:,} rows): the first run scored all {files} files in "
+        f"{timings[0]:.2f} s; after 1 new file, `--incremental` scored {run['files_scored']} file "
+        f"({run['rows_scored']:,} rows, {run['files_kept']} kept) in {timings[1]:.2f} s = "
+        f"**{timings[1] / timings[0]:.2f}** of the full run (wall time of the command)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 8_000_000])
@@ -215,6 +251,10 @@ def main() -> None:
     )
     print(note)
     lines.append(note)
+    with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp:
+        inc = incremental_point(repository(Path(tmp) / "repo"), Path(tmp))
+    print(inc, flush=True)
+    lines.append(inc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 

@@ -120,6 +120,7 @@ def _score(args: argparse.Namespace) -> int:
 
     try:
         from serving.offline.job import JobFailedError, ScoreJob, run
+        from serving.offline.lock import LOCK_HELD_EXIT, OutputLockedError
 
         job = ScoreJob(
             repository=args.repository,
@@ -141,15 +142,42 @@ def _score(args: argparse.Namespace) -> int:
             local_max_rows=args.local_max_rows,
             verbose=args.verbose,
             progress=not args.quiet,
+            incremental=args.incremental,
         )
         result = run(job)
     except JobFailedError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    except OutputLockedError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return LOCK_HELD_EXIT
     except ServingError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     print(result.summary(), flush=True)
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from serving.offline.manifest import read_runs
+    from serving.offline.plan import output_location
+
+    fs, path = output_location(args.output)
+    runs = read_runs(fs, path)
+    if not runs:
+        print(f"error: no runs recorded in {args.output} (no {args.output}/_runs/)", file=sys.stderr)
+        return 2
+    print(f"{'started (UTC)':20s} {'run':8s} {'model':16s} {'mode':11s} {'files scored/kept':>17s} "
+          f"{'rows scored':>12s} {'failed':>8s} {'total rows':>12s} {'seconds':>8s}")  # fmt: skip
+    for r in runs:
+        run, rows = r.get("run", {}), r["rows"]
+        print(
+            f"{r['started_at'][:19]:20s} {run.get('id', '-'):8s} {r['model']['name'] + ' v' + str(r['model']['version']):16s} "
+            f"{'incremental' if run.get('incremental') else 'full':11s} "
+            f"{str(run.get('files_scored', '-')) + '/' + str(run.get('files_kept', '-')):>17s} "
+            f"{run.get('rows_scored', rows['scored']):>12,} {run.get('rows_failed', rows['failed']):>8,} "
+            f"{rows['read']:>12,} {r['duration_s']:>8.1f}"
+        )
     return 0
 
 
@@ -188,7 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     sc = sub.add_parser("score", help="score Parquet files with a model (in-process or a Ray Data job)")
     sc.add_argument("--model", required=True, help="NAME or NAME:VERSION (default: newest served version)")
     sc.add_argument("--input", required=True, action="append", help="Parquet file, folder, glob or URI (repeatable)")
-    sc.add_argument("--output", required=True, help="output folder (must not exist unless --overwrite)")
+    sc.add_argument(
+        "--output",
+        required=True,
+        help="output folder (must not exist unless --overwrite or --incremental); {date}, {model} and {version} "
+        "are filled in (e.g. lake/scored/ds={date})",
+    )
     sc.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
     sc.add_argument(
         "--map",
@@ -216,6 +249,12 @@ def main(argv: list[str] | None = None) -> None:
         help="rows per work unit and output file (input row groups are not split)",
     )
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    sc.add_argument(
+        "--incremental",
+        action="store_true",
+        help="score only input files that no earlier run of this model version scored into this output "
+        "(new or changed); unchanged files keep their outputs, files gone from the input lose them",
+    )
     sc.add_argument("--address", help="run on this Ray cluster (or RAY_ADDRESS) instead of a local one")
     sc.add_argument(
         "--executor",
@@ -230,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     sc.add_argument("--verbose", action="store_true", help="Ray's and Ray Data's own logs and progress bars")
     sc.add_argument("--quiet", action="store_true", help="no progress output")
     sc.set_defaults(func=_score)
+    r = sub.add_parser("runs", help="list the runs recorded in a `serving score` output (its _runs/ history)")
+    r.add_argument("output", help="the output folder")
+    r.set_defaults(func=_runs)
     d = sub.add_parser("demo-repo", help="build the demo model repository")
     d.add_argument("root", type=Path)
     d.add_argument("--reference", action="store_true", help="also build the benchmark's reference MLP")

@@ -8,6 +8,7 @@ import socket
 
 import pyarrow.fs as pafs
 
+from serving.offline.faults import checkpoint
 from serving.offline.plan import Prepared, ScoreJob
 from serving.offline.progress import Progress
 from serving.offline.units import UnitResult, open_unit_scorer
@@ -25,7 +26,10 @@ def run_local(
     worker, mv = open_unit_scorer(job, prepared, out_fs, staging, threads=job.threads or os.cpu_count() or 1)
     try:
         progress.start()
-        results = [worker.score_unit(unit, progress.add) for unit in prepared.units]
+        results = []
+        for unit in prepared.units:
+            results.append(worker.score_unit(unit, progress.add))
+            checkpoint("scoring")
     finally:
         mv.unload()
     return results, {local_node(): sum(r.scored + r.failed for r in results)}

@@ -20,6 +20,7 @@ from serving.offline.inputs import InputSet
 
 MANIFEST_NAME = "_manifest.json"
 SUCCESS_NAME = "_SUCCESS"
+RUNS_DIR = "_runs"
 ERRORS_DIR = "_errors"
 # Failed rows are Parquet named *.parq: readers that list a folder (pandas, pyarrow, Spark) read
 # OUTPUT/_errors like any dataset, and a `OUTPUT/**/*.parquet` glob (DuckDB, Polars), which skips
@@ -67,6 +68,10 @@ class Manifest:
     nodes: dict[str, int] = field(default_factory=dict)
     """Rows read per node (Ray node id, or the host name in-process)."""
     settings: dict[str, Any] = field(default_factory=dict)
+    file_outputs: dict[str, list[str]] = field(default_factory=dict)
+    """Input file path -> the output files (scored and errors) made from it."""
+    run: dict[str, Any] = field(default_factory=dict)
+    """This run: id, incremental or not, input files scored / kept from earlier runs, rows scored."""
 
     @property
     def rows_read(self) -> int:
@@ -101,7 +106,16 @@ class Manifest:
                 "filesystem": self.inputs.filesystem.type_name,
                 "fingerprint": self.inputs.fingerprint(),
                 "partition_columns": list(self.inputs.partition_columns),
-                "files": [{"path": f.path, "size": f.size, "rows": f.rows} for f in self.inputs.files],
+                "files": [
+                    {
+                        "path": f.path,
+                        "size": f.size,
+                        "rows": f.rows,
+                        "footer_sha256": f.footer_sha256,
+                        "outputs": self.file_outputs.get(f.path, []),
+                    }
+                    for f in self.inputs.files
+                ],
             },
             "rows": {"read": self.rows_read, "scored": self.rows_scored, "failed": self.rows_failed},
             "output": {
@@ -116,8 +130,35 @@ class Manifest:
             "rows_per_node": self.nodes,
             "serving_version": self.serving_version,
             "settings": self.settings,
+            "run": self.run,
         }
 
     def write(self, fs: pafs.FileSystem, root: str) -> None:
+        """``_manifest.json``, and a copy under ``_runs/`` (the output's history of runs)."""
+        text = json.dumps(self.to_dict(), indent=2).encode()
         with fs.open_output_stream(f"{root}/{MANIFEST_NAME}") as f:
-            f.write(json.dumps(self.to_dict(), indent=2).encode())
+            f.write(text)
+        stamp = self.started_at.strftime("%Y%m%dT%H%M%SZ")
+        fs.create_dir(f"{root}/{RUNS_DIR}", recursive=True)
+        with fs.open_output_stream(f"{root}/{RUNS_DIR}/{stamp}-{self.run.get('id', 'run')}.json") as f:
+            f.write(text)
+
+
+def read_manifest(fs: pafs.FileSystem, root: str) -> dict[str, Any] | None:
+    """A published output's ``_manifest.json``, or None when there is none."""
+    path = f"{root}/{MANIFEST_NAME}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return dict(json.loads(f.read()))
+
+
+def read_runs(fs: pafs.FileSystem, root: str) -> list[dict[str, Any]]:
+    """Every run recorded under ``_runs/``, oldest first."""
+    selector = pafs.FileSelector(f"{root}/{RUNS_DIR}", allow_not_found=True)
+    runs = []
+    for info in sorted(fs.get_file_info(selector), key=lambda i: i.path):
+        if info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                runs.append(dict(json.loads(f.read())))
+    return runs

@@ -6,6 +6,7 @@ The input's Parquet footers split it into work units (consecutive row groups of 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class ScoreJob:
     local_max_rows: int = 2_000_000
     verbose: bool = False
     progress: bool = True
+    incremental: bool = False
+    """Score only the input files no earlier published run of this model version scored here."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class Prepared:
     units: list[WorkUnit]
     schema: pa.Schema
     """The input's schema with the hive partition columns (as strings) appended."""
+    output: str
+    """The output folder, its template filled in."""
 
 
 def prepare(job: ScoreJob) -> Prepared:
@@ -93,10 +98,27 @@ def prepare(job: ScoreJob) -> Prepared:
         plan = plan_columns(config, mv.inputs, mv.outputs, schema, labels=entry.config.labels)
     finally:
         mv.unload()
-    out_fs, out_path = output_location(job.output)
-    if out_fs.get_file_info(out_path).type != pafs.FileType.NotFound and not job.overwrite:
-        raise InvalidInputError(f"output {job.output} already exists (pass --overwrite to replace it)")
-    return Prepared(entry, version, inputs, plan, plan_units(inputs, job.rows_per_file), schema)
+    output = render_output(job.output, entry.name, version, dt.datetime.now(dt.UTC))
+    out_fs, out_path = output_location(output)
+    if out_fs.get_file_info(out_path).type != pafs.FileType.NotFound and not (job.overwrite or job.incremental):
+        raise InvalidInputError(
+            f"output {output} already exists (pass --incremental to add what is new, or --overwrite to replace it)"
+        )
+    return Prepared(entry, version, inputs, plan, plan_units(inputs, job.rows_per_file), schema, output)
+
+
+def render_output(template: str, model: str, version: int, now: dt.datetime) -> str:
+    """Fill ``{date}`` (UTC, YYYY-MM-DD), ``{model}`` and ``{version}`` in an output path.
+
+    Raises:
+        InvalidInputError: another placeholder, or unbalanced braces.
+    """
+    try:
+        return template.format(date=now.strftime("%Y-%m-%d"), model=model, version=version)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidInputError(
+            f"--output {template!r}: {exc!s} is not a placeholder it knows (use {{date}}, {{model}}, {{version}})"
+        ) from None
 
 
 def plan_units(inputs: InputSet, rows_per_file: int) -> list[WorkUnit]:
@@ -108,11 +130,15 @@ def plan_units(inputs: InputSet, rows_per_file: int) -> list[WorkUnit]:
         stem = os.path.splitext(os.path.basename(f.path))[0]
         groups: list[int] = []
         rows = 0
+        in_file = 0
         for i, n in enumerate(f.row_groups):
             groups.append(i)
             rows += n
             if rows >= rows_per_file or i == len(f.row_groups) - 1:
-                name = f"{stem}-{len(units):05d}"
+                # Named by the input file and the unit's place in it, not by the job's unit count:
+                # the same file gives the same output names in every run (incremental runs replace them).
+                name = f"{stem}-u{in_file:03d}"
+                in_file += 1
                 units.append(
                     WorkUnit(
                         len(units),

@@ -1,21 +1,65 @@
 """A job writes into a staging folder beside its output; only a result whose rows all add up is
-renamed into place, with ``_SUCCESS`` in it (the marker Spark and Hadoop tools wait for)."""
+published, with ``_SUCCESS`` in it (the marker Spark and Hadoop tools wait for).
+
+On a local filesystem an existing output is replaced by exchanging the two folders in one
+``renameat2(RENAME_EXCHANGE)`` call: a reader, or a run killed at any moment, sees the previous
+output or the new one, never a mix and never none. Elsewhere (object stores) the old output is
+moved aside, then the new one moved in (copy + delete there).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import uuid
 
 import pyarrow.fs as pafs
 
-from serving.offline.manifest import ERRORS_DIR, SUCCESS_NAME
+from serving.offline.faults import checkpoint
+from serving.offline.manifest import SUCCESS_NAME
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def staging_prefix(out_path: str) -> str:
+    parent, _, name = out_path.rstrip("/").rpartition("/")
+    return f"{parent}/.{name}.staging-"
 
 
 def new_staging(fs: pafs.FileSystem, out_path: str) -> str:
     """A fresh hidden folder next to the output (same filesystem, so publishing is a rename)."""
-    parent, _, name = out_path.rstrip("/").rpartition("/")
-    staging = f"{parent}/.{name}.staging-{uuid.uuid4().hex[:8]}"
+    staging = f"{staging_prefix(out_path)}{uuid.uuid4().hex[:8]}"
     fs.create_dir(staging, recursive=True)
     return staging
+
+
+def remove_stale_staging(fs: pafs.FileSystem, out_path: str) -> list[str]:
+    """Delete the staging folders of runs that were killed (call while holding the output's lock)."""
+    prefix = staging_prefix(out_path)
+    parent = prefix.rpartition("/")[0]
+    stale = [
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+        if i.type == pafs.FileType.Directory and i.path.startswith(prefix)
+    ]
+    for path in stale:
+        fs.delete_dir(path)
+    return stale
+
+
+def carry_over(fs: pafs.FileSystem, out_path: str, staging: str, rel_paths: list[str]) -> None:
+    """Put files of the published output into the staging folder unchanged: hard links on a
+    local filesystem (no bytes copied), copies elsewhere."""
+    for rel in rel_paths:
+        src, dst = f"{out_path}/{rel}", f"{staging}/{rel}"
+        fs.create_dir(os.path.dirname(dst), recursive=True)
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.link(src, dst)
+        else:
+            fs.copy_file(src, dst)
 
 
 def set_aside(fs: pafs.FileSystem, staging: str, out_path: str) -> str:
@@ -28,17 +72,32 @@ def set_aside(fs: pafs.FileSystem, staging: str, out_path: str) -> str:
 
 
 def publish(fs: pafs.FileSystem, staging: str, out_path: str) -> None:
-    """Mark the result complete and rename the staging folder into place (atomic on a local
-    filesystem; copy + delete on object stores). An older output is replaced."""
+    """Mark the result complete and put it in place of the output (see the module's docstring)."""
     with fs.open_output_stream(f"{staging}/{SUCCESS_NAME}"):
         pass
-    old = None
-    if fs.get_file_info(out_path).type != pafs.FileType.NotFound:
-        old = f"{staging}.old"
-        fs.move(out_path, old)
+    checkpoint("staged")
+    exists = fs.get_file_info(out_path).type != pafs.FileType.NotFound
+    if not exists:
+        fs.move(staging, out_path)
+        return
+    if isinstance(fs, pafs.LocalFileSystem) and _exchange(staging, out_path):
+        checkpoint("exchanged")
+        fs.delete_dir(staging)  # now the previous output
+        return
+    old = f"{staging}.old"
+    fs.move(out_path, old)
     fs.move(staging, out_path)
-    if old is not None:
-        fs.delete_dir(old)
+    fs.delete_dir(old)
 
 
-__all__ = ["ERRORS_DIR", "new_staging", "publish", "set_aside"]
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically; False where the kernel or filesystem cannot."""
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"exchanging {a} and {b}: {os.strerror(err)}")

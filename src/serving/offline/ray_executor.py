@@ -42,6 +42,7 @@ class ScoringActor:
                 "unit": [d.index for d in done],
                 "scored": [d.scored for d in done],
                 "failed": [d.failed for d in done],
+                "files": [list(d.files) for d in done],
                 "node": [self.node] * len(done),
             }
         )
@@ -81,7 +82,9 @@ def run_ray(
     nodes: Counter[str] = Counter()
     progress.start()
     for row in done.iter_rows():
-        results.append(UnitResult(int(row["unit"]), int(row["scored"]), int(row["failed"])))
+        results.append(
+            UnitResult(int(row["unit"]), int(row["scored"]), int(row["failed"]), tuple(str(f) for f in row["files"]))
+        )
         nodes[str(row["node"])] += int(row["scored"]) + int(row["failed"])
         progress.add(int(row["scored"]), int(row["failed"]))
     log.info("scored %d work units with %d actors", len(results), concurrency)

@@ -4,8 +4,8 @@ the same :class:`UnitScorer`, so both write the same files.
 
 Output layout (what pandas, pyarrow, DuckDB and Spark read as one dataset)::
 
-    OUTPUT/<hive dirs of the input>/<file stem>-<unit>-<NNN>.parquet   scored rows
-    OUTPUT/_errors/<hive dirs>/<file stem>-<unit>.parq               failed rows, with `error`
+    OUTPUT/<hive dirs of the input>/<file stem>-u<unit in file>-<NNN>.parquet   scored rows
+    OUTPUT/_errors/<hive dirs>/<file stem>-u<unit in file>.parq               failed rows, with `error`
     OUTPUT/_manifest.json, OUTPUT/_SUCCESS
 
 Partition columns are not written into the files: readers restore them from the folder names,
@@ -33,6 +33,8 @@ class UnitResult:
     index: int
     scored: int
     failed: int
+    files: tuple[str, ...] = ()
+    """Files written, relative to the output folder."""
 
 
 class RollingWriter:
@@ -43,12 +45,14 @@ class RollingWriter:
         self._writer: pq.ParquetWriter | None = None
         self._rows = 0
         self._files = 0
+        self.paths: list[str] = []
 
     def write(self, table: pa.Table) -> None:
         while table.num_rows:
             if self._writer is None or self._rows >= self.rows_per_file:
                 self.close()
                 path = f"{self.stem}-{self._files:03d}.parquet"
+                self.paths.append(path)
                 self.fs.create_dir(os.path.dirname(path), recursive=True)
                 self._writer = pq.ParquetWriter(self.fs.open_output_stream(path), table.schema)
                 self._files += 1
@@ -106,12 +110,14 @@ class UnitScorer:
                 if progress is not None:
                     progress(result.scored.num_rows, result.errors.num_rows)
         writer.close()
+        written = [os.path.relpath(p, self.staging) for p in writer.paths]
         if errors:
             path = f"{self.staging}/{ERRORS_DIR}/{unit.output}{ERRORS_SUFFIX}"
             self.out_fs.create_dir(os.path.dirname(path), recursive=True)
             with self.out_fs.open_output_stream(path) as out:
                 pq.write_table(pa.concat_tables(errors), out)
-        return UnitResult(unit.index, scored, failed)
+            written.append(os.path.relpath(path, self.staging))
+        return UnitResult(unit.index, scored, failed, tuple(written))
 
     def _complete(self, table: pa.Table, partitions: dict[str, str]) -> pa.Table:
         """Add the hive partition values, and null columns for what this file lacks (their rows fail)."""
