@@ -163,9 +163,11 @@ def test_in_process_and_ray_executors_write_the_same_output_and_manifest(
     assert files == sorted(p.relative_to(ray) for p in ray.rglob("*.parquet"))
     for f in files:
         assert pq.read_table(local / f).equals(pq.read_table(ray / f)), f
-    volatile = {"started_at", "duration_s", "rows_per_s", "ray_start_s", "executor", "rows_per_node"}
+    volatile = {"started_at", "duration_s", "rows_per_s", "ray_start_s", "executor", "rows_per_node", "run"}
     a, b = (json.loads((d / "_manifest.json").read_text()) for d in (local, ray))
     assert {k: v for k, v in a.items() if k not in volatile} == {k: v for k, v in b.items() if k not in volatile}
+    assert a["run"].pop("id") != b["run"].pop("id")  # each run has its own id; all else is the same
+    assert a["run"] == b["run"]
     assert (a["executor"], b["executor"]) == ("local", "ray")
     assert sum(b["rows_per_node"].values()) == b["rows"]["read"]
     # A person's progress lines, not Ray Data's progress bars and logs.
