@@ -8,7 +8,7 @@ DEMO_REPO ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus bench bench-batch loadtest clean
+.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-batch loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -28,13 +28,13 @@ serve: $(DEMO_REPO)/.built
 	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests bench loadtests
-	$(BIN)/ruff format --check src tests bench loadtests
+	$(BIN)/ruff check src tests bench loadtests docs
+	$(BIN)/ruff format --check src tests bench loadtests docs
 	$(BIN)/mypy src
 
 format: $(BIN)/.installed
-	$(BIN)/ruff format src tests bench loadtests
-	$(BIN)/ruff check --fix src tests bench loadtests
+	$(BIN)/ruff format src tests bench loadtests docs
+	$(BIN)/ruff check --fix src tests bench loadtests docs
 
 # Generated gRPC code: regenerate with `make proto`; `make proto-check` fails on drift.
 # The two seds make the generated code importable as a package: the message classes must
@@ -71,7 +71,7 @@ gpu-extra: $(BIN)/.installed
 	  missing = {'onnxruntime-gpu', 'torch'} - names; assert not missing, missing; print('gpu extra resolves:', sorted(names & {'onnxruntime-gpu', 'torch'}))"
 	rm -f .gpu-extra.json
 
-integration: $(BIN)/.installed prometheus
+integration: $(BIN)/.installed prometheus chromium
 	$(BIN)/pytest tests/integration -q
 
 # Debian's prometheus package: promtool (rule tests) and prometheus (integration test).
@@ -79,6 +79,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 prometheus:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
+# Debian's chromium: the operator page's browser tests (driven by Playwright through executable_path).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# Screenshots of the operator page under load, for the README (docs/).
+screenshots: $(BIN)/.installed $(DEMO_REPO)/.built chromium
+	$(PY) docs/screenshots.py --repository $(DEMO_REPO)
 
 rules: prometheus
 	cd configs/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml

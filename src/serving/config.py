@@ -355,6 +355,26 @@ class ReplicasConfig(_Strict):
         return self.max is not None
 
 
+class CorsConfig(_Strict):
+    """Cross-origin requests from browser apps (off unless ``allow_origins`` names some)."""
+
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the server from a browser: exact (https://app.example.com), "
+        "with * wildcards (https://*.example.com), or * for any.",
+    )
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "POST"], description="Methods a preflight allows.")
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["content-type", "inference-header-content-length", "authorization", "x-request-id"],
+        description="Request headers a preflight allows.",
+    )
+    max_age_s: NonNegativeInt = Field(default=600, description="How long a browser may cache a preflight answer.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allow_origins)
+
+
 class ServerSettings(BaseSettings):
     """Server-wide settings: init arguments > ``SERVING_*`` env > YAML file > defaults."""
 
@@ -379,6 +399,7 @@ class ServerSettings(BaseSettings):
         description="How long a stopping replica keeps finishing in-flight requests before it closes connections.",
     )
     num_cpus: PositiveInt | None = Field(default=None, description="CPUs of the local Ray (None: all).")
+    cors: CorsConfig = Field(default_factory=lambda: CorsConfig(), description="Browser cross-origin access.")
     server_name: str = "serving"
     log_format: Literal["json", "text"] = Field(
         default="json", description="Replica logs: JSON lines with request and trace ids, or plain text."

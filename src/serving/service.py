@@ -20,7 +20,7 @@ from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyE
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, VersionState
 from serving.repository import scan_repository
-from serving.telemetry.metrics import UNKNOWN, Metrics
+from serving.telemetry.metrics import UNKNOWN, AggregatedMetrics, Metrics
 from serving.telemetry.requests import InFlight, RequestTracker
 from serving.types import (
     InferenceRequest,
@@ -59,6 +59,7 @@ class InferenceService(Protocol):
     def model_config(self, name: str, version: str = "") -> ModelDescription: ...
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
     def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
+    def live_snapshot(self) -> dict[str, Any]: ...
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
     def track(
         self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
@@ -97,6 +98,16 @@ class LocalInferenceService:
         return RequestTracker(
             self.registry.metrics, self._in_flight, self.metric_labels, name, version, protocol, request_id, carrier
         )
+
+    def live_snapshot(self) -> dict[str, Any]:
+        """This process's totals and recent errors (``telemetry.live``); totals only when the
+        metrics keep them (``AggregatedMetrics``)."""
+        metrics = self.registry.metrics
+        return {
+            "time": time.time(),
+            "metrics": metrics.snapshot() if isinstance(metrics, AggregatedMetrics) else {},
+            "errors": self._in_flight.errors.items(),
+        }
 
     def load(self) -> tuple[int, int]:
         """(requests in flight, requests waiting in batch queues) in this process: what the

@@ -12,6 +12,7 @@ middleware, request metadata, disconnect watch, access-log records, queue tracki
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -21,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from ray import serve
 from ray.serve import Application
 
-from serving.config import DRAIN_SECONDS, MAX_REQUEST_BYTES, ReplicasConfig
+from serving.config import DRAIN_SECONDS, MAX_REQUEST_BYTES, CorsConfig, ReplicasConfig
 from serving.deploy.autoscaling import IN_FLIGHT, QUEUED
+from serving.deploy.live_stats import LiveStatsPublisher
 from serving.deploy.ray_metrics import RayMetrics
 from serving.protocol.servers import ReplicaServers, describe
 from serving.repository import ModelEntry, scan_repository
@@ -57,6 +59,7 @@ class AppArgs(BaseModel):
     replicas: ReplicasConfig = ReplicasConfig()
     server_name: str = "serving"
     log_format: Literal["json", "text"] = "json"
+    cors: CorsConfig = CorsConfig()
     inherit_env: bool = Field(
         default=False,
         description="The replicas inherit this process's environment (a local Ray started here): no runtime_env.",
@@ -85,6 +88,11 @@ class InferenceReplica:
             grpc_port=parsed.grpc_port,
             max_request_bytes=parsed.max_request_bytes,
             drain_seconds=parsed.drain_seconds,
+            cors=parsed.cors,
+            live=self._read_live,
+        )
+        self._live = LiveStatsPublisher(
+            parsed.server_name, serve.get_replica_context().replica_id.unique_id, self.service.live_snapshot
         )
         try:
             addresses = await self.servers.start()
@@ -107,7 +115,12 @@ class InferenceReplica:
         await self.servers.stop()
         await self._release()
 
+    async def _read_live(self) -> list[dict[str, Any]]:
+        """Every replica's snapshot, for the operator page (GCS reads, off the event loop)."""
+        return await asyncio.to_thread(self._live.read_all)
+
     async def _release(self) -> None:
+        self._live.close()
         await self.service.close()
         self._metrics.close()
         tracing.shutdown()

@@ -93,6 +93,7 @@ def deploy(settings: ServerSettings) -> None:
             "replicas": settings.replicas.model_dump(),
             "server_name": settings.server_name,
             "log_format": settings.log_format,
+            "cors": settings.cors.model_dump(),
             "inherit_env": not settings.ray_address,
         }
     )

@@ -17,11 +17,14 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serving.config import MAX_REQUEST_BYTES
+from serving import web
+from serving.config import MAX_REQUEST_BYTES, CorsConfig
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, PayloadTooLargeError, ServingError
-from serving.protocol import rest_v2, triton
-from serving.protocol.status import RETRY_AFTER_S, http_status
+from serving.protocol import openapi, rest_v2, triton
+from serving.protocol.cors import CorsPolicy
+from serving.protocol.status import RETRY_AFTER_S, grpc_code, http_status
 from serving.service import InferenceService
+from serving.telemetry import live
 from serving.telemetry.requests import new_request_id
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+LiveSource = Callable[[], Awaitable[list[dict[str, Any]]]]
+"""Every replica's ``live_snapshot()`` (the deploy layer reads them from Ray's GCS)."""
 
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"
@@ -72,17 +78,20 @@ def error_response(exc: ServingError, request_id: str) -> Answer:
 class Headers:
     """The few request headers the routes read, decoded once."""
 
-    __slots__ = ("carrier", "content_length", "header_length")
+    __slots__ = ("carrier", "content_length", "header_length", "origin")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_length: bytes | None = None
         self.header_length: bytes | None = None
+        self.origin: str | None = None
         self.carrier: dict[str, str] = {}
         for key, value in raw:
             if key == b"content-length":
                 self.content_length = value
             elif key == b"inference-header-content-length":
                 self.header_length = value
+            elif key == b"origin":
+                self.origin = value.decode("latin-1")
             elif key in (b"x-request-id", b"traceparent", b"tracestate"):
                 self.carrier[key.decode("latin-1")] = value.decode("latin-1")
 
@@ -108,11 +117,21 @@ class HttpApp:
     so keep-alive clients reconnect to a replica that stays, and readiness answers 503.
     """
 
-    def __init__(self, service: InferenceService, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        cors: CorsConfig | None = None,
+        live: LiveSource | None = None,
+    ) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
+        self.cors = CorsPolicy(cors) if cors is not None and cors.enabled else None
+        self.live = live
         self.draining = False
         self.in_flight = 0
+        self._assets = web.assets()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,7 +143,10 @@ class HttpApp:
         request_id = headers.carrier.get("x-request-id") or new_request_id()
         try:
             try:
-                answer = await self._route(scope, receive, headers, request_id)
+                if scope["method"] == "OPTIONS":
+                    answer = self._preflight(headers)
+                else:
+                    answer = await self._route(scope, receive, headers, request_id)
             except _MethodNotAllowed as exc:
                 answer = _json({"error": exc.message}, 405)
                 answer.headers.append((b"allow", exc.allowed.encode()))
@@ -141,6 +163,14 @@ class HttpApp:
             ]
             if self.draining:
                 response_headers.append((b"connection", b"close"))
+            preflight = scope["method"] == "OPTIONS"  # answered with its own CORS headers
+            if (
+                headers.origin is not None
+                and self.cors is not None
+                and not preflight
+                and self.cors.allows(headers.origin)
+            ):
+                response_headers += self.cors.response_headers(headers.origin)
             await send({"type": "http.response.start", "status": answer.status, "headers": response_headers})
             await send({"type": "http.response.body", "body": answer.body})
         finally:
@@ -178,12 +208,29 @@ class HttpApp:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _preflight(self, headers: Headers) -> Answer:
+        """OPTIONS: a CORS preflight (204 for an allowed origin, 403 otherwise), or a plain
+        OPTIONS without an origin (204 with ``Allow``)."""
+        if headers.origin is None:
+            return Answer(b"", 204, headers=[(b"allow", b"GET, POST, OPTIONS")])
+        if self.cors is None or not self.cors.allows(headers.origin):
+            return _json(
+                {"error": f"origin {headers.origin[:200]!r} is not allowed (server setting cors.allow_origins)"}, 403
+            )
+        return Answer(b"", 204, headers=self.cors.preflight_headers(headers.origin))
+
     async def _route(self, scope: Scope, receive: Receive, headers: Headers, request_id: str) -> Answer:
         parts = scope["path"].rstrip("/").split("/")
         method = scope["method"]
+        if len(parts) >= 2 and parts[0] == "" and parts[1] == "ui":
+            _expect(method, "GET")
+            return await self._ui(parts[2:], scope["path"])
         if len(parts) < 2 or parts[0] != "" or parts[1] != "v2":
             raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
         rest = parts[2:]
+        if rest == ["openapi.json"]:
+            _expect(method, "GET")
+            return Answer(openapi.document_bytes())
         if rest and rest[0] == "models" and len(rest) >= 2:
             name = rest[1]
             tail = rest[2:]
@@ -224,6 +271,32 @@ class HttpApp:
             _expect(method, "POST")
             return await self._repository_index(receive, headers)
         raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
+
+    async def _ui(self, rest: list[str], path: str) -> Answer:
+        """The operator page: its static files, and ``/ui/api/stats`` (every replica's totals)."""
+        if rest == ["api", "stats"]:
+            return _json(await self._live_stats())
+        name = rest[0] if len(rest) == 1 else ("index.html" if not rest else "")
+        asset = self._assets.get(name)
+        if asset is None:
+            raise ModelNotFoundError(f"no route {path[:200]!r}")
+        body, content_type = asset
+        return Answer(body, content_type=content_type, headers=[(b"cache-control", b"no-cache")])
+
+    async def _live_stats(self) -> dict[str, Any]:
+        snapshots = await self.live() if self.live is not None else [self.service.live_snapshot()]
+        doc = live.summarize(snapshots)
+        for error in doc["errors"]:
+            kind = ErrorKind(error["kind"])
+            error["http_status"] = int(http_status(kind))
+            error["grpc_status"] = grpc_code(kind).name
+        index = self.service.repository_index()
+        doc["versions"] = [{"model": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in index]
+        for row in doc["versions"]:
+            if row["state"] == "READY":
+                d = self.service.model_config(row["model"], row["version"])
+                row.update(platform=d.platform, device=d.device, max_batch_size=d.max_batch_size)
+        return doc
 
     async def _infer(self, receive: Receive, headers: Headers, request_id: str, name: str, version: str) -> Answer:
         with self.service.track(name, version, "http", request_id, headers.carrier) as tracker:
@@ -295,6 +368,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def build_http_app(service: InferenceService, *, max_request_bytes: int = MAX_REQUEST_BYTES) -> HttpApp:
+def build_http_app(
+    service: InferenceService,
+    *,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    cors: CorsConfig | None = None,
+    live: LiveSource | None = None,
+) -> HttpApp:
     """The REST front end of ``service``."""
-    return HttpApp(service, max_request_bytes=max_request_bytes)
+    return HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live)

@@ -22,8 +22,9 @@ from typing import Any
 import grpc
 import uvicorn
 
+from serving.config import CorsConfig
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
-from serving.protocol.http import HttpApp
+from serving.protocol.http import HttpApp, LiveSource
 from serving.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,15 @@ class ReplicaServers:
         grpc_port: int,
         max_request_bytes: int,
         drain_seconds: float,
+        cors: CorsConfig | None = None,
+        live: LiveSource | None = None,
     ) -> None:
         self.service = service
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.drain_seconds = drain_seconds
-        self.http_app = HttpApp(service, max_request_bytes=max_request_bytes)
+        self.http_app = HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live)
         self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes))
         adapter = GrpcAdapter(service)
         add_inference_service(adapter, self._grpc)

@@ -11,8 +11,10 @@ value. No request ids or free text.
 
 from __future__ import annotations
 
+import bisect
+import threading
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -155,3 +157,62 @@ class MemoryMetrics:
 
     def set(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
         self.values[self._key(spec, labels)] = value
+
+
+Key = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class AggregatedMetrics:
+    """Keeps this process's totals in plain dicts (~0.3 us a call): counters and gauges by
+    label values, histograms as per-bucket counts (+Inf last) followed by the sum.
+
+    :meth:`snapshot` is what the operator page aggregates across replicas; exporters
+    (``serving.deploy.ray_metrics``) read the same dicts.
+    """
+
+    def __init__(self) -> None:
+        self._bounds = {spec.name: spec.buckets for spec in SPECS if spec.kind == "histogram"}
+        self._counters: dict[Key, float] = {}
+        self._histograms: dict[Key, list[float]] = {}
+        self._gauges: dict[Key, float] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, spec: MetricSpec, labels: dict[str, str], value: float = 1.0) -> None:
+        key = (spec.name, tuple(labels.items()))
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0.0) + value
+
+    def observe(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
+        key = (spec.name, tuple(labels.items()))
+        bounds = self._bounds[spec.name]
+        index = bisect.bisect_left(bounds, value)
+        with self._lock:
+            state = self._histograms.get(key)
+            if state is None:
+                state = self._histograms[key] = [0.0] * (len(bounds) + 2)
+            state[index] += 1
+            state[-1] += value
+
+    def set(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
+        with self._lock:
+            self._gauges[(spec.name, tuple(labels.items()))] = value
+
+    def copy_state(self) -> tuple[dict[Key, float], dict[Key, list[float]], dict[Key, float]]:
+        """(counters, histograms, gauges): consistent copies, taken under the lock."""
+        with self._lock:
+            return (
+                dict(self._counters),
+                {key: list(state) for key, state in self._histograms.items()},
+                dict(self._gauges),
+            )
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready totals: ``counters``/``gauges`` as [name, labels, value] and ``histograms``
+        as [name, labels, per-bucket counts, sum], with each histogram's ``bounds``."""
+        counters, histograms, gauges = self.copy_state()
+        return {
+            "counters": [[name, dict(labels), value] for (name, labels), value in counters.items()],
+            "gauges": [[name, dict(labels), value] for (name, labels), value in gauges.items()],
+            "histograms": [[name, dict(labels), state[:-1], state[-1]] for (name, labels), state in histograms.items()],
+            "bounds": {name: list(bounds) for name, bounds in self._bounds.items()},
+        }

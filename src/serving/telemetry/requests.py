@@ -10,6 +10,7 @@ from types import TracebackType
 
 from serving.errors import ErrorKind, ServingError
 from serving.telemetry import tracing
+from serving.telemetry.live import RecentErrors
 from serving.telemetry.logs import request_id_var
 from serving.telemetry.metrics import IN_FLIGHT, REJECTED, REQUEST_SECONDS, REQUESTS, Metrics
 
@@ -24,12 +25,14 @@ def new_request_id() -> str:
 
 
 class InFlight:
-    """Requests being served in this process, per (model, protocol) label pair, and in all."""
+    """Requests being served in this process, per (model, protocol) label pair, and in all;
+    and the last requests that failed (``errors``, for the operator page)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.counts: dict[tuple[str, str], int] = {}
         self.total = 0
+        self.errors = RecentErrors()
 
     def add(self, model: str, protocol: str, delta: int) -> None:
         key = (model, protocol)
@@ -118,6 +121,13 @@ class RequestTracker:
         self.metrics.inc(REQUESTS, {**labels, "outcome": outcome})
         if outcome == ErrorKind.OVERLOADED.value:
             self.metrics.inc(REJECTED, labels)
+        if exc is not None:
+            message = (
+                exc.message
+                if isinstance(exc, ServingError) and outcome != ErrorKind.INTERNAL.value
+                else "internal error"
+            )
+            self._in_flight.errors.add(model, version, self.protocol, outcome, message, self.request_id)
         if outcome == ErrorKind.INTERNAL.value:
             log.error("%s request %s to %s v%s failed: %s", self.protocol, self.request_id, model, version, exc)
         if self._span is not None:
