@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -316,3 +317,34 @@ def test_the_openapi_document_describes_the_routes_the_server_answers(web_server
         urllib.request.urlopen(f"{base}/v2/models/nope", timeout=10)
     assert str(err.value.code) in doc["paths"]["/v2/models/{model}"]["get"]["responses"]
     validator("Error").validate(json.load(err.value))
+
+
+def test_the_stats_endpoint_sums_every_replica_whichever_answers(tmp_path: Path) -> None:
+    """Two replicas on the same ports: whichever replica answers /ui/api/stats, it counts both
+    replicas and every request either served."""
+    repo = build_demo_repository(tmp_path / "repo")
+    server = ServerProcess(repo, tmp_path / "server.log", args=("--replicas", "2"))
+    server.start()
+    try:
+        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]})
+        for _ in range(40):  # a new connection each: the kernel spreads them over both replicas
+            req = urllib.request.Request(
+                f"http://{server.http_url}/v2/models/digits/infer", data=body.encode(), method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert r.status == 200
+        deadline = time.monotonic() + 30
+        while True:
+            answers = []
+            for _ in range(6):  # new connections: several replicas answer
+                with urllib.request.urlopen(f"http://{server.http_url}/ui/api/stats", timeout=10) as r:
+                    answers.append(json.load(r))
+            totals = [sum(m["requests"] for m in a["models"] if m["model"] == "digits") for a in answers]
+            if all(len(a["replicas"]) == 2 for a in answers) and totals == [40] * len(answers):
+                break
+            assert time.monotonic() < deadline, (totals, [a["replicas"] for a in answers])
+            time.sleep(0.5)
+        served = {a["replicas"][0]["replica"] for a in answers}  # each answer lists the answering replica first
+        print(f"stats answered by replicas {sorted(served)}: 40 requests counted by each")
+    finally:
+        assert server.stop() == 0, server.log()
