@@ -40,6 +40,8 @@ def _load_serve_settings(args: argparse.Namespace) -> ServerSettings:
         host=args.host,
         ray_address=args.address,
         replicas=_replicas(args),
+        api_keys=args.api_keys,
+        insecure=args.insecure or None,
     )
 
 
@@ -73,6 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         print(f"started in {seconds:.1f}s", flush=True)
         print(_banner(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port), flush=True)
+        if settings.api_keys is None:
+            print(f"access: OPEN, no API keys (bound to {settings.host}); --api-keys FILE to require keys", flush=True)
+        else:
+            print(f"access: API keys from {settings.api_keys} (health endpoints open)", flush=True)
         while True:
             stop_event.wait()
             if not reload_event.is_set():
@@ -158,6 +164,29 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from serving import auth
+
+    try:
+        if args.keys_command == "create":
+            models = tuple(m.strip() for m in args.models.split(",") if m.strip()) or ("*",)
+            key = auth.create_key(args.file, args.name, models, args.admin)
+            print(key)
+            print(f"# key {args.name!r} added to {args.file}; store it now, it is not shown again", file=sys.stderr)
+        elif args.keys_command == "revoke":
+            auth.revoke_key(args.file, args.name)
+            print(f"key {args.name!r} revoked", file=sys.stderr)
+        else:
+            for record in auth.read_keys(args.file).values():
+                print(
+                    f"{record.name}\tid {record.id}\tmodels {','.join(record.models)}\t{'admin' if record.admin else ''}"
+                )
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _runs(args: argparse.Namespace) -> int:
     from serving.offline.manifest import read_runs
     from serving.offline.plan import output_location
@@ -212,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--address", help="join this Ray cluster instead of starting a local one (or RAY_ADDRESS)")
     s.add_argument("--replicas", type=_positive_int, help="replicas (the fewest, with --max-replicas); default 1")
     s.add_argument("--max-replicas", type=_positive_int, help="autoscale up to this many replicas from their load")
+    s.add_argument(
+        "--api-keys", type=Path, help="API keys file (serving keys create): every request but health needs a key"
+    )
+    s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --api-keys")
     s.set_defaults(func=_serve)
     sc = sub.add_parser("score", help="score Parquet files with a model (in-process or a Ray Data job)")
     sc.add_argument("--model", required=True, help="NAME or NAME:VERSION (default: newest served version)")
@@ -269,6 +302,19 @@ def main(argv: list[str] | None = None) -> None:
     sc.add_argument("--verbose", action="store_true", help="Ray's and Ray Data's own logs and progress bars")
     sc.add_argument("--quiet", action="store_true", help="no progress output")
     sc.set_defaults(func=_score)
+    k = sub.add_parser("keys", help="create, list and revoke API keys (a file `serving serve --api-keys` reads)")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="add a key and print it (the only time it is shown)")
+    kc.add_argument("name")
+    kc.add_argument("--models", default="*", help="comma-separated models the key may use, or * (default)")
+    kc.add_argument("--admin", action="store_true", help="an admin key (lifecycle and repository operations)")
+    kc.add_argument("--file", type=Path, required=True, help="the keys file (created 0600 if absent)")
+    kl = ksub.add_parser("list", help="names, ids, models and admin flags (never the keys)")
+    kl.add_argument("--file", type=Path, required=True)
+    kr = ksub.add_parser("revoke", help="remove a key (a running server stops accepting it within a second)")
+    kr.add_argument("name")
+    kr.add_argument("--file", type=Path, required=True)
+    k.set_defaults(func=_keys)
     r = sub.add_parser("runs", help="list the runs recorded in a `serving score` output (its _runs/ history)")
     r.add_argument("output", help="the output folder")
     r.set_defaults(func=_runs)

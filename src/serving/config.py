@@ -355,6 +355,9 @@ class ReplicasConfig(_Strict):
         return self.max is not None
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class CorsConfig(_Strict):
     """Cross-origin requests from browser apps (off unless ``allow_origins`` names some)."""
 
@@ -400,10 +403,27 @@ class ServerSettings(BaseSettings):
     )
     num_cpus: PositiveInt | None = Field(default=None, description="CPUs of the local Ray (None: all).")
     cors: CorsConfig = Field(default_factory=lambda: CorsConfig(), description="Browser cross-origin access.")
+    api_keys: Path | None = Field(
+        default=None,
+        description="API keys file (`serving keys create`): every request but health needs a key. Without it the "
+        "server is open and binds a loopback address only, unless `insecure`.",
+    )
+    insecure: bool = Field(default=False, description="Allow binding a non-loopback address without API keys.")
     server_name: str = "serving"
     log_format: Literal["json", "text"] = Field(
         default="json", description="Replica logs: JSON lines with request and trace ids, or plain text."
     )
+
+    @model_validator(mode="after")
+    def _keys_or_loopback(self) -> ServerSettings:
+        if self.api_keys is None and not self.insecure and self.host not in LOOPBACK:
+            raise ValueError(
+                f"host {self.host} without API keys would serve anyone who can reach it: pass --api-keys FILE "
+                "(serving keys create), or --insecure to do it anyway"
+            )
+        if self.api_keys is not None and not self.api_keys.is_file():
+            raise ValueError(f"API keys file {self.api_keys} does not exist (create one with `serving keys create`)")
+        return self
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerSettings:

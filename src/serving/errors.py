@@ -11,6 +11,8 @@ one place, ``serving.protocol.status``. Nothing here knows about HTTP or gRPC.
     ├── QueueFullError (OVERLOADED)
     ├── DeadlineExceededError (DEADLINE_EXCEEDED)
     ├── UnsupportedDatatypeError (UNIMPLEMENTED)
+    ├── UnauthenticatedError (UNAUTHENTICATED)     no API key, or an unknown one
+    ├── PermissionDeniedError (PERMISSION_DENIED)  a key used outside what it may do
     ├── ModelExecutionError (INTERNAL)
     └── ConfigError (INVALID_INPUT)   a model.yaml or settings file that does not validate
 """
@@ -31,6 +33,8 @@ class ErrorKind(enum.Enum):
     OVERLOADED = "overloaded"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     UNIMPLEMENTED = "unimplemented"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
     INTERNAL = "internal"
 
 
@@ -84,6 +88,18 @@ class UnsupportedDatatypeError(ServingError):
     """A datatype or feature this server does not implement."""
 
     kind = ErrorKind.UNIMPLEMENTED
+
+
+class UnauthenticatedError(ServingError):
+    """The request carries no API key, or one the server does not know."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDeniedError(ServingError):
+    """The API key is valid but may not do this (another model, an admin operation)."""
+
+    kind = ErrorKind.PERMISSION_DENIED
 
 
 class ModelExecutionError(ServingError):

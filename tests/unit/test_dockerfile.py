@@ -69,6 +69,7 @@ def test_entrypoint_serves_the_mounted_repository(final: list[tuple[str, str]]) 
     assert entry == ["serving", "serve"]
     assert cmd[cmd.index("--repository") + 1] == "/models"
     assert "0.0.0.0" in cmd
+    assert cmd[cmd.index("--api-keys") + 1] == "/etc/serving/keys.yaml"  # open to the network only with keys
     assert any(op == "VOLUME" and "/models" in a for op, a in final)
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from ray import serve
 from ray.serve import Application
 
+from serving.auth import Authenticator
 from serving.config import DRAIN_SECONDS, MAX_REQUEST_BYTES, CorsConfig, ReplicasConfig
 from serving.deploy.autoscaling import IN_FLIGHT, QUEUED
 from serving.deploy.live_stats import LiveStatsPublisher
@@ -60,6 +61,7 @@ class AppArgs(BaseModel):
     server_name: str = "serving"
     log_format: Literal["json", "text"] = "json"
     cors: CorsConfig = CorsConfig()
+    api_keys: Path | None = Field(default=None, description="API keys file, readable at this path on every node.")
     inherit_env: bool = Field(
         default=False,
         description="The replicas inherit this process's environment (a local Ray started here): no runtime_env.",
@@ -90,6 +92,7 @@ class InferenceReplica:
             drain_seconds=parsed.drain_seconds,
             cors=parsed.cors,
             live=self._read_live,
+            auth=Authenticator(parsed.api_keys) if parsed.api_keys is not None else None,
         )
         self._live = LiveStatsPublisher(
             parsed.server_name, serve.get_replica_context().replica_id.unique_id, self.service.live_snapshot

@@ -94,6 +94,7 @@ def deploy(settings: ServerSettings) -> None:
             "server_name": settings.server_name,
             "log_format": settings.log_format,
             "cors": settings.cors.model_dump(),
+            "api_keys": str(settings.api_keys.resolve()) if settings.api_keys is not None else None,
             "inherit_env": not settings.ray_address,
         }
     )

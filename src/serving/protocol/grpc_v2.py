@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from serving import codecs
+from serving.auth import Authenticator
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, ServingError
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.status import grpc_code
@@ -222,8 +223,20 @@ class GrpcAdapter:
     Every RPC goes through :meth:`_call`: one place maps errors to status codes.
     """
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, auth: Authenticator | None = None) -> None:
         self.service = service
+        self.auth = auth
+
+    def _check(self, context: Any, *, model: str = "", all_models: str = "") -> None:
+        """With API keys on: metadata ``authorization: Bearer <key>`` valid, and allowed this
+        model or every model (health RPCs stay open)."""
+        if self.auth is None:
+            return
+        principal = self.auth.authenticate(_metadata(context).get("authorization"))
+        if model:
+            principal.check_model(model)
+        if all_models:
+            principal.check_all_models(all_models)
 
     async def _call(
         self,
@@ -270,12 +283,14 @@ class GrpcAdapter:
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         async def run(r: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+            self._check(context, model=r.name)
             return pb.ModelReadyResponse(ready=self.service.model_ready(r.name, r.version))
 
         return await self._call(request, context, pb.ModelReadyResponse(), run)
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
         async def run(r: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+            self._check(context)
             md = self.service.server_metadata()
             return pb.ServerMetadataResponse(name=md["name"], version=md["version"], extensions=md["extensions"])
 
@@ -283,6 +298,7 @@ class GrpcAdapter:
 
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         async def run(r: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+            self._check(context, model=r.name)
             md = self.service.model_metadata(r.name, r.version)
             tm = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
@@ -297,6 +313,7 @@ class GrpcAdapter:
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         async def run(r: pb.ModelInferRequest) -> pb.ModelInferResponse:
+            self._check(context, model=r.model_name)
             response = await self.service.infer(to_core(r))
             tracker.served_version = response.model_version
             return from_core(response, raw=bool(r.raw_input_contents))
@@ -320,6 +337,7 @@ class GrpcAdapter:
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def run(r: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
+            self._check(context, model=r.name)
             msg = pb.ModelConfigResponse()
             json_format.ParseDict(
                 config_json(self.service.model_config(r.name, r.version)), msg.config, ignore_unknown_fields=True
@@ -330,6 +348,10 @@ class GrpcAdapter:
 
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
         async def run(r: pb.ModelStatisticsRequest) -> pb.ModelStatisticsResponse:
+            if r.name:
+                self._check(context, model=r.name)
+            else:
+                self._check(context, all_models="the statistics of every model")
             msg = pb.ModelStatisticsResponse()
             json_format.ParseDict(stats_json(self.service.statistics(r.name, r.version)), msg)
             return msg
@@ -338,6 +360,7 @@ class GrpcAdapter:
 
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
         async def run(r: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
+            self._check(context, all_models="the repository index")
             idx = pb.RepositoryIndexResponse.ModelIndex
             rows = self.service.repository_index(r.ready)
             return pb.RepositoryIndexResponse(

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from serving import web
+from serving.auth import Authenticator
 from serving.config import MAX_REQUEST_BYTES, CorsConfig
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, PayloadTooLargeError, ServingError
 from serving.protocol import openapi, rest_v2, triton
@@ -72,18 +73,21 @@ def error_response(exc: ServingError, request_id: str) -> Answer:
     answer = _json({"error": message}, status)
     if exc.kind is ErrorKind.OVERLOADED:
         answer.headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+    elif exc.kind is ErrorKind.UNAUTHENTICATED:
+        answer.headers.append((b"www-authenticate", b'Bearer realm="serving"'))
     return answer
 
 
 class Headers:
     """The few request headers the routes read, decoded once."""
 
-    __slots__ = ("carrier", "content_length", "header_length", "origin")
+    __slots__ = ("authorization", "carrier", "content_length", "header_length", "origin")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.content_length: bytes | None = None
         self.header_length: bytes | None = None
         self.origin: str | None = None
+        self.authorization: str | None = None
         self.carrier: dict[str, str] = {}
         for key, value in raw:
             if key == b"content-length":
@@ -92,6 +96,8 @@ class Headers:
                 self.header_length = value
             elif key == b"origin":
                 self.origin = value.decode("latin-1")
+            elif key == b"authorization":
+                self.authorization = value.decode("latin-1")
             elif key in (b"x-request-id", b"traceparent", b"tracestate"):
                 self.carrier[key.decode("latin-1")] = value.decode("latin-1")
 
@@ -124,8 +130,10 @@ class HttpApp:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         cors: CorsConfig | None = None,
         live: LiveSource | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.service = service
+        self.auth = auth
         self.max_request_bytes = max_request_bytes
         self.cors = CorsPolicy(cors) if cors is not None and cors.enabled else None
         self.live = live
@@ -224,6 +232,8 @@ class HttpApp:
         method = scope["method"]
         if len(parts) >= 2 and parts[0] == "" and parts[1] == "ui":
             _expect(method, "GET")
+            if parts[2:] == ["api", "stats"]:
+                self._check(headers, all_models="the server's statistics")
             return await self._ui(parts[2:], scope["path"])
         if len(parts) < 2 or parts[0] != "" or parts[1] != "v2":
             raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
@@ -239,7 +249,9 @@ class HttpApp:
                 version, tail = tail[1], tail[2:]
             if name == "stats" and not tail and not version:
                 _expect(method, "GET")
+                self._check(headers, all_models="the statistics of every model")
                 return _json(triton.stats_json(self.service.statistics()))
+            self._check(headers, model=name)
             action = tail[0] if len(tail) == 1 else ("" if not tail else None)
             if action == "infer":
                 _expect(method, "POST")
@@ -259,6 +271,7 @@ class HttpApp:
                 return _json(triton.stats_json(self.service.statistics(name, version)))
         elif not rest:
             _expect(method, "GET")
+            self._check(headers)
             return _json(self.service.server_metadata())
         elif rest == ["health", "live"]:
             _expect(method, "GET")
@@ -269,8 +282,20 @@ class HttpApp:
             return _json({"ready": ok}, 200 if ok else 503)
         elif rest == ["repository", "index"]:
             _expect(method, "POST")
+            self._check(headers, all_models="the repository index")
             return await self._repository_index(receive, headers)
         raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
+
+    def _check(self, headers: Headers, *, model: str = "", all_models: str = "") -> None:
+        """With API keys on: a valid key, allowed this model or every model (health, the page's
+        static files and the OpenAPI document stay open)."""
+        if self.auth is None:
+            return
+        principal = self.auth.authenticate(headers.authorization)
+        if model:
+            principal.check_model(model)
+        if all_models:
+            principal.check_all_models(all_models)
 
     async def _ui(self, rest: list[str], path: str) -> Answer:
         """The operator page: its static files, and ``/ui/api/stats`` (every replica's totals)."""
@@ -374,6 +399,7 @@ def build_http_app(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     cors: CorsConfig | None = None,
     live: LiveSource | None = None,
+    auth: Authenticator | None = None,
 ) -> HttpApp:
     """The REST front end of ``service``."""
-    return HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live)
+    return HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live, auth=auth)

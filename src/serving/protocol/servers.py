@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import uvicorn
 
+from serving.auth import Authenticator
 from serving.config import CorsConfig
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import HttpApp, LiveSource
@@ -105,15 +106,16 @@ class ReplicaServers:
         drain_seconds: float,
         cors: CorsConfig | None = None,
         live: LiveSource | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.service = service
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.drain_seconds = drain_seconds
-        self.http_app = HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live)
+        self.http_app = HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live, auth=auth)
         self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes))
-        adapter = GrpcAdapter(service)
+        adapter = GrpcAdapter(service, auth)
         add_inference_service(adapter, self._grpc)
         add_health_service(adapter, self._grpc)
         self._uvicorn: _Uvicorn | None = None

@@ -16,6 +16,8 @@ STATUS: dict[ErrorKind, tuple[HTTPStatus, grpc.StatusCode]] = {
     ErrorKind.OVERLOADED: (HTTPStatus.SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
     ErrorKind.DEADLINE_EXCEEDED: (HTTPStatus.GATEWAY_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED),
     ErrorKind.UNIMPLEMENTED: (HTTPStatus.NOT_IMPLEMENTED, grpc.StatusCode.UNIMPLEMENTED),
+    ErrorKind.UNAUTHENTICATED: (HTTPStatus.UNAUTHORIZED, grpc.StatusCode.UNAUTHENTICATED),
+    ErrorKind.PERMISSION_DENIED: (HTTPStatus.FORBIDDEN, grpc.StatusCode.PERMISSION_DENIED),
     ErrorKind.INTERNAL: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
 }
 

@@ -1,0 +1,202 @@
+"""API keys: who may call the server, for which models, and who may administer it.
+
+A key is ``sk-<id>.<secret>`` (id: 8 hex digits, secret: 32 random bytes, URL-safe base64). The
+keys file stores, per key, its name, id, a random salt and ``sha256(salt + secret)``, the models
+it may use (``*``: all) and whether it is an admin key; never the secret. A request's key is
+found by its id and checked with a constant-time comparison. The file is read again when it
+changes (checked at most once a second), so keys are added and revoked without a restart.
+Nothing here logs a key or knows about HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
+
+PREFIX = "sk-"
+RELOAD_EVERY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    name: str
+    id: str
+    salt: str
+    sha256: str
+    models: tuple[str, ...]
+    admin: bool = False
+
+    def matches(self, secret: str) -> bool:
+        digest = hashlib.sha256((self.salt + secret).encode()).hexdigest()
+        return hmac.compare_digest(digest, self.sha256)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The key a request was made with."""
+
+    name: str
+    models: tuple[str, ...]
+    admin: bool
+
+    @property
+    def all_models(self) -> bool:
+        return "*" in self.models or self.admin
+
+    def check_model(self, model: str) -> None:
+        """Raises PermissionDeniedError unless the key may use ``model``."""
+        if not self.all_models and model not in self.models:
+            raise PermissionDeniedError(f"API key {self.name!r} may not use model {model[:64]!r}")
+
+    def check_all_models(self, what: str) -> None:
+        """Server-wide listings (statistics of every model, repository index, the operator's numbers)."""
+        if not self.all_models:
+            raise PermissionDeniedError(f"API key {self.name!r} may not read {what}: it needs models '*' or admin")
+
+    def check_admin(self, what: str) -> None:
+        if not self.admin:
+            raise PermissionDeniedError(f"API key {self.name!r} is not an admin key: {what} needs one")
+
+
+def read_keys(path: Path) -> dict[str, KeyRecord]:
+    """Key id -> record.
+
+    Raises:
+        ConfigError: the file is missing or malformed.
+    """
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read API keys file {path}: {exc}") from None
+    records = {}
+    try:
+        for item in doc.get("keys", []):
+            record = KeyRecord(
+                name=str(item["name"]),
+                id=str(item["id"]),
+                salt=str(item["salt"]),
+                sha256=str(item["sha256"]),
+                models=tuple(str(m) for m in item.get("models", ["*"])),
+                admin=bool(item.get("admin", False)),
+            )
+            records[record.id] = record
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"API keys file {path}: malformed entry ({exc})") from None
+    return records
+
+
+def create_key(path: Path, name: str, models: tuple[str, ...] = ("*",), admin: bool = False) -> str:
+    """Add a key to the file (created 0600 if absent) and return it: the only time it is shown.
+
+    Raises:
+        ConfigError: the name is taken or the file is malformed.
+    """
+    doc: dict[str, Any] = {"keys": []}
+    if path.exists():
+        read_keys(path)  # validates
+        doc = yaml.safe_load(path.read_text()) or {"keys": []}
+        doc.setdefault("keys", [])
+    if any(k.get("name") == name for k in doc["keys"]):
+        raise ConfigError(f"a key named {name!r} already exists in {path}")
+    key_id = secrets.token_hex(4)
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    salt = secrets.token_hex(16)
+    doc["keys"].append(
+        {
+            "name": name,
+            "id": key_id,
+            "salt": salt,
+            "sha256": hashlib.sha256((salt + secret).encode()).hexdigest(),
+            "models": list(models),
+            "admin": admin,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    )
+    _write(path, doc)
+    return f"{PREFIX}{key_id}.{secret}"
+
+
+def revoke_key(path: Path, name: str) -> None:
+    """Remove the key named ``name``.
+
+    Raises:
+        ConfigError: no such key.
+    """
+    read_keys(path)
+    doc = yaml.safe_load(path.read_text()) or {"keys": []}
+    kept = [k for k in doc.get("keys", []) if k.get("name") != name]
+    if len(kept) == len(doc.get("keys", [])):
+        raise ConfigError(f"no key named {name!r} in {path}")
+    _write(path, {**doc, "keys": kept})
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    """Replace the file atomically (a server reading it sees the old or the new one), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer <key>`` values against a keys file it keeps current."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._records = read_keys(path)
+        self._mtime = self._stat()
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[int, int]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_size)
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < RELOAD_EVERY_S:
+            return
+        with self._lock:
+            self._checked = now
+            stamp = self._stat()
+            if stamp != self._mtime:
+                try:
+                    self._records = read_keys(self.path)
+                    self._mtime = stamp
+                except ConfigError:
+                    pass  # a file being edited by hand: keep the last good keys, try again later
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an ``Authorization`` header (or metadata) value.
+
+        Raises:
+            UnauthenticatedError: missing, not a bearer key, or unknown.
+        """
+        self._refresh()
+        if not authorization:
+            raise UnauthenticatedError("missing API key: send 'Authorization: Bearer <key>'")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise UnauthenticatedError("the Authorization header must be 'Bearer <key>'")
+        key_id, _, secret = token.strip().removeprefix(PREFIX).partition(".")
+        record = self._records.get(key_id)
+        if record is None or not secret or not record.matches(secret):
+            raise UnauthenticatedError("unknown API key")
+        return Principal(record.name, record.models, record.admin)

@@ -1,0 +1,132 @@
+"""API keys over both transports (ASGI app and a real grpc.aio server, no Ray): missing or
+unknown key 401 / UNAUTHENTICATED, a model outside the key's list 403 / PERMISSION_DENIED,
+health open, keys revoked or added in the file take effect without a restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from serving import auth
+from serving.config import MAX_REQUEST_BYTES
+from serving.protocol._pb import inference_pb2 as pb
+from serving.protocol._pb import inference_pb2_grpc
+from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.http import build_http_app
+from serving.service import LocalInferenceService
+
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    path = tmp_path / "keys.yaml"
+    made = {
+        "all": auth.create_key(path, "all"),
+        "add-only": auth.create_key(path, "add-only", models=("add",)),
+        "admin": auth.create_key(path, "admin", admin=True),
+    }
+    return path, made
+
+
+@pytest.fixture
+async def secured(
+    service: LocalInferenceService, keys: tuple[Path, dict[str, str]]
+) -> AsyncIterator[tuple[httpx.AsyncClient, inference_pb2_grpc.GRPCInferenceServiceStub]]:
+    authenticator = auth.Authenticator(keys[0])
+    app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator)
+    server = grpc.aio.server()
+    adapter = GrpcAdapter(service, authenticator)
+    add_inference_service(adapter, server)
+    add_health_service(adapter, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield http, inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+    await server.stop(None)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def grpc_code(call: object) -> grpc.StatusCode:
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_the_key_matrix_over_http_and_grpc(
+    secured: tuple[httpx.AsyncClient, object], keys: tuple[Path, dict[str, str]]
+) -> None:
+    http, stub = secured
+    made = keys[1]
+    infer = pb.ModelInferRequest(model_name="add", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=[1, 4], contents=pb.InferTensorContents(fp32_contents=[1, 2, 3, 4]))])  # fmt: skip
+    other = pb.ModelMetadataRequest(name="identity")
+    cases = [  # (key, model, http status, grpc code)
+        (None, "add", 401, grpc.StatusCode.UNAUTHENTICATED),
+        ("sk-00000000.nope", "add", 401, grpc.StatusCode.UNAUTHENTICATED),
+        (made["all"][:-2] + "xx", "add", 401, grpc.StatusCode.UNAUTHENTICATED),
+        (made["all"], "add", 200, grpc.StatusCode.OK),
+        (made["add-only"], "add", 200, grpc.StatusCode.OK),
+        (made["add-only"], "identity", 403, grpc.StatusCode.PERMISSION_DENIED),
+        (made["admin"], "identity", 200, grpc.StatusCode.OK),
+    ]
+    for key, model, status, code in cases:
+        headers = bearer(key) if key else {}
+        metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        if model == "add":
+            r = await http.post("/v2/models/add/infer", json=BODY, headers=headers)
+            got = await grpc_code(stub.ModelInfer(infer, metadata=metadata))
+        else:
+            r = await http.get("/v2/models/identity", headers=headers)
+            got = await grpc_code(stub.ModelMetadata(other, metadata=metadata))
+        assert (r.status_code, got) == (status, code), (key and key[:12], model)
+        if status != 200:
+            assert "error" in r.json() and (key is None or key not in r.text)
+        if status == 401:
+            assert r.headers["www-authenticate"].startswith("Bearer")
+    # Health stays open; listings of every model need models '*' or admin.
+    assert (await http.get("/v2/health/ready")).status_code == 200
+    assert await grpc_code(stub.ServerLive(pb.ServerLiveRequest())) == grpc.StatusCode.OK
+    assert (await http.get("/v2/models/stats", headers=bearer(made["add-only"]))).status_code == 403
+    assert (await http.get("/v2/models/stats", headers=bearer(made["all"]))).status_code == 200
+    index = stub.RepositoryIndex(
+        pb.RepositoryIndexRequest(), metadata=(("authorization", f"Bearer {made['add-only']}"),)
+    )
+    assert await grpc_code(index) == grpc.StatusCode.PERMISSION_DENIED
+    assert (await http.get("/ui/api/stats")).status_code == 401
+    assert (await http.get("/ui")).status_code == 200  # the page itself asks for a key
+
+
+async def test_revoked_and_new_keys_take_effect_without_a_restart(
+    secured: tuple[httpx.AsyncClient, object], keys: tuple[Path, dict[str, str]]
+) -> None:
+    http, _ = secured
+    path, made = keys
+    assert (await http.post("/v2/models/add/infer", json=BODY, headers=bearer(made["all"]))).status_code == 200
+    auth.revoke_key(path, "all")
+    fresh = auth.create_key(path, "fresh")
+    deadline = time.monotonic() + 5
+    while (await http.post("/v2/models/add/infer", json=BODY, headers=bearer(made["all"]))).status_code != 401:
+        assert time.monotonic() < deadline
+    assert (await http.post("/v2/models/add/infer", json=BODY, headers=bearer(fresh))).status_code == 200
+
+
+def test_the_keys_file_holds_no_key_and_is_private(keys: tuple[Path, dict[str, str]]) -> None:
+    path, made = keys
+    text = path.read_text()
+    for key in made.values():
+        assert key not in text and key.split(".", 1)[1] not in text
+    assert path.stat().st_mode & 0o077 == 0
+    with pytest.raises(Exception, match="already exists"):
+        auth.create_key(path, "all")
