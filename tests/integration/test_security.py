@@ -59,7 +59,9 @@ def test_keys_over_tritonclient_http_and_grpc(tmp_path: Path) -> None:
             ginp.set_data_from_numpy(x)
             if ok:
                 np.testing.assert_array_equal(http.infer(model, [inp], headers=dict(headers)).as_numpy("y"), x + 1)
-                np.testing.assert_array_equal(grpc_client.infer(model, [ginp], headers=dict(headers)).as_numpy("y"), x + 1)
+                np.testing.assert_array_equal(
+                    grpc_client.infer(model, [ginp], headers=dict(headers)).as_numpy("y"), x + 1
+                )
             else:
                 with pytest.raises(InferenceServerException) as http_err:
                     http.infer(model, [inp], headers=dict(headers))
