@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,6 +37,8 @@ class ServerProcess:
     args: tuple[str, ...] = ()
     """Extra `serving serve` arguments (e.g. --replicas, --address)."""
     proc: subprocess.Popen[bytes] | None = None
+    ready_context: ssl.SSLContext | None = None
+    """For a server with TLS: how the readiness check connects (https)."""
 
     @property
     def http_url(self) -> str:
@@ -96,7 +99,9 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             if BANNER in self.log_path.read_text(errors="replace"):
                 try:
-                    with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                    scheme = "https" if self.ready_context is not None else "http"
+                    url = f"{scheme}://{self.http_url}/v2/health/ready"
+                    with urllib.request.urlopen(url, timeout=2, context=self.ready_context) as r:
                         if r.status == 200:
                             return
                 except OSError:

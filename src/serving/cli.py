@@ -14,12 +14,13 @@ from serving.config import ServerSettings, load_settings
 from serving.errors import ConfigError
 
 
-def _banner(host: str, http_port: int, grpc_port: int, metrics_port: int) -> str:
+def _banner(host: str, http_port: int, grpc_port: int, metrics_port: int, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
     return f"""
-serving is ready: HTTP http://{host}:{http_port}  gRPC {host}:{grpc_port}  metrics http://{host}:{metrics_port}/metrics
+serving is ready: HTTP {scheme}://{host}:{http_port}  gRPC {host}:{grpc_port}{" (TLS)" if tls else ""}  metrics http://{host}:{metrics_port}/metrics
 
-  curl -s http://{host}:{http_port}/v2/models/digits
-  curl -s -X POST http://{host}:{http_port}/v2/models/digits/infer -H 'Content-Type: application/json' \\
+  curl -s {scheme}://{host}:{http_port}/v2/models/digits
+  curl -s -X POST {scheme}://{host}:{http_port}/v2/models/digits/infer -H 'Content-Type: application/json' \\
     -d '{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,64],"data":[{",".join(["0.5"] * 64)}]}}]}}'
 
   python -c "import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient('{host}:{grpc_port}'); \\
@@ -42,7 +43,14 @@ def _load_serve_settings(args: argparse.Namespace) -> ServerSettings:
         replicas=_replicas(args),
         api_keys=args.api_keys,
         insecure=args.insecure or None,
+        tls=_tls(args),
     )
+
+
+def _tls(args: argparse.Namespace) -> dict[str, Path] | None:
+    given = {"cert": args.tls_cert, "key": args.tls_key, "client_ca": args.tls_client_ca}
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return chosen or None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -74,7 +82,12 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_sighup)
     try:
         print(f"started in {seconds:.1f}s", flush=True)
-        print(_banner(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port), flush=True)
+        print(
+            _banner(
+                settings.host, settings.http_port, settings.grpc_port, settings.metrics_port, settings.tls is not None
+            ),
+            flush=True,
+        )
         if settings.api_keys is None:
             print(f"access: OPEN, no API keys (bound to {settings.host}); --api-keys FILE to require keys", flush=True)
         else:
@@ -245,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
         "--api-keys", type=Path, help="API keys file (serving keys create): every request but health needs a key"
     )
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --api-keys")
+    s.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM) for the HTTP and gRPC ports")
+    s.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    s.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
     s.set_defaults(func=_serve)
     sc = sub.add_parser("score", help="score Parquet files with a model (in-process or a Ray Data job)")
     sc.add_argument("--model", required=True, help="NAME or NAME:VERSION (default: newest served version)")

@@ -358,6 +358,23 @@ class ReplicasConfig(_Strict):
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+class TlsConfig(_Strict):
+    """TLS on the HTTP and gRPC ports (PEM files, readable on every node)."""
+
+    cert: Path = Field(description="Server certificate chain (PEM).")
+    key: Path = Field(description="The certificate's private key (PEM).")
+    client_ca: Path | None = Field(
+        default=None, description="CA bundle (PEM): clients must present a certificate it signed (mutual TLS)."
+    )
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TlsConfig:
+        for what, path in (("tls.cert", self.cert), ("tls.key", self.key), ("tls.client_ca", self.client_ca)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{what}: {path} does not exist")
+        return self
+
+
 class CorsConfig(_Strict):
     """Cross-origin requests from browser apps (off unless ``allow_origins`` names some)."""
 
@@ -409,6 +426,7 @@ class ServerSettings(BaseSettings):
         "server is open and binds a loopback address only, unless `insecure`.",
     )
     insecure: bool = Field(default=False, description="Allow binding a non-loopback address without API keys.")
+    tls: TlsConfig | None = Field(default=None, description="TLS on the HTTP and gRPC ports (off: plain text).")
     server_name: str = "serving"
     log_format: Literal["json", "text"] = Field(
         default="json", description="Replica logs: JSON lines with request and trace ids, or plain text."

@@ -23,7 +23,7 @@ from ray import serve
 from ray.serve import Application
 
 from serving.auth import Authenticator
-from serving.config import DRAIN_SECONDS, MAX_REQUEST_BYTES, CorsConfig, ReplicasConfig
+from serving.config import DRAIN_SECONDS, MAX_REQUEST_BYTES, CorsConfig, ReplicasConfig, TlsConfig
 from serving.deploy.autoscaling import IN_FLIGHT, QUEUED
 from serving.deploy.live_stats import LiveStatsPublisher
 from serving.deploy.ray_metrics import RayMetrics
@@ -62,6 +62,7 @@ class AppArgs(BaseModel):
     log_format: Literal["json", "text"] = "json"
     cors: CorsConfig = CorsConfig()
     api_keys: Path | None = Field(default=None, description="API keys file, readable at this path on every node.")
+    tls: TlsConfig | None = None
     inherit_env: bool = Field(
         default=False,
         description="The replicas inherit this process's environment (a local Ray started here): no runtime_env.",
@@ -93,6 +94,7 @@ class InferenceReplica:
             cors=parsed.cors,
             live=self._read_live,
             auth=Authenticator(parsed.api_keys) if parsed.api_keys is not None else None,
+            tls=parsed.tls,
         )
         self._live = LiveStatsPublisher(
             parsed.server_name, serve.get_replica_context().replica_id.unique_id, self.service.live_snapshot

@@ -95,6 +95,7 @@ def deploy(settings: ServerSettings) -> None:
             "log_format": settings.log_format,
             "cors": settings.cors.model_dump(),
             "api_keys": str(settings.api_keys.resolve()) if settings.api_keys is not None else None,
+            "tls": {k: str(v.resolve()) for k, v in settings.tls if v is not None} if settings.tls else None,
             "inherit_env": not settings.ray_address,
         }
     )

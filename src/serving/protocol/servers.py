@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ import grpc
 import uvicorn
 
 from serving.auth import Authenticator
-from serving.config import CorsConfig
+from serving.config import CorsConfig, TlsConfig
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import HttpApp, LiveSource
 from serving.service import InferenceService
@@ -69,6 +70,25 @@ def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket
     return sock
 
 
+def grpc_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """Server credentials; with a client CA, clients must present a certificate it signed."""
+    client_ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def uvicorn_tls(tls: TlsConfig | None) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
+    if tls.client_ca is not None:
+        options.update(ssl_ca_certs=str(tls.client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
 def _grpc_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -107,8 +127,10 @@ class ReplicaServers:
         cors: CorsConfig | None = None,
         live: LiveSource | None = None,
         auth: Authenticator | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.service = service
+        self.tls = tls
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
@@ -119,6 +141,7 @@ class ReplicaServers:
         add_inference_service(adapter, self._grpc)
         add_health_service(adapter, self._grpc)
         self._uvicorn: _Uvicorn | None = None
+        self._private_uvicorn: _Uvicorn | None = None
         self._sockets: list[socket.socket] = []
         self._probe_channel: grpc.aio.Channel | None = None
         self._stopped: asyncio.Task[None] | None = None
@@ -130,15 +153,19 @@ class ReplicaServers:
         Raises:
             OSError: a port cannot be bound.
         """
-        grpc_port = self._grpc.add_insecure_port(_grpc_address(self.host, self.grpc_port))
+        address = _grpc_address(self.host, self.grpc_port)
+        if self.tls is None:
+            grpc_port = self._grpc.add_insecure_port(address)
+        else:
+            grpc_port = self._grpc.add_secure_port(address, grpc_credentials(self.tls))
         if grpc_port == 0:
             raise OSError(f"cannot bind gRPC port {self.grpc_port} on {self.host}")
+        # The private ports (this replica's own health probes, 127.0.0.1) stay plain text.
         private_grpc = self._grpc.add_insecure_port("127.0.0.1:0")
         shared = listening_socket(self.host, self.http_port, reuse_port=True)
         private = listening_socket("127.0.0.1", 0, reuse_port=False)
         self._sockets = [shared, private]
-        config = uvicorn.Config(
-            self.http_app,
+        options: dict[str, Any] = dict(
             http="httptools",
             lifespan="off",
             access_log=False,
@@ -148,9 +175,11 @@ class ReplicaServers:
             timeout_graceful_shutdown=max(1, math.ceil(self.drain_seconds)),
             backlog=BACKLOG,
         )
-        self._uvicorn = _Uvicorn(config)
+        self._uvicorn = _Uvicorn(uvicorn.Config(self.http_app, **options, **uvicorn_tls(self.tls)))
+        self._private_uvicorn = _Uvicorn(uvicorn.Config(self.http_app, **options))
         await self._grpc.start()
-        await self._uvicorn.begin(self._sockets)
+        await self._uvicorn.begin([shared])
+        await self._private_uvicorn.begin([private])
         self.addresses = ServerAddresses(
             http_port=shared.getsockname()[1],
             grpc_port=grpc_port,
@@ -202,6 +231,8 @@ class ReplicaServers:
                     server.close()  # stop accepting; open connections keep being served
                 await self._drain_http(began + self.drain_seconds)
                 await self._uvicorn.shutdown()
+            if self._private_uvicorn is not None and self._private_uvicorn.started:
+                await self._private_uvicorn.shutdown()
         finally:
             await grpc_done
             for sock in self._sockets:
