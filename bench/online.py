@@ -77,6 +77,9 @@ def in_process_service(repo: Path, model: str, features: int, concurrency: int, 
         def invocation_metadata(self) -> tuple[()]:
             return ()
 
+        def time_remaining(self) -> None:
+            return None
+
     async def run() -> float:
         service = LocalInferenceService.from_repository(repo)
         adapter = grpc_v2.GrpcAdapter(service)

@@ -25,7 +25,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.errors import InvalidInputError, ModelExecutionError, ModelNotReadyError, QueueFullError, ServingError
+from serving.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    ModelExecutionError,
+    ModelNotReadyError,
+    QueueFullError,
+    ServingError,
+)
 from serving.telemetry import tracing
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ class BatchObserver(Protocol):
         self, rows: int, queue_ns: Sequence[int], input_ns: int, infer_ns: int, output_ns: int, ok: bool
     ) -> None: ...
 
+    def on_deadline_dropped(self, queued_ns: int) -> None: ...
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -52,6 +61,9 @@ class _Pending:
     future: asyncio.Future[Arrays]
     enqueued_ns: int = field(default_factory=time.monotonic_ns)
     trace: Any = None
+    deadline_s: float | None = None
+    taken: bool = False
+    """In a batch (running or about to): no longer in the queue."""
 
 
 def batch_key(inputs: Arrays) -> tuple[Any, ...]:
@@ -153,12 +165,14 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    async def submit(self, inputs: Arrays) -> Arrays:
-        """Queue one request and wait for its outputs.
+    async def submit(self, inputs: Arrays, deadline_s: float | None = None) -> Arrays:
+        """Queue one request and wait for its outputs, until ``deadline_s`` (``time.monotonic()``)
+        at most: a request still queued then is dropped without running.
 
         Raises:
             QueueFullError: the queue already holds ``max_queue_size`` requests.
             InvalidInputError: the request alone has more rows than ``max_batch_size``.
+            DeadlineExceededError: the deadline passed before the answer.
             ModelExecutionError: its batch failed.
         """
         rows = 1
@@ -177,12 +191,40 @@ class DynamicBatcher:
             self._arrived = asyncio.Event()
             self._worker = loop.create_task(self._work())
             self._worker.add_done_callback(self._worker_ended)
+        if deadline_s is not None and deadline_s <= time.monotonic():
+            raise DeadlineExceededError("the request's deadline passed before it was queued")
         pending = _Pending(inputs, rows, batch_key(inputs) if self.max_batch_size else (), loop.create_future())
         pending.trace = tracing.current_span_context()
+        pending.deadline_s = deadline_s
         self._queue.append(pending)
         assert self._arrived is not None
         self._arrived.set()
-        return await pending.future
+        if deadline_s is None:
+            return await pending.future
+        timer = loop.call_later(deadline_s - time.monotonic(), self._expire, pending)
+        try:
+            return await pending.future
+        finally:
+            timer.cancel()
+
+    def _expire(self, pending: _Pending) -> None:
+        """A request's deadline passed: answer it now. Still queued, it is dropped (``_take``
+        skips answered requests) and counted; already in a running batch, its result is dropped."""
+        if pending.future.done():
+            return
+        queued = not pending.taken
+        waited_ns = time.monotonic_ns() - pending.enqueued_ns
+        where = "in the queue; the model did not run it" if queued else "while its batch ran"
+        pending.future.set_exception(DeadlineExceededError(f"deadline exceeded after {waited_ns / 1e6:.1f} ms {where}"))
+        if queued:
+            self._report_dropped(waited_ns)
+
+    def _report_dropped(self, waited_ns: int) -> None:
+        if self._observer is not None:
+            try:
+                self._observer.on_deadline_dropped(waited_ns)
+            except Exception:
+                log.exception("deadline observer failed")
 
     async def close(self) -> None:
         """Stop the worker. Requests still waiting, and a batch cut short, are answered
@@ -247,28 +289,38 @@ class DynamicBatcher:
 
     def _take(self) -> list[_Pending]:
         q = self._queue
-        while q and q[0].future.done():  # cancelled by its caller
-            q.popleft()
+        now = time.monotonic()
+        while q and (q[0].future.done() or self._drop_expired(q[0], now)):
+            q.popleft()  # answered already (cancelled by its caller, or its deadline passed)
         if not q:
             return []
         first = q.popleft()
+        first.taken = True
         batch = [first]
         if not self.max_batch_size:
             return batch
         rows, skipped = first.rows, []
         while q and rows < self.max_batch_size:
             p = q.popleft()
-            if p.future.done():
+            if p.future.done() or self._drop_expired(p, now):
                 continue
             if p.key != first.key or rows + p.rows > self.max_batch_size:
                 skipped.append(p)
                 if rows + p.rows > self.max_batch_size:
                     break
                 continue
+            p.taken = True
             batch.append(p)
             rows += p.rows
         q.extendleft(reversed(skipped))
         return batch
+
+    def _drop_expired(self, p: _Pending, now: float) -> bool:
+        """Answer a queued request whose deadline has passed (its timer may not have fired yet)."""
+        if p.deadline_s is None or p.deadline_s > now:
+            return False
+        self._expire(p)
+        return True
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         """Run one batch and settle every future in it, whatever happens (the finally)."""

@@ -18,6 +18,7 @@ from serving.runtime import create_model
 from serving.telemetry.metrics import (
     BATCH_SIZE,
     COMPUTE_SECONDS,
+    DEADLINE_DROPPED,
     LOAD_SECONDS,
     QUEUE_CAPACITY,
     QUEUE_DEPTH,
@@ -90,6 +91,11 @@ class ModelVersion:
         b.compute_input.add(input_ns)
         b.compute_infer.add(infer_ns)
         b.compute_output.add(output_ns)
+
+    def on_deadline_dropped(self, queued_ns: int) -> None:
+        self.stats.deadline_dropped += 1
+        self.stats.queue.add(queued_ns)
+        self.metrics.inc(DEADLINE_DROPPED, self.labels)
 
     def load(self) -> None:
         """Open the model and start its batcher (online serving)."""

@@ -211,7 +211,7 @@ class LocalInferenceService:
             arrays = check_inputs(mv.loaded, request.inputs)
             wanted = check_outputs(mv.loaded, request)
             assert mv.batcher is not None
-            results = await mv.batcher.submit(arrays)
+            results = await mv.batcher.submit(arrays, request_deadline(request, start))
         except ServingError:
             mv.stats.fail.add(time.monotonic_ns() - start)
             raise
@@ -225,6 +225,29 @@ class LocalInferenceService:
             outputs=outputs,
             id=request.id,
         )
+
+
+MAX_TIMEOUT_US = 24 * 3600 * 1_000_000
+
+
+def request_deadline(request: InferenceRequest, start_ns: int) -> float | None:
+    """When the answer is due (``time.monotonic()``): the transport's deadline, or the V2
+    ``timeout`` parameter (microseconds from arrival), whichever comes first.
+
+    Raises:
+        InvalidInputError: a ``timeout`` that is not a positive integer.
+    """
+    timeout = request.parameters.get("timeout")
+    deadline = request.deadline_s
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= MAX_TIMEOUT_US:
+            raise InvalidInputError(
+                f"parameter 'timeout' must be a positive integer of microseconds (at most {MAX_TIMEOUT_US}), "
+                f"got {str(timeout)[:32]!r}"
+            )
+        by_timeout = start_ns / 1e9 + timeout / 1e6
+        deadline = by_timeout if deadline is None else min(deadline, by_timeout)
+    return deadline
 
 
 def check_inputs(mv: LoadedModel, tensors: list[Tensor]) -> dict[str, np.ndarray[Any, Any]]:

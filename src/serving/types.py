@@ -52,6 +52,8 @@ class InferenceRequest:
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
     outputs: list[RequestedOutput] = field(default_factory=list)
+    deadline_s: float | None = None
+    """``time.monotonic()`` by which the answer is due (the transport's deadline, e.g. gRPC's)."""
 
 
 @dataclass(slots=True)
@@ -142,3 +144,5 @@ class ModelStats:
     compute_infer: DurationStat = field(default_factory=DurationStat)
     compute_output: DurationStat = field(default_factory=DurationStat)
     batch_stats: dict[int, BatchStat] = field(default_factory=dict)
+    deadline_dropped: int = 0
+    """Requests dropped from the queue because their deadline passed (the model never ran them)."""

@@ -308,3 +308,57 @@ async def test_a_fixed_delay_always_waits(executor: Any) -> None:
     await b.submit(x(1))
     assert b.waits
     await b.close()
+
+
+class DeadlineRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped: list[int] = []
+
+    def on_deadline_dropped(self, queued_ns: int) -> None:
+        self.dropped.append(queued_ns)
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_without_running(executor: Any) -> None:
+    from serving.errors import DeadlineExceededError
+
+    model, rec = GatedModel(), DeadlineRecorder()
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor, observer=rec)
+    running = asyncio.ensure_future(b.submit(x(1, 1.0)))
+    await wait_for(model.started)  # the model is busy: what comes next waits in the queue
+    due = asyncio.ensure_future(b.submit(x(2, 5.0), deadline_s=time.monotonic() + 0.05))
+    patient = asyncio.ensure_future(b.submit(x(1, 3.0)))
+    with pytest.raises(DeadlineExceededError, match="in the queue; the model did not run it"):
+        await asyncio.wait_for(due, 5)  # answered while the model is still busy
+    assert not running.done()
+    model.release.set()
+    assert (await running)["y"][0, 0] == 2.0 and (await patient)["y"][0, 0] == 6.0
+    assert model.batches == [1, 1]  # the dropped request's 2 rows never ran
+    assert len(rec.dropped) == 1
+    await b.close()
+
+
+async def test_a_deadline_already_past_is_refused_at_once(executor: Any) -> None:
+    from serving.errors import DeadlineExceededError
+
+    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=4, executor=executor)
+    with pytest.raises(DeadlineExceededError, match="before it was queued"):
+        await b.submit(x(1), deadline_s=time.monotonic() - 1)
+    assert b.queue_depth == 0
+    await b.close()
+
+
+async def test_a_deadline_passing_while_the_batch_runs_answers_only_that_request(executor: Any) -> None:
+    from serving.errors import DeadlineExceededError
+
+    model, rec = GatedModel(), DeadlineRecorder()
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor, observer=rec)
+    in_batch = asyncio.ensure_future(b.submit(x(1, 1.0), deadline_s=time.monotonic() + 0.05))
+    other = asyncio.ensure_future(b.submit(x(1, 4.0)))
+    await wait_for(model.started)  # both are in the running batch, which waits for release
+    with pytest.raises(DeadlineExceededError, match="while its batch ran"):
+        await asyncio.wait_for(in_batch, 5)
+    model.release.set()
+    assert (await asyncio.wait_for(other, 5))["y"][0, 0] == 8.0
+    assert model.batches == [2] and rec.dropped == []  # it did run: not counted as dropped
+    await b.close()

@@ -8,6 +8,7 @@ set on the context (Ray Serve's servicer wrappers, and plain grpc.aio, both hono
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -314,7 +315,11 @@ class GrpcAdapter:
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         async def run(r: pb.ModelInferRequest) -> pb.ModelInferResponse:
             self._check(context, model=r.model_name)
-            response = await self.service.infer(to_core(r))
+            core = to_core(r)
+            remaining = context.time_remaining()
+            if remaining is not None:  # the client's deadline: a request still queued then is dropped
+                core.deadline_s = time.monotonic() + remaining
+            response = await self.service.infer(core)
             tracker.served_version = response.model_version
             return from_core(response, raw=bool(r.raw_input_contents))
 

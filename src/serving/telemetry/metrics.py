@@ -100,6 +100,12 @@ REJECTED = MetricSpec(
     "Requests refused because the batch queue was full (overload).",
     ("model", "version", "protocol"),
 )
+DEADLINE_DROPPED = MetricSpec(
+    "serving_deadline_dropped_requests",
+    "counter",
+    "Requests whose deadline (V2 timeout parameter or gRPC deadline) passed while queued: dropped without running.",
+    ("model", "version"),
+)
 SPECS = (
     REQUESTS,
     REQUEST_SECONDS,
@@ -112,6 +118,7 @@ SPECS = (
     LOAD_SECONDS,
     READY,
     REJECTED,
+    DEADLINE_DROPPED,
 )
 
 
