@@ -70,19 +70,38 @@ def element_count(shape: Sequence[int]) -> int:
     return n
 
 
+MAX_DIMS = 32
+MAX_DECLARED_ELEMENTS = 2**40
+"""A shape may declare at most this many elements counting its non-zero dimensions only
+(numpy refuses shapes whose sizes overflow, even with a zero dimension among them)."""
+
+
+def quote(value: Any, limit: int = 80) -> str:
+    """What a client sent, as error messages may quote it: a short prefix."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check_shape(shape: Any, what: str) -> tuple[int, ...]:
-    """Validate a wire shape: a list of non-negative integers.
+    """Validate a wire shape: at most MAX_DIMS non-negative integers declaring at most
+    MAX_DECLARED_ELEMENTS elements.
 
     Raises:
         InvalidInputError: anything else.
     """
     if not isinstance(shape, (list, tuple)):
-        raise InvalidInputError(f"{what}: shape must be a list of integers, got {shape!r}")
+        raise InvalidInputError(f"{what}: shape must be a list of integers, got {quote(shape)}")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInputError(f"{what}: shape has {len(shape)} dimensions, at most {MAX_DIMS} are allowed")
     out = []
+    declared = 1
     for d in shape:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise InvalidInputError(f"{what}: shape must hold non-negative integers, got {list(shape)!r}")
+            raise InvalidInputError(f"{what}: shape must hold non-negative integers, got {quote(list(shape))}")
         out.append(int(d))
+        declared *= max(int(d), 1)
+        if declared > MAX_DECLARED_ELEMENTS:
+            raise InvalidInputError(f"{what}: shape {quote(list(shape))} declares more than 2**40 elements")
     return tuple(out)
 
 
@@ -205,6 +224,10 @@ def from_list(datatype: str, shape: Sequence[int], data: Any, what: str) -> np.n
                 raise InvalidInputError(f"{what}: value out of range for {datatype}")
     elif kind == "b":
         raise InvalidInputError(f"{what}: {datatype} data must be numbers, not booleans")
+    elif count:  # floating point: finite values must fit (inf and nan are sent as such)
+        finite = arr[np.isfinite(arr)]
+        if finite.size and float(np.abs(finite).max()) > float(np.finfo(dtype).max):
+            raise InvalidInputError(f"{what}: value out of range for {datatype}")
     return arr.astype(dtype, copy=False).reshape(shape)
 
 
