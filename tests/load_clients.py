@@ -1,0 +1,101 @@
+"""Clients that keep a server busy over HTTP and gRPC and count every outcome (replica, rollout
+and fault tests)."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import tritonclient.grpc as tgrpc
+
+from server_process import ServerProcess
+
+SIZE = 256
+BODY = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,%d],"data":[%s]}]}' % (SIZE, b",".join([b"0.5"] * SIZE))
+
+
+def log_count(server: ServerProcess, text: str) -> int:
+    return server.log_path.read_text(errors="replace").count(text)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, server: ServerProcess) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{server.log()}")
+        time.sleep(0.25)
+
+
+class Load:
+    """Client threads sending until stopped; every outcome is counted."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _record(self, ok: bool, what: str) -> None:
+        with self._lock:
+            self.outcomes["ok" if ok else "failed"] += 1
+            if not ok:
+                self.outcomes[f"failed {what.split(':')[0]}"] += 1
+                if len(self.errors) < 20:
+                    self.errors.append(what)
+
+    def grpc(self, server: ServerProcess) -> None:
+        def run() -> None:
+            client = tgrpc.InferenceServerClient(server.grpc_url)
+            inp = tgrpc.InferInput("x", [1, SIZE], "FP32")
+            inp.set_data_from_numpy(np.full((1, SIZE), 0.5, np.float32))
+            deadline = time.monotonic() + 120
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    client.infer("slow", [inp], client_timeout=30)
+                    self._record(True, "grpc")
+                except Exception as exc:  # every failure is counted, none expected
+                    self._record(False, f"grpc: {exc}")
+            client.close()
+
+        self._start(run)
+
+    def http_keepalive(self, server: ServerProcess) -> None:
+        """One persistent connection (http.client reopens it after a Connection: close)."""
+
+        def run() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+            deadline = time.monotonic() + 120
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    conn.request("POST", "/v2/models/slow/infer", BODY, {"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    response.read()
+                    self._record(response.status == 200, f"http: status {response.status}")
+                except Exception as exc:
+                    self._record(False, f"http: {exc!r}")
+                    conn.close()
+            conn.close()
+
+        self._start(run)
+
+    def _start(self, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+def new_connection_request(server: ServerProcess) -> int:
+    req = urllib.request.Request(f"http://{server.http_url}/v2/models/slow/infer", data=BODY, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return int(r.status)
