@@ -408,7 +408,12 @@ class ServerSettings(BaseSettings):
         default=8002, ge=1, le=65535, description="Prometheus endpoint of the local Ray node (Ray's metrics agent)."
     )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; None starts a local one.")
-    max_request_bytes: PositiveInt = Field(default=MAX_REQUEST_BYTES, description="Largest request body accepted.")
+    max_request_bytes: PositiveInt = Field(
+        default=MAX_REQUEST_BYTES, description="Largest request accepted: HTTP body and gRPC message alike."
+    )
+    grpc_max_concurrent_streams: PositiveInt = Field(
+        default=256, description="Concurrent calls one gRPC connection may have open."
+    )
     replicas: ReplicasConfig = Field(
         default_factory=lambda: ReplicasConfig(), description="How many replicas serve, fixed or autoscaled."
     )

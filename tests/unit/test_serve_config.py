@@ -76,3 +76,17 @@ def test_local_ray_workers_preload_the_replica_and_only_the_frameworks_in_use(tm
     assert modules == ["serving.deploy.app", "serving.runtime.onnx"]  # no torch for an ONNX-only repository
     for name in modules:
         importlib.import_module(name)
+
+
+def test_grpc_limits_reach_the_server_options() -> None:
+    from serving.config import ServerSettings
+    from serving.protocol.servers import grpc_server_options
+
+    options = dict(grpc_server_options(1 << 20, 7))
+    assert options["grpc.max_receive_message_length"] == 1 << 20 == options["grpc.max_send_message_length"]
+    assert options["grpc.max_concurrent_streams"] == 7 and options["grpc.so_reuseport"] == 1
+    assert (
+        AppArgs.model_validate({"repository": "/m", "grpc_max_concurrent_streams": 9}).grpc_max_concurrent_streams == 9
+    )
+    with pytest.raises(ValueError):
+        ServerSettings(grpc_max_concurrent_streams=0)

@@ -56,6 +56,7 @@ class AppArgs(BaseModel):
     http_port: int = Field(default=8000, ge=1, le=65535)
     grpc_port: int = Field(default=8001, ge=1, le=65535)
     max_request_bytes: PositiveInt = MAX_REQUEST_BYTES
+    grpc_max_concurrent_streams: PositiveInt = 256
     drain_seconds: float = Field(default=DRAIN_SECONDS, ge=0)
     replicas: ReplicasConfig = ReplicasConfig()
     server_name: str = "serving"
@@ -95,6 +96,7 @@ class InferenceReplica:
             live=self._read_live,
             auth=Authenticator(parsed.api_keys) if parsed.api_keys is not None else None,
             tls=parsed.tls,
+            grpc_max_concurrent_streams=parsed.grpc_max_concurrent_streams,
         )
         self._live = LiveStatsPublisher(
             parsed.server_name, serve.get_replica_context().replica_id.unique_id, self.service.live_snapshot

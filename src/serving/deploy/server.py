@@ -89,6 +89,7 @@ def deploy(settings: ServerSettings) -> None:
             "http_port": settings.http_port,
             "grpc_port": settings.grpc_port,
             "max_request_bytes": settings.max_request_bytes,
+            "grpc_max_concurrent_streams": settings.grpc_max_concurrent_streams,
             "drain_seconds": settings.drain_seconds,
             "replicas": settings.replicas.model_dump(),
             "server_name": settings.server_name,

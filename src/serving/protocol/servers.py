@@ -37,12 +37,19 @@ PROBE_TIMEOUT_S = 5.0
 BACKLOG = 2048
 
 
-def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """grpcio honours ``grpc.so_reuseport`` only as an integer (the string "0" is ignored)."""
+GRPC_MAX_CONCURRENT_STREAMS = 256
+
+
+def grpc_server_options(
+    max_message_bytes: int, max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS
+) -> list[tuple[str, int]]:
+    """grpcio honours ``grpc.so_reuseport`` only as an integer (the string "0" is ignored).
+    ``max_concurrent_streams`` bounds the calls one connection may have open at once."""
     return [
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_concurrent_streams", max_concurrent_streams),
     ]
 
 
@@ -128,6 +135,7 @@ class ReplicaServers:
         live: LiveSource | None = None,
         auth: Authenticator | None = None,
         tls: TlsConfig | None = None,
+        grpc_max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS,
     ) -> None:
         self.service = service
         self.tls = tls
@@ -136,7 +144,7 @@ class ReplicaServers:
         self.grpc_port = grpc_port
         self.drain_seconds = drain_seconds
         self.http_app = HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live, auth=auth)
-        self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes))
+        self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes, grpc_max_concurrent_streams))
         adapter = GrpcAdapter(service, auth)
         add_inference_service(adapter, self._grpc)
         add_health_service(adapter, self._grpc)
