@@ -52,6 +52,8 @@ class BatchObserver(Protocol):
 
     def on_deadline_dropped(self, queued_ns: int) -> None: ...
 
+    def on_hung(self, seconds: float) -> None: ...
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -133,6 +135,7 @@ class DynamicBatcher:
         adaptive_delay: bool = False,
         inline_below_s: float = 0.0,
         trace_attributes: dict[str, str] | None = None,
+        execution_timeout_s: float | None = None,
     ) -> None:
         if max_batch_size < 0:
             raise ValueError("max_batch_size must be an integer >= 0")
@@ -155,6 +158,7 @@ class DynamicBatcher:
         self._closed = False
         self._adaptive = adaptive_delay
         self._skip_waits = 0  # batches to run without waiting (adaptive)
+        self._execution_timeout_s = execution_timeout_s
 
     @property
     def waits(self) -> bool:
@@ -335,7 +339,18 @@ class DynamicBatcher:
             if inline:
                 results, timings = self._compute(items, rows)
             else:
-                results, timings = await loop.run_in_executor(self._executor, self._compute, items, rows)
+                running = loop.run_in_executor(self._executor, self._compute, items, rows)
+                if self._execution_timeout_s is None:
+                    results, timings = await running
+                else:
+                    try:
+                        results, timings = await asyncio.wait_for(asyncio.shield(running), self._execution_timeout_s)
+                    except TimeoutError:
+                        self._hung(batch)
+                        raise ModelNotReadyError(
+                            f"model execution exceeded execution_timeout_s={self._execution_timeout_s:g}; "
+                            "the version is being reloaded"
+                        ) from None
             for p, out in zip(batch, results):
                 if not p.future.done():
                     p.future.set_result(out)
@@ -351,6 +366,17 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(error or ModelExecutionError("batch ended without an answer"))
             self._report(batch, queue_ns, start, timings, sum(rows), error)
+
+    def _hung(self, batch: list[_Pending]) -> None:
+        """The worker thread is stuck in the model: nothing queued here will run. Refuse new
+        requests, answer the queued ones, and let the owner replace this batcher."""
+        self._closed = True
+        self._fail_queued(ModelNotReadyError("the model version hung and is being reloaded; retry"))
+        if self._observer is not None:
+            try:
+                self._observer.on_hung(self._execution_timeout_s or 0.0)
+            except Exception:
+                log.exception("hang observer failed")
 
     def _report(
         self,

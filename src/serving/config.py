@@ -193,6 +193,11 @@ class InstanceConfig(_Strict):
             "take less than this (0: always a worker thread)."
         ),
     )
+    execution_timeout_s: PositiveFloat | None = Field(
+        default=60.0,
+        description="A batch running longer than this fails its requests (503), and the version is reloaded "
+        "(a fresh model instance on a fresh worker thread; the stuck thread is abandoned). None: no bound.",
+    )
 
 
 class ResourcesConfig(_Strict):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import functools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +17,7 @@ from serving.config import ModelConfig
 from serving.errors import ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.loaded_model import LoadedModel
 from serving.repository import ModelEntry
-from serving.runtime import create_model
+from serving.runtime import Model, create_model
 from serving.telemetry.metrics import (
     BATCH_SIZE,
     COMPUTE_SECONDS,
@@ -48,9 +51,12 @@ class ModelVersion:
     load_seconds: float = 0.0
     batcher: DynamicBatcher | None = None
     metrics: Metrics = field(default_factory=NullMetrics)
+    make_model: Callable[[], Model] | None = None
+    """A fresh instance of the artifact's runtime (reloading a version that hung)."""
     stats: ModelStats = field(init=False)
     labels: dict[str, str] = field(init=False)
     _executor: ThreadPoolExecutor | None = None
+    _reloading: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.stats = ModelStats(self.name, str(self.version))
@@ -101,6 +107,16 @@ class ModelVersion:
         """Open the model and start its batcher (online serving)."""
         start = time.monotonic()
         self.loaded.open()
+        self._start_lane()
+        self.load_seconds = time.monotonic() - start
+        self.state = VersionState.READY
+        self.metrics.set(LOAD_SECONDS, self.labels, self.load_seconds)
+        self.metrics.set(QUEUE_CAPACITY, self.labels, self.config.dynamic_batching.max_queue_size)
+        self.metrics.set(QUEUE_DEPTH, self.labels, 0)
+        self.metrics.set(READY, self.labels, 1)
+
+    def _start_lane(self) -> None:
+        """A worker thread and a batcher for ``self.loaded``."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
         batching = self.config.dynamic_batching
         self.batcher = DynamicBatcher(
@@ -113,15 +129,47 @@ class ModelVersion:
             observer=self,
             inline_below_s=self.config.instance.inline_below_ms / 1000.0,
             trace_attributes={"serving.model": self.name, "serving.version": str(self.version)},
+            execution_timeout_s=self.config.instance.execution_timeout_s,
         )
-        self.load_seconds = time.monotonic() - start
-        self.state = VersionState.READY
-        self.metrics.set(LOAD_SECONDS, self.labels, self.load_seconds)
-        self.metrics.set(QUEUE_CAPACITY, self.labels, batching.max_queue_size)
-        self.metrics.set(QUEUE_DEPTH, self.labels, 0)
+
+    def on_hung(self, seconds: float) -> None:
+        """A batch ran past ``execution_timeout_s``: the version is unavailable until a fresh
+        instance of the model, on a fresh worker thread, is loaded and warmed."""
+        self.state = VersionState.UNAVAILABLE
+        self.reason = f"an execution exceeded execution_timeout_s={seconds:g}; reloading"
+        self.metrics.set(READY, self.labels, 0)
+        log.error("model %s version %d hung (execution over %gs): reloading it", self.name, self.version, seconds)
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._reload())
+            self._reloading.add_done_callback(self._reload_ended)
+
+    async def _reload(self) -> None:
+        old_batcher, old_executor = self.batcher, self._executor
+        if old_batcher is not None:
+            await old_batcher.close()
+        if old_executor is not None:
+            old_executor.shutdown(wait=False)  # its thread is stuck in the model: abandoned, not joined
+        if self.make_model is None:
+            raise ModelNotReadyError("no way to make a fresh instance of this model")
+        fresh = LoadedModel(self.name, self.version, self.config, self.make_model())
+        await asyncio.to_thread(fresh.open)
+        self.loaded = fresh
+        self._start_lane()
+        self.state, self.reason = VersionState.READY, ""
         self.metrics.set(READY, self.labels, 1)
+        log.info("model %s version %d reloaded after a hang", self.name, self.version)
+
+    def _reload_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.reason = f"reload after a hang failed: {exc}"
+            log.error("model %s version %d could not be reloaded: %r", self.name, self.version, exc)
 
     async def close(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            self._reloading.cancel()
         self.state = VersionState.UNAVAILABLE
         self.reason = "unloaded"
         self.metrics.set(READY, self.labels, 0)
@@ -148,7 +196,11 @@ class ModelRegistry:
             versions = self._models.setdefault(entry.name, {})
             for v in entry.selected:
                 model = create_model(entry.config, entry.version_dir(v))
-                mv = ModelVersion(LoadedModel(entry.name, v, entry.config, model), metrics=self.metrics)
+                mv = ModelVersion(
+                    LoadedModel(entry.name, v, entry.config, model),
+                    metrics=self.metrics,
+                    make_model=functools.partial(create_model, entry.config, entry.version_dir(v)),
+                )
                 versions[v] = mv
                 try:
                     mv.load()

@@ -362,3 +362,36 @@ async def test_a_deadline_passing_while_the_batch_runs_answers_only_that_request
     assert (await asyncio.wait_for(other, 5))["y"][0, 0] == 8.0
     assert model.batches == [2] and rec.dropped == []  # it did run: not counted as dropped
     await b.close()
+
+
+class HangRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hangs: list[float] = []
+
+    def on_hung(self, seconds: float) -> None:
+        self.hangs.append(seconds)
+
+
+async def test_an_execution_past_its_timeout_fails_its_batch_and_the_queue_and_reports_the_hang(
+    executor: Any,
+) -> None:
+    from serving.errors import ModelNotReadyError
+
+    model, rec = GatedModel(), HangRecorder()
+    b = DynamicBatcher(
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor, observer=rec,
+        execution_timeout_s=0.05,
+    )  # fmt: skip
+    running = asyncio.ensure_future(b.submit(x(1)))
+    await wait_for(model.started)  # inside the model, which does not return until released
+    queued = asyncio.ensure_future(b.submit(x(1)))
+    with pytest.raises(ModelNotReadyError, match="execution_timeout_s=0.05"):
+        await asyncio.wait_for(running, 5)
+    with pytest.raises(ModelNotReadyError, match="hung"):
+        await asyncio.wait_for(queued, 5)
+    assert rec.hangs == [0.05]
+    with pytest.raises(ModelNotReadyError):
+        await b.submit(x(1))  # this batcher is done; its owner replaces it
+    model.release.set()
+    await b.close()
