@@ -37,6 +37,7 @@ class Load:
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
         self.errors: list[str] = []
+        self.kinds: Counter[str] = Counter()  # every distinct failure (first 160 characters), counted
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -46,6 +47,7 @@ class Load:
             self.outcomes["ok" if ok else "failed"] += 1
             if not ok:
                 self.outcomes[f"failed {what.split(':')[0]}"] += 1
+                self.kinds[what[:160]] += 1
                 if len(self.errors) < 20:
                     self.errors.append(what)
 

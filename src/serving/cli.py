@@ -63,8 +63,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     stop_event = threading.Event()
     reload_event = threading.Event()
+
+    def on_stop(*_: object) -> None:
+        stop_event.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop_event.set())
+        signal.signal(sig, on_stop)
     try:
         seconds = server.start(settings)
     except ConfigError as exc:
@@ -80,6 +84,10 @@ def _serve(args: argparse.Namespace) -> int:
         stop_event.set()
 
     signal.signal(signal.SIGHUP, on_sighup)
+    # ray.init installs Ray's own fatal-signal handler for SIGTERM (it logs and aborts): ours again,
+    # so that SIGTERM drains like Ctrl-C.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_stop)
     try:
         print(f"started in {seconds:.1f}s", flush=True)
         print(

@@ -65,3 +65,32 @@ def test_a_killed_replica_is_replaced_and_the_other_serves_meanwhile(tmp_path: P
     assert load.outcomes["ok"] > before.get("ok", 0)
     print(f"replica SIGKILL under load: {failed} of {total} requests failed ({load.errors[:4]}); "
           f"replacement replica running after {recovered:.1f} s")  # fmt: skip
+
+
+def test_sigterm_under_load_finishes_what_is_in_flight_and_refuses_the_rest(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    slow_model(repo, size=SIZE, repeats=30, max_batch_size=1, max_queue_size=256)
+    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_DRAIN_SECONDS": "5"})
+    server.start()
+    load = Load()
+    try:
+        for _ in range(2):
+            load.grpc(server)
+            load.http_keepalive(server)
+        time.sleep(2)
+        served_before = load.outcomes["ok"]
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(90)
+        load.stop()
+    finally:
+        server.stop()
+    assert code == 0, server.log()
+    assert "servers stopped after" in server.log_path.read_text()
+    # After the signal: answers for what was sent, then refused connections; no request that
+    # reached a server is cut off (no 5xx, no connection dropped mid-answer).
+    refused = ("ConnectionRefusedError", "failed to connect", "Connection refused", "connection attempt timed out")
+    unexpected = [e for e in load.kinds if not any(r in e for r in refused)]
+    print(f"SIGTERM under load: {dict(load.outcomes)}; after the signal: {load.errors[:3]}")
+    assert load.outcomes["ok"] > served_before
+    assert unexpected == [], unexpected
