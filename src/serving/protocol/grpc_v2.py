@@ -26,7 +26,7 @@ from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.status import grpc_code
 from serving.protocol.triton import config_json, stats_json
 from serving.service import InferenceService
-from serving.telemetry.requests import new_request_id
+from serving.telemetry.requests import client_request_id
 from serving.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def add_health_service(servicer: Any, server: Any) -> None:
 
 
 def _request_id(metadata: dict[str, str]) -> str:
-    return metadata.get("x-request-id") or new_request_id()
+    return client_request_id(metadata.get("x-request-id"))
 
 
 def _metadata(context: Any) -> dict[str, str]:

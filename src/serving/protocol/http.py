@@ -26,7 +26,7 @@ from serving.protocol.cors import CorsPolicy
 from serving.protocol.status import RETRY_AFTER_S, grpc_code, http_status
 from serving.service import InferenceService
 from serving.telemetry import live
-from serving.telemetry.requests import new_request_id
+from serving.telemetry.requests import client_request_id
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 LiveSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 """Every replica's ``live_snapshot()`` (the deploy layer reads them from Ray's GCS)."""
+
+MAX_HEADER_BYTES = 64 * 1024
+"""Request headers larger than this in all get 431 (names and values summed)."""
 
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"
@@ -148,10 +151,12 @@ class HttpApp:
             return
         self.in_flight += 1
         headers = Headers(scope["headers"])
-        request_id = headers.carrier.get("x-request-id") or new_request_id()
+        request_id = client_request_id(headers.carrier.get("x-request-id"))
         try:
             try:
-                if scope["method"] == "OPTIONS":
+                if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+                    answer = _json({"error": f"request headers exceed {MAX_HEADER_BYTES} bytes"}, 431)
+                elif scope["method"] == "OPTIONS":
                     answer = self._preflight(headers)
                 else:
                     answer = await self._route(scope, receive, headers, request_id)

@@ -19,9 +19,20 @@ LabelResolver = Callable[[str, str], tuple[str, str]]
 log = logging.getLogger(__name__)
 
 
+MAX_REQUEST_ID = 128
+
+
 def new_request_id() -> str:
     """A request id for a request that came without one (16 hex digits)."""
     return os.urandom(8).hex()
+
+
+def client_request_id(given: str | None) -> str:
+    """The client's request id when it is a sane one (at most 128 printable characters, so it
+    can be echoed in a header and written to logs), else a new one."""
+    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+        return given
+    return new_request_id()
 
 
 class InFlight:
