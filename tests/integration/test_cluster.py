@@ -24,7 +24,8 @@ import pytest
 import tritonclient.grpc as tgrpc
 from metrics_scrape import scrape
 
-from models import add_model
+from load_clients import SIZE, Load, log_count, new_connection_request, wait_until
+from models import add_model, slow_model
 from server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -166,3 +167,66 @@ def test_score_on_the_cluster_uses_both_nodes_and_writes_what_a_local_run_writes
     for f in files:
         assert pq.read_table(tmp_path / "cluster" / f).equals(pq.read_table(tmp_path / "local" / f)), f
     assert on_cluster["output"] == local["output"] and on_cluster["rows"] == local["rows"]
+
+
+def kill_node(node: RayNode) -> None:
+    """The node lost at once: SIGKILL to `ray start` and everything it started (raylet, workers)."""
+    try:
+        procs = [psutil.Process(node.proc.pid), *psutil.Process(node.proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+    node.proc.wait(30)
+
+
+def test_losing_the_worker_node_keeps_the_head_serving_and_a_returning_node_gets_a_replica(
+    cluster: tuple[str, RayNode, RayNode], tmp_path: Path
+) -> None:
+    """Runs last in this module: it kills the module's worker node (a new one joins instead)."""
+    address, _, worker = cluster
+    repo = tmp_path / "repo"
+    slow_model(repo, size=SIZE, repeats=10, max_batch_size=1, max_queue_size=256)
+    server = ServerProcess(
+        repo,
+        tmp_path / "server.log",
+        args=("--address", address, "--replicas", "2"),
+        env={"RAY_AUTH_MODE": "disabled", "SERVING_REPLICAS__MAX_PER_NODE": "1", "RAY_DEDUP_LOGS": "0"},
+    )
+    server.start()
+    returning: RayNode | None = None
+    load = Load()
+    try:
+        wait_until(lambda: log_count(server, "replica pid") >= 2, 60, "two replicas", server)
+        load.grpc(server)
+        load.http_keepalive(server)
+        time.sleep(2)
+        lost_at = time.monotonic()
+        kill_node(worker)
+        statuses = [new_connection_request(server) for _ in range(20)]  # the head's replica answers
+        served_after_loss = time.monotonic() - lost_at
+        returning = RayNode(tmp_path / "returning.log", "--address", address)
+        returning.wait_started()
+        back_at = time.monotonic()
+        wait_until(lambda: log_count(server, "replica pid") >= 3, 240, "a replica on the returning node", server)
+        replaced = time.monotonic() - back_at
+        time.sleep(1)
+        load.stop()
+    finally:
+        load.stop()
+        code = server.stop()
+        if returning is not None:
+            returning.stop()
+    assert code == 0, server.log()
+    assert statuses == [200] * 20
+    assert load.outcomes["ok"] > 0
+    print(
+        f"worker node SIGKILLed under load: {load.outcomes['failed']} of {load.outcomes['ok'] + load.outcomes['failed']} "
+        f"requests failed ({list(load.kinds)[:2]}); 20 new connections served {served_after_loss:.1f} s after the loss; "
+        f"a replica ran on the returning node {replaced:.1f} s after it joined"
+    )
+    assert load.outcomes["failed"] <= 8, load.kinds
