@@ -8,7 +8,7 @@ DEMO_REPO ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-batch loadtest clean
+.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -105,6 +105,10 @@ bench: $(BIN)/.installed
 
 # Batch scoring vs one plain process; datasets are generated once into bench/.data (~1.4 GB).
 BENCH_BATCH_ARGS ?=
+# Soak: 10 minutes of bounded load with a rolling update every minute; memory and fds by role (not in `make test`).
+soak: $(BIN)/.installed
+	$(PY) bench/soak.py
+
 # Overload: peak throughput, then 10x the clients; refusal latency and throughput ratio.
 bench-overload: $(BIN)/.installed
 	$(PY) bench/overload.py

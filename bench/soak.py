@@ -1,0 +1,185 @@
+"""Soak (`make soak`, not part of `make test`): a real server on the demo repository under bounded
+HTTP and gRPC load for --minutes, with a rolling update (SIGHUP: every replica replaced) every
+minute. Every 5 s it samples the resident memory and open file descriptors of every process
+the server started, by role. Writes bench/results/soak.md and a plot, bench/results/soak.png.
+Flat means: the last minute's median within 10 % of the second minute's, per role and in all."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import psutil
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from serving.demo import build_demo_repository  # noqa: E402
+
+from server_process import ServerProcess  # noqa: E402
+
+ROLES = (
+    ("ServeReplica", "replica"),
+    ("ServeController", "controller"),
+    ("raylet", "raylet"),
+    ("gcs_server", "gcs"),
+    ("serving serve", "driver"),
+    ("serving.cli", "driver"),
+)
+
+
+def role(p: psutil.Process) -> str:
+    try:
+        line = " ".join(p.cmdline())
+    except psutil.Error:
+        return "gone"
+    for needle, name in ROLES:
+        if needle in line:
+            return name
+    return "other ray"
+
+
+def sample(server: ServerProcess) -> dict[str, tuple[float, int]]:
+    """role -> (RSS MiB, open fds), summed over its processes."""
+    assert server.proc is not None
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for p in [psutil.Process(server.proc.pid), *server.descendants()]:
+        try:
+            r = role(p)
+            out[r][0] += p.memory_info().rss / 2**20
+            out[r][1] += p.num_fds()
+        except psutil.Error:
+            continue
+    return {k: (v[0], int(v[1])) for k, v in out.items()}
+
+
+class BoundedLoad:
+    """HTTP and gRPC clients, each pausing 5 ms between requests; every outcome counted."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        x = np.full((1, 64), 0.5, np.float32)
+
+        def http() -> None:
+            client = thttp.InferenceServerClient(server.http_url)
+            inp = thttp.InferInput("input", [1, 64], "FP32")
+            inp.set_data_from_numpy(x)
+            while not self._stop.wait(0.005):
+                try:
+                    client.infer("digits", [inp])
+                    self.outcomes["ok"] += 1
+                except Exception as exc:  # counted, not expected beyond reconnects
+                    self.outcomes[f"http {type(exc).__name__}"] += 1
+                    client = thttp.InferenceServerClient(server.http_url)
+
+        def grpc() -> None:
+            client = tgrpc.InferenceServerClient(server.grpc_url)
+            inp = tgrpc.InferInput("input", [1, 64], "FP32")
+            inp.set_data_from_numpy(x)
+            while not self._stop.wait(0.005):
+                try:
+                    client.infer("digits_torch", [inp], client_timeout=10)
+                    self.outcomes["ok"] += 1
+                except Exception as exc:
+                    self.outcomes[f"grpc {str(exc)[:60]}"] += 1
+
+        self.threads = [threading.Thread(target=t, daemon=True) for t in (http, http, grpc)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    repo = build_demo_repository(work / "repo")
+    server = ServerProcess(repo, work / "server.log", env={"SERVING_DRAIN_SECONDS": "5"})
+    server.start()
+    began = time.monotonic()
+    samples: list[tuple[float, dict[str, tuple[float, int]]]] = []
+    load = BoundedLoad(server)
+    updates = 0
+    try:
+        next_update = began + 60
+        while (now := time.monotonic()) - began < args.minutes * 60:
+            samples.append((now - began, sample(server)))
+            if now >= next_update:
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGHUP)  # rolling update: the replica is replaced
+                updates += 1
+                next_update += 60
+            time.sleep(args.every)
+    finally:
+        load.stop()
+        code = server.stop()
+    roles = sorted({r for _, s in samples for r in s})
+
+    def window(r: str, lo: float, hi: float, i: int) -> float:
+        vals = [s[r][i] for t, s in samples if lo <= t < hi and r in s]
+        return statistics.median(vals) if vals else float("nan")
+
+    end = args.minutes * 60
+    lines = [
+        f"# make soak ({time.strftime('%Y-%m-%d %H:%M')}, {args.minutes:g} min, a rolling update every minute: {updates})",
+        "",
+        f"Outcomes: {dict(load.outcomes)}; server exit code {code}.",
+        "",
+        "| role | RSS MiB, minute 2 (median) | RSS MiB, last minute | change | fds, minute 2 | fds, last minute |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in [*roles, "all"]:
+        if r == "all":
+            first = statistics.median([sum(v[0] for v in s.values()) for t, s in samples if 60 <= t < 120] or [0])
+            last = statistics.median([sum(v[0] for v in s.values()) for t, s in samples if t >= end - 60] or [0])
+            f_fd = statistics.median([sum(v[1] for v in s.values()) for t, s in samples if 60 <= t < 120] or [0])
+            l_fd = statistics.median([sum(v[1] for v in s.values()) for t, s in samples if t >= end - 60] or [0])
+        else:
+            first, last = window(r, 60, 120, 0), window(r, end - 60, end + 1, 0)
+            f_fd, l_fd = window(r, 60, 120, 1), window(r, end - 60, end + 1, 1)
+        change = (last - first) / first if first else float("nan")
+        lines.append(f"| {r} | {first:,.0f} | {last:,.0f} | {change:+.1%} | {f_fd:,.0f} | {l_fd:,.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "soak.md").write_text(text)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ts = [t / 60 for t, _ in samples]
+    for r in roles:
+        ax.plot(ts, [s.get(r, (0, 0))[0] for _, s in samples], label=r)
+    ax.plot(ts, [sum(v[0] for v in s.values()) for _, s in samples], label="all", color="black", linewidth=2)
+    ax.set_xlabel("minutes (a rolling update every minute)")
+    ax.set_ylabel("resident memory, MiB")
+    ax.set_title("serving soak: memory of every process the server started, by role")
+    ax.legend(loc="upper left", fontsize=8, ncol=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "soak.png", dpi=110)
+    print(f"wrote {out / 'soak.md'} and {out / 'soak.png'}")
+
+
+if __name__ == "__main__":
+    main()
