@@ -1,0 +1,36 @@
+"""schemathesis against the running server's own OpenAPI document (`/v2/openapi.json`): requests
+generated for every documented route; no answer may be a server error, and every answer must
+match the document (status codes, content types, bodies, headers). Left out: schemathesis's
+"schema-valid data is accepted" check: a schema-valid inference request can still be wrong for
+the model (its input names, datatypes and shapes are per model, not in the document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+from hypothesis import HealthCheck, given, settings
+
+from server_process import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_route_answers_as_documented_and_never_with_a_server_error(server: ServerProcess) -> None:
+    schema = schemathesis.openapi.from_url(f"http://{server.http_url}/v2/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 15
+    calls: dict[str, int] = {}
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        def check(case: Any) -> None:
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
+            calls[operation.label] = calls.get(operation.label, 0) + 1
+
+        check()
+    print(f"schemathesis: {sum(calls.values())} requests over {len(calls)} operations, no server error")
