@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import ssl
@@ -20,10 +21,22 @@ BANNER = "serving is ready:"
 STOP_TIMEOUT_S = 90
 
 
+# Outside the kernel's ephemeral range (32768-60999 by default), from which Ray's own processes and
+# every outgoing connection take ports while a server starts, and outside Ray's worker ports
+# (10002-19999): a port checked free here stays free until the replica binds it seconds later.
+TEST_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.choice(TEST_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 @dataclass
