@@ -351,8 +351,13 @@ class DynamicBatcher:
                             f"model execution exceeded execution_timeout_s={self._execution_timeout_s:g}; "
                             "the version is being reloaded"
                         ) from None
+            now = time.monotonic()
             for p, out in zip(batch, results):
-                if not p.future.done():
+                if p.future.done():
+                    continue
+                if p.deadline_s is not None and p.deadline_s < now:  # ran inline past it: no timer fired
+                    p.future.set_exception(DeadlineExceededError("deadline exceeded while its batch ran"))
+                else:
                     p.future.set_result(out)
             took = sum(timings)
             self._recent_ns = took if self._recent_ns is None else 0.8 * self._recent_ns + 0.2 * took

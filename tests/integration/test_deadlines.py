@@ -73,8 +73,10 @@ def test_http_timeout_parameter_drops_a_queued_request_with_504(server: ServerPr
         answers = [post(server, {**BODY, "parameters": {"timeout": 1000}}) for _ in range(5)]  # 1 ms
     finally:
         busy.join()
-    assert {code for code, _ in answers} == {504}, answers
-    assert any("the model did not run it" in body["error"] for _, body in answers), answers
+    # Behind full batches the 1 ms passes in the queue; a request that finds the model free
+    # may still be answered within its 1 ms (200).
+    assert {code for code, _ in answers} <= {200, 504}, answers
+    assert any(code == 504 and "the model did not run it" in body["error"] for code, body in answers), answers
     assert set(busy.codes) == {200}  # the others were served
     deadline = time.monotonic() + 30
     while dropped(server) < before + 1:

