@@ -38,6 +38,7 @@ class Load:
         self.outcomes: Counter[str] = Counter()
         self.errors: list[str] = []
         self.kinds: Counter[str] = Counter()  # every distinct failure (first 160 characters), counted
+        self.last_failure = 0.0  # time.monotonic() of the last failure
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -48,6 +49,7 @@ class Load:
             if not ok:
                 self.outcomes[f"failed {what.split(':')[0]}"] += 1
                 self.kinds[what[:160]] += 1
+                self.last_failure = time.monotonic()
                 if len(self.errors) < 20:
                     self.errors.append(what)
 
