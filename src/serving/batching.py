@@ -346,6 +346,9 @@ class DynamicBatcher:
                     try:
                         results, timings = await asyncio.wait_for(asyncio.shield(running), self._execution_timeout_s)
                     except TimeoutError:
+                        # Nobody awaits the stuck execution any more: when (if) it ends, its outcome is
+                        # read here, so a late exception is not reported as never retrieved.
+                        running.add_done_callback(lambda f: f.cancelled() or f.exception())
                         self._hung(batch)
                         raise ModelNotReadyError(
                             f"model execution exceeded execution_timeout_s={self._execution_timeout_s:g}; "
