@@ -437,6 +437,15 @@ class ServerSettings(BaseSettings):
     )
     insecure: bool = Field(default=False, description="Allow binding a non-loopback address without API keys.")
     tls: TlsConfig | None = Field(default=None, description="TLS on the HTTP and gRPC ports (off: plain text).")
+    state_dir: Path | None = Field(
+        default=None,
+        description="Where aliases, traffic weights and the audit log live (default <repository>/_serving); "
+        "every replica must reach the same folder (on a cluster: a shared filesystem, like the repository).",
+    )
+    watch_repository: bool = Field(
+        default=True,
+        description="Load new version folders and unload removed ones without a restart (Triton's poll mode).",
+    )
     server_name: str = "serving"
     log_format: Literal["json", "text"] = Field(
         default="json", description="Replica logs: JSON lines with request and trace ids, or plain text."

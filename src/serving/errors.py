@@ -13,6 +13,8 @@ one place, ``serving.protocol.status``. Nothing here knows about HTTP or gRPC.
     ├── UnsupportedDatatypeError (UNIMPLEMENTED)
     ├── UnauthenticatedError (UNAUTHENTICATED)     no API key, or an unknown one
     ├── PermissionDeniedError (PERMISSION_DENIED)  a key used outside what it may do
+    ├── ConflictError (CONFLICT)    an operator change the current state forbids
+    │   └── GateError (CONFLICT)    a promote refused by a release gate
     ├── ModelExecutionError (INTERNAL)
     └── ConfigError (INVALID_INPUT)   a model.yaml or settings file that does not validate
 """
@@ -35,6 +37,7 @@ class ErrorKind(enum.Enum):
     UNIMPLEMENTED = "unimplemented"
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
+    CONFLICT = "conflict"
     INTERNAL = "internal"
 
 
@@ -100,6 +103,17 @@ class PermissionDeniedError(ServingError):
     """The API key is valid but may not do this (another model, an admin operation)."""
 
     kind = ErrorKind.PERMISSION_DENIED
+
+
+class ConflictError(ServingError):
+    """An operator change the server's state forbids now (unloading a version traffic still
+    goes to, rolling back an alias with no earlier target)."""
+
+    kind = ErrorKind.CONFLICT
+
+
+class GateError(ConflictError):
+    """A version misses a release gate (or has no evaluation) and may not be promoted."""
 
 
 class ModelExecutionError(ServingError):

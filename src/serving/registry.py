@@ -6,15 +6,19 @@ import asyncio
 import enum
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from serving.batching import DynamicBatcher
 from serving.config import ModelConfig
 from serving.errors import ModelNotFoundError, ModelNotReadyError, ServingError
+from serving.lifecycle.lineage import Lineage, verify_artifact
+from serving.lifecycle.routing import ModelRouting, choose, resolve_alias
 from serving.loaded_model import LoadedModel
 from serving.repository import ModelEntry
 from serving.runtime import Model, create_model
@@ -53,6 +57,11 @@ class ModelVersion:
     metrics: Metrics = field(default_factory=NullMetrics)
     make_model: Callable[[], Model] | None = None
     """A fresh instance of the artifact's runtime (reloading a version that hung)."""
+    directory: Path | None = None
+    """The version folder (its lineage.yaml is checked at load)."""
+    lineage: Lineage | None = None
+    active: int = 0
+    """Requests submitted to this version and not answered yet (an unload waits for them)."""
     stats: ModelStats = field(init=False)
     labels: dict[str, str] = field(init=False)
     _executor: ThreadPoolExecutor | None = None
@@ -104,11 +113,26 @@ class ModelVersion:
         self.metrics.inc(DEADLINE_DROPPED, self.labels)
 
     def load(self) -> None:
-        """Open the model and start its batcher (online serving)."""
+        """Check the artifact against its lineage, open the model and start its batcher (online serving).
+
+        Raises:
+            ConfigError: lineage that is invalid or does not match the artifact.
+            ModelNotReadyError: the artifact cannot be loaded.
+        """
         start = time.monotonic()
+        self.open()
+        self.start(time.monotonic() - start)
+
+    def open(self) -> None:
+        """The slow part of :meth:`load` (hashing, loading, warm-up): may run on a worker thread."""
+        if self.directory is not None:
+            self.lineage = verify_artifact(self.directory, self.config.platform.artifact)
         self.loaded.open()
+
+    def start(self, load_seconds: float) -> None:
+        """Start serving an opened model (on the event loop's thread)."""
         self._start_lane()
-        self.load_seconds = time.monotonic() - start
+        self.load_seconds = load_seconds
         self.state = VersionState.READY
         self.metrics.set(LOAD_SECONDS, self.labels, self.load_seconds)
         self.metrics.set(QUEUE_CAPACITY, self.labels, self.config.dynamic_batching.max_queue_size)
@@ -167,6 +191,12 @@ class ModelVersion:
             self.reason = f"reload after a hang failed: {exc}"
             log.error("model %s version %d could not be reloaded: %r", self.name, self.version, exc)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until the requests already given to this version are answered (at most ``timeout_s``)."""
+        until = time.monotonic() + timeout_s
+        while self.active and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+
     async def close(self) -> None:
         if self._reloading is not None and not self._reloading.done():
             self._reloading.cancel()
@@ -181,35 +211,94 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    """Every model version the server knows, loaded or not."""
+    """Every model version the server knows, loaded or not, and how requests pick one."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics: Metrics = metrics or NullMetrics()
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._newest_first: dict[str, tuple[ModelVersion, ...]] = {}  # read on every request
         self._entries: dict[str, ModelEntry] = {}
+        self.routing: dict[str, ModelRouting] = {}
+        """Operator-set routing per model (``lifecycle``); a model without one routes to its newest ready version."""
+        self._rng = random.Random()
+
+    def new_version(self, entry: ModelEntry, version: int) -> ModelVersion:
+        """A version of ``entry``, not loaded yet."""
+        directory = entry.version_dir(version)
+        return ModelVersion(
+            LoadedModel(entry.name, version, entry.config, create_model(entry.config, directory)),
+            metrics=self.metrics,
+            make_model=functools.partial(create_model, entry.config, directory),
+            directory=directory,
+        )
 
     def load_entries(self, entries: list[ModelEntry]) -> None:
         """Load the selected versions of each entry; a failure marks only that version."""
         for entry in entries:
             self._entries[entry.name] = entry
-            versions = self._models.setdefault(entry.name, {})
             for v in entry.selected:
-                model = create_model(entry.config, entry.version_dir(v))
-                mv = ModelVersion(
-                    LoadedModel(entry.name, v, entry.config, model),
-                    metrics=self.metrics,
-                    make_model=functools.partial(create_model, entry.config, entry.version_dir(v)),
-                )
-                versions[v] = mv
+                mv = self.new_version(entry, v)
                 try:
                     mv.load()
-                    log.info("model %s version %d ready in %.2fs on %s", entry.name, v, mv.load_seconds, model.device)
+                    log.info(
+                        "model %s version %d ready in %.2fs on %s",
+                        entry.name,
+                        v,
+                        mv.load_seconds,
+                        mv.loaded.model.device,
+                    )
                 except ServingError as exc:
-                    mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message
-                    self.metrics.set(READY, mv.labels, 0)
-                    log.error("model %s version %d failed to load: %s", entry.name, v, exc.message)
-            self._newest_first[entry.name] = tuple(versions[v] for v in sorted(versions, reverse=True))
+                    self._failed(mv, exc)
+                self.put(mv)
+
+    async def load_version(self, entry: ModelEntry, version: int) -> ModelVersion:
+        """Load (or reload) one version while the others keep serving: the slow part on a worker
+        thread; it is served only once warm. A failure leaves the version UNAVAILABLE with the
+        reason, and a version already serving under that number keeps serving."""
+        self._entries[entry.name] = entry
+        mv = self.new_version(entry, version)
+        start = time.monotonic()
+        try:
+            await asyncio.to_thread(mv.open)
+            mv.start(time.monotonic() - start)
+        except ServingError as exc:
+            self._failed(mv, exc)
+            old = self._models.get(entry.name, {}).get(version)
+            if old is None or old.state is not VersionState.READY:
+                self.put(mv)
+            return mv
+        old = self._models.get(entry.name, {}).get(version)
+        self.put(mv)
+        log.info("model %s version %d loaded in %.2fs", entry.name, version, mv.load_seconds)
+        if old is not None:
+            await self._retire(old)
+        return mv
+
+    async def unload_version(self, name: str, version: int, drain_s: float = 30.0) -> None:
+        """Stop serving one version: no new request is routed to it, those it holds are answered,
+        then it is closed. It stays in the index as UNAVAILABLE ("unloaded")."""
+        mv = self._models.get(name, {}).get(version)
+        if mv is None or mv.reason == "unloaded":
+            return
+        placeholder = ModelVersion(mv.loaded, VersionState.UNAVAILABLE, "unloaded", metrics=self.metrics)
+        self.put(placeholder)
+        self.metrics.set(READY, mv.labels, 0)
+        await self._retire(mv, drain_s)
+        log.info("model %s version %d unloaded", name, version)
+
+    async def _retire(self, mv: ModelVersion, drain_s: float = 30.0) -> None:
+        await mv.drain(drain_s)
+        await mv.close()
+
+    def _failed(self, mv: ModelVersion, exc: ServingError) -> None:
+        mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message
+        self.metrics.set(READY, mv.labels, 0)
+        log.error("model %s version %d failed to load: %s", mv.name, mv.version, exc.message)
+
+    def put(self, mv: ModelVersion) -> None:
+        versions = self._models.setdefault(mv.name, {})
+        versions[mv.version] = mv
+        self._newest_first[mv.name] = tuple(versions[v] for v in sorted(versions, reverse=True))
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -225,17 +314,21 @@ class ModelRegistry:
         except KeyError:
             raise ModelNotFoundError(f"unknown model {name!r}") from None
 
-    def get(self, name: str, version: str = "") -> ModelVersion:
-        """The version asked for, or the newest ready one when ``version`` is empty.
+    def get(self, name: str, version: str = "", header: Callable[[str], str | None] | None = None) -> ModelVersion:
+        """The version a request gets: the number or alias it names, else the model's traffic
+        split (sticky by a header when set), else the newest ready version.
+
+        An alias whose target is not ready on this replica yet (still loading) answers from its
+        previous target; a weighted version not ready here is left out of the draw.
 
         Raises:
-            ModelNotFoundError: unknown model, or a version that is not served.
+            ModelNotFoundError: unknown model, version or alias.
             ModelNotReadyError: the version exists but is not ready.
         """
         versions = self.versions(name)
         if version:
             if not version.isdigit():
-                raise ModelNotFoundError(f"model {name!r} has no version {version!r} (versions are integers)")
+                return self._by_alias(name, version, versions)
             for mv in versions:
                 if mv.version == int(version):
                     if mv.state is not VersionState.READY:
@@ -245,10 +338,33 @@ class ModelRegistry:
                     return mv
             served = ", ".join(str(mv.version) for mv in versions)
             raise ModelNotFoundError(f"model {name!r} has no version {version} (served: {served})")
+        routing = self.routing.get(name)
+        if routing is not None and routing.weights:
+            ready = {mv.version: mv for mv in versions if mv.state is VersionState.READY}
+            key = header(routing.sticky_header) if header is not None and routing.sticky_header else None
+            chosen = choose(routing.weights, ready, key, self._rng)
+            if chosen is not None:
+                return ready[chosen]
         for mv in versions:
             if mv.state is VersionState.READY:
                 return mv
         raise ModelNotReadyError(f"model {name!r} has no ready version")
+
+    def _by_alias(self, name: str, alias: str, versions: tuple[ModelVersion, ...]) -> ModelVersion:
+        target, earlier = resolve_alias(self.routing.get(name), name, alias)
+        ready = {mv.version: mv for mv in versions if mv.state is VersionState.READY}
+        for v in (target, *earlier):
+            if v in ready:
+                return ready[v]
+        raise ModelNotReadyError(f"model {name!r} alias {alias!r} points at version {target}, which is not ready")
+
+    def shadow_of(self, name: str, primary: ModelVersion) -> ModelVersion | None:
+        """The ready shadow version of a model, unless it is the one that answered."""
+        routing = self.routing.get(name)
+        if routing is None or routing.shadow is None or routing.shadow == primary.version:
+            return None
+        mv = self._models.get(name, {}).get(routing.shadow)
+        return mv if mv is not None and mv.state is VersionState.READY else None
 
     def all_versions(self) -> list[ModelVersion]:
         return [mv for name in self.names() for mv in self.versions(name)]
@@ -256,6 +372,9 @@ class ModelRegistry:
     def entry(self, name: str) -> ModelEntry:
         self.versions(name)
         return self._entries[name]
+
+    def entries(self) -> dict[str, ModelEntry]:
+        return dict(self._entries)
 
     async def close(self) -> None:
         for mv in self.all_versions():

@@ -7,6 +7,7 @@ versions, one dynamic batcher per version, and the input checks of the OIP spec
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import time
 from collections.abc import Mapping
@@ -17,6 +18,11 @@ import numpy as np
 
 from serving.codecs import shape_matches
 from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, ServingError
+from serving.lifecycle.admin import ModelAdmin
+from serving.lifecycle.lineage import Lineage
+from serving.lifecycle.reconcile import Reconciler
+from serving.lifecycle.shadow import ShadowRunner
+from serving.lifecycle.store import LifecycleStore
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, VersionState
 from serving.repository import scan_repository
@@ -50,6 +56,7 @@ class InferenceService(Protocol):
     """What the HTTP and gRPC adapters need; the Triton extensions included."""
 
     server_name: str
+    admin: ModelAdmin | None
 
     def live(self) -> bool: ...
     def ready(self) -> bool: ...
@@ -69,23 +76,47 @@ class InferenceService(Protocol):
 class LocalInferenceService:
     """Hosts every model of a repository in this process."""
 
-    def __init__(self, registry: ModelRegistry, server_name: str = "serving") -> None:
+    def __init__(self, registry: ModelRegistry, server_name: str = "serving", admin: ModelAdmin | None = None) -> None:
         self.registry = registry
         self.server_name = server_name
         self._in_flight = InFlight(registry.metrics)
+        self._shadows = ShadowRunner(registry.metrics)
+        self.admin = admin
+        """Operator commands; None for a fixed set of models (no repository control)."""
 
     @classmethod
     def from_repository(
-        cls, root: Path, server_name: str = "serving", metrics: Metrics | None = None
+        cls,
+        root: Path,
+        server_name: str = "serving",
+        metrics: Metrics | None = None,
+        state_dir: Path | None = None,
+        drain_s: float = 30.0,
     ) -> LocalInferenceService:
-        """Scan and load a repository.
+        """Scan and load a repository, with the routing operators set (kept in ``state_dir``,
+        by default ``<root>/_serving``).
 
         Raises:
-            ConfigError: the repository or a model.yaml is invalid.
+            ConfigError: the repository, a model.yaml or the state file is invalid.
         """
         registry = ModelRegistry(metrics)
-        registry.load_entries(scan_repository(root))
-        return cls(registry, server_name)
+        store = LifecycleStore(state_dir if state_dir is not None else root / "_serving")
+        state = store.read()
+        registry.routing = dict(state.models)
+        entries = []
+        for entry in scan_repository(root):
+            routing = state.routing(entry.name)
+            keep = () if routing.model_unloaded else tuple(v for v in entry.selected if v not in routing.unloaded)
+            entries.append(dataclasses.replace(entry, selected=keep))
+        registry.load_entries(entries)
+        reconciler = Reconciler(registry, store, root, drain_s)
+        return cls(registry, server_name, ModelAdmin(registry, store, reconciler))
+
+    def start_watch(self, scan_repository: bool = True) -> None:
+        """Follow the shared routing and, with ``scan_repository``, the repository folder (call
+        on the serving loop)."""
+        if self.admin is not None:
+            self.admin.reconciler.start(scan_repository)
 
     def track(
         self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
@@ -118,6 +149,9 @@ class LocalInferenceService:
 
     async def close(self) -> None:
         """Stop every version's batcher; requests still waiting are answered UNAVAILABLE."""
+        if self.admin is not None:
+            await self.admin.reconciler.stop()
+        await self._shadows.close()
         await self.registry.close()
 
     def metric_labels(self, name: str, version: str) -> tuple[str, str]:
@@ -135,9 +169,11 @@ class LocalInferenceService:
         return True
 
     def ready(self) -> bool:
-        """Ready when every model has a ready version (Triton's strict readiness)."""
+        """Ready when every model has a ready version (Triton's strict readiness); a model an
+        operator unloaded does not count."""
         return all(
-            any(mv.state is VersionState.READY for mv in self.registry.versions(n)) for n in self.registry.names()
+            any(mv.state is VersionState.READY for mv in versions) or all(mv.reason == "unloaded" for mv in versions)
+            for versions in map(self.registry.versions, self.registry.names())
         )
 
     def server_metadata(self) -> dict[str, Any]:
@@ -149,7 +185,8 @@ class LocalInferenceService:
         Raises:
             ModelNotFoundError, ModelNotReadyError.
         """
-        mv = self.registry.get(name, version).loaded
+        served = self.registry.get(name, version)
+        mv = served.loaded
         versions = tuple(str(v.version) for v in self.registry.versions(name) if v.state is VersionState.READY)
         return ModelMetadata(
             name=name,
@@ -158,6 +195,7 @@ class LocalInferenceService:
             inputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.inputs),
             outputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.outputs),
             device=mv.model.device,
+            parameters={"served_version": str(served.version), **lineage_parameters(served.lineage)},
         )
 
     def model_config(self, name: str, version: str = "") -> ModelDescription:
@@ -206,15 +244,22 @@ class LocalInferenceService:
             ModelExecutionError.
         """
         start = time.monotonic_ns()
-        mv = self.registry.get(request.model_name, request.model_version)
+        mv = self.registry.get(request.model_name, request.model_version, request.header)
         try:
             arrays = check_inputs(mv.loaded, request.inputs)
             wanted = check_outputs(mv.loaded, request)
             assert mv.batcher is not None
-            results = await mv.batcher.submit(arrays, request_deadline(request, start))
+            mv.active += 1
+            try:
+                results = await mv.batcher.submit(arrays, request_deadline(request, start))
+            finally:
+                mv.active -= 1
         except ServingError:
             mv.stats.fail.add(time.monotonic_ns() - start)
             raise
+        shadow = self.registry.shadow_of(mv.name, mv)
+        if shadow is not None:
+            self._shadows.send(shadow, arrays, results)
         datatypes = mv.loaded.output_datatypes
         outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
         mv.stats.success.add(time.monotonic_ns() - start)
@@ -228,6 +273,25 @@ class LocalInferenceService:
 
 
 MAX_TIMEOUT_US = 24 * 3600 * 1_000_000
+
+
+def lineage_parameters(lineage: Lineage | None) -> dict[str, str]:
+    """The lineage facts model metadata carries, as flat string parameters."""
+    if lineage is None:
+        return {}
+    out = {}
+    if lineage.artifact is not None:
+        out["lineage.artifact_sha256"] = lineage.artifact.sha256
+    if lineage.training_data is not None:
+        out["lineage.training_data_fingerprint"] = lineage.training_data.fingerprint
+    for key in ("code_revision", "created_by", "created_at"):
+        value = getattr(lineage, key)
+        if value is not None:
+            out[f"lineage.{key}"] = str(value)
+    if lineage.evaluation is not None:
+        for metric, value in lineage.evaluation.metrics.items():
+            out[f"lineage.evaluation.{metric}"] = f"{value:.6g}"
+    return out
 
 
 def request_deadline(request: InferenceRequest, start_ns: int) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,9 @@ class InferenceRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
     deadline_s: float | None = None
     """``time.monotonic()`` by which the answer is due (the transport's deadline, e.g. gRPC's)."""
+    header: Callable[[str], str | None] | None = None
+    """Looks up one of the request's headers (gRPC: metadata) by lowercase name; a sticky
+    traffic split reads its key with it."""
 
 
 @dataclass(slots=True)
@@ -79,6 +83,8 @@ class ModelMetadata:
     device: str = "cpu"
     """Where the version runs (cpu/gpu); HTTP metadata carries it as an extra field, and both
     protocols report it in the model configuration's instance_group kind."""
+    parameters: Parameters = field(default_factory=dict)
+    """The answering version and its lineage (``lineage.*``), as flat V2 parameters."""
 
 
 @dataclass(frozen=True, slots=True)

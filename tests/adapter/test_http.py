@@ -123,7 +123,7 @@ ERROR_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("unknown model", "/v2/models/nope/infer", GOOD, {}, 404, "unknown model 'nope'"),
     ("unknown version", "/v2/models/add/versions/9/infer", GOOD, {}, 404, "no version 9"),
     ("version filtered by policy", "/v2/models/add/versions/1/infer", GOOD, {}, 404, "no version 1"),
-    ("non-integer version", "/v2/models/add/versions/x/infer", GOOD, {}, 404, "versions are integers"),
+    ("unknown alias", "/v2/models/add/versions/x/infer", GOOD, {}, 404, "has no version or alias"),
     ("wrong shape", "/v2/models/add/infer", bad(shape=[2, 2]), {}, 400, "expects [-1, 4]"),
     ("wrong datatype", "/v2/models/add/infer", bad(datatype="FP64"), {}, 400, "expects FP32"),
     ("unknown datatype", "/v2/models/add/infer", bad(datatype="FLOAT"), {}, 400, "unknown datatype"),

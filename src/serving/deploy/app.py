@@ -64,6 +64,8 @@ class AppArgs(BaseModel):
     cors: CorsConfig = CorsConfig()
     api_keys: Path | None = Field(default=None, description="API keys file, readable at this path on every node.")
     tls: TlsConfig | None = None
+    state_dir: Path | None = Field(default=None, description="Shared lifecycle state (default <repository>/_serving).")
+    watch_repository: bool = True
     inherit_env: bool = Field(
         default=False,
         description="The replicas inherit this process's environment (a local Ray started here): no runtime_env.",
@@ -81,7 +83,9 @@ class InferenceReplica:
         tracing.configure_from_env()
         self._metrics = RayMetrics()
         try:
-            self.service = LocalInferenceService.from_repository(parsed.repository, parsed.server_name, self._metrics)
+            self.service = LocalInferenceService.from_repository(
+                parsed.repository, parsed.server_name, self._metrics, parsed.state_dir, parsed.drain_seconds
+            )
         except BaseException:
             self._metrics.close()
             raise
@@ -107,6 +111,7 @@ class InferenceReplica:
             await self.servers.stop()
             await self._release()
             raise
+        self.service.start_watch(parsed.watch_repository)
         log.info("replica pid %d serving %s", os.getpid(), describe(addresses, parsed.host))
 
     async def check_health(self) -> None:

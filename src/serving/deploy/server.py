@@ -98,6 +98,8 @@ def deploy(settings: ServerSettings) -> None:
             "api_keys": str(settings.api_keys.resolve()) if settings.api_keys is not None else None,
             "tls": {k: str(v.resolve()) for k, v in settings.tls if v is not None} if settings.tls else None,
             "inherit_env": not settings.ray_address,
+            "state_dir": str(settings.state_dir.resolve()) if settings.state_dir is not None else None,
+            "watch_repository": settings.watch_repository,
         }
     )
     # serve.run waits with a 1 s poll (CLIENT_POLLING_INTERVAL_S): ~1 s of a ~6 s start. Deploy

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2
 from serving import codecs
 from serving.auth import Authenticator
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, ServingError
+from serving.protocol import admin_json
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.status import grpc_code
 from serving.protocol.triton import config_json, stats_json
@@ -172,6 +173,8 @@ _RPCS: dict[str, tuple[Any, Any]] = {
     "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
     "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
     "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
 }
 SERVICE_NAME = "inference.GRPCInferenceService"
 
@@ -316,6 +319,7 @@ class GrpcAdapter:
         async def run(r: pb.ModelInferRequest) -> pb.ModelInferResponse:
             self._check(context, model=r.model_name)
             core = to_core(r)
+            core.header = metadata.get
             remaining = context.time_remaining()
             if remaining is not None:  # the client's deadline: a request still queued then is dropped
                 core.deadline_s = time.monotonic() + remaining
@@ -374,6 +378,32 @@ class GrpcAdapter:
 
         return await self._call(request, context, pb.RepositoryIndexResponse(), run)
 
+    def _admin(self, context: Any, what: str) -> str:
+        """With API keys on, an admin key; who is asking (for the audit log)."""
+        if self.auth is None:
+            return f"anonymous@{context.peer()}"
+        principal = self.auth.authenticate(_metadata(context).get("authorization"))
+        principal.check_admin(what)
+        return principal.name
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
+        async def run(r: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
+            who = self._admin(context, "loading a model")
+            version = admin_json.load_parameters(_repository_parameters(r.parameters))
+            await admin_json.admin(self.service).load(r.model_name, version, who)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._call(request, context, pb.RepositoryModelLoadResponse(), run)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
+        async def run(r: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
+            who = self._admin(context, "unloading a model")
+            version = admin_json.load_parameters(_repository_parameters(r.parameters))
+            await admin_json.admin(self.service).unload(r.model_name, version, who)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._call(request, context, pb.RepositoryModelUnloadResponse(), run)
+
     async def Check(self, request: Any, context: Any) -> health_pb2.HealthCheckResponse:
         """grpc.health.v1: SERVING when ready; the service name may be empty or ours."""
         status = health_pb2.HealthCheckResponse
@@ -384,3 +414,12 @@ class GrpcAdapter:
             return status(status=status.SERVING if self.service.ready() else status.NOT_SERVING)
 
         return await self._call(request, context, status(), run)
+
+
+def _repository_parameters(params: Any) -> dict[str, Any]:
+    """Triton's ``map<string, ModelRepositoryParameter>`` as plain values."""
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        choice = p.WhichOneof("parameter_choice")
+        out[key] = None if choice is None else getattr(p, choice)
+    return out

@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from serving import web
-from serving.auth import Authenticator
+from serving.auth import Authenticator, Principal
 from serving.config import MAX_REQUEST_BYTES, CorsConfig
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, PayloadTooLargeError, ServingError
-from serving.protocol import openapi, rest_v2, triton
+from serving.protocol import admin_json, openapi, rest_v2, triton
 from serving.protocol.cors import CorsPolicy
 from serving.protocol.status import RETRY_AFTER_S, grpc_code, http_status
 from serving.service import InferenceService
@@ -260,7 +260,7 @@ class HttpApp:
             action = tail[0] if len(tail) == 1 else ("" if not tail else None)
             if action == "infer":
                 _expect(method, "POST")
-                return await self._infer(receive, headers, request_id, name, version)
+                return await self._infer(scope, receive, headers, request_id, name, version)
             if action == "":
                 _expect(method, "GET")
                 return _json(rest_v2.metadata_json(self.service.model_metadata(name, version)))
@@ -289,18 +289,55 @@ class HttpApp:
             _expect(method, "POST")
             self._check(headers, all_models="the repository index")
             return await self._repository_index(receive, headers)
+        elif len(rest) == 4 and rest[:2] == ["repository", "models"] and rest[3] in ("load", "unload"):
+            _expect(method, "POST")
+            who = self._admin(headers, scope, f"{rest[3]}ing a model")
+            body = await self._read_body(receive, headers)
+            return _json(await admin_json.repository_action(self.service, rest[3], rest[2], body, who))
+        elif rest and rest[0] == "admin":
+            return await self._admin_route(rest[1:], method, scope, receive, headers)
         raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
 
-    def _check(self, headers: Headers, *, model: str = "", all_models: str = "") -> None:
+    def _check(self, headers: Headers, *, model: str = "", all_models: str = "") -> Principal | None:
         """With API keys on: a valid key, allowed this model or every model (health, the page's
         static files and the OpenAPI document stay open)."""
         if self.auth is None:
-            return
+            return None
         principal = self.auth.authenticate(headers.authorization)
         if model:
             principal.check_model(model)
         if all_models:
             principal.check_all_models(all_models)
+        return principal
+
+    def _admin(self, headers: Headers, scope: Scope, what: str) -> str:
+        """With API keys on, an admin key; who is asking (for the audit log)."""
+        principal = self._check(headers)
+        if principal is None:
+            client = scope.get("client")
+            return f"anonymous@{client[0]}" if client else "anonymous"
+        principal.check_admin(what)
+        return principal.name
+
+    async def _admin_route(
+        self, rest: list[str], method: str, scope: Scope, receive: Receive, headers: Headers
+    ) -> Answer:
+        """``/v2/admin/...``: what ``serving models|promote|rollback|traffic|shadow`` call."""
+        if rest == ["models"]:
+            _expect(method, "GET")
+            self._admin(headers, scope, "reading the model lifecycle state")
+            return _json({"models": admin_json.admin(self.service).overview()})
+        if rest == ["audit"]:
+            _expect(method, "GET")
+            self._admin(headers, scope, "reading the audit log")
+            limit = admin_json.query_int(scope.get("query_string", b""), "limit", 100)
+            return _json({"entries": await admin_json.admin(self.service).audit(limit)})
+        if len(rest) == 3 and rest[0] == "models" and rest[2] in admin_json.ACTIONS:
+            _expect(method, "POST")
+            who = self._admin(headers, scope, f"{rest[2]} on a model")
+            body = await self._read_body(receive, headers)
+            return _json(await admin_json.routing_action(self.service, rest[2], rest[1], body, who))
+        raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
 
     async def _ui(self, rest: list[str], path: str) -> Answer:
         """The operator page: its static files, and ``/ui/api/stats`` (every replica's totals)."""
@@ -328,11 +365,14 @@ class HttpApp:
                 row.update(platform=d.platform, device=d.device, max_batch_size=d.max_batch_size)
         return doc
 
-    async def _infer(self, receive: Receive, headers: Headers, request_id: str, name: str, version: str) -> Answer:
+    async def _infer(
+        self, scope: Scope, receive: Receive, headers: Headers, request_id: str, name: str, version: str
+    ) -> Answer:
         with self.service.track(name, version, "http", request_id, headers.carrier) as tracker:
             header_length = _header_length(headers.header_length)
             body = await self._read_body(receive, headers)
             core_request = rest_v2.to_core(body, header_length, name, version)
+            core_request.header = _header_lookup(scope["headers"])
             response = await self.service.infer(core_request)
             encoded = rest_v2.from_core(response, core_request)
             tracker.served_version = response.model_version
@@ -357,6 +397,19 @@ class HttpApp:
             ready_only = bool(doc.get("ready", False))
         rows = self.service.repository_index(ready_only)
         return _json([{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows])
+
+
+def _header_lookup(raw: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
+    """One header's value by lowercase name (read only when a sticky traffic split asks)."""
+
+    def lookup(name: str) -> str | None:
+        key = name.encode("latin-1")
+        for k, v in raw:
+            if k == key:
+                return v.decode("latin-1")
+        return None
+
+    return lookup
 
 
 DISCARD_FACTOR = 4

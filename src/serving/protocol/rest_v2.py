@@ -168,4 +168,5 @@ def metadata_json(md: ModelMetadata) -> dict[str, Any]:
         "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in md.inputs],
         "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in md.outputs],
         "device": md.device,
+        "parameters": dict(md.parameters),
     }

@@ -18,6 +18,7 @@ STATUS: dict[ErrorKind, tuple[HTTPStatus, grpc.StatusCode]] = {
     ErrorKind.UNIMPLEMENTED: (HTTPStatus.NOT_IMPLEMENTED, grpc.StatusCode.UNIMPLEMENTED),
     ErrorKind.UNAUTHENTICATED: (HTTPStatus.UNAUTHORIZED, grpc.StatusCode.UNAUTHENTICATED),
     ErrorKind.PERMISSION_DENIED: (HTTPStatus.FORBIDDEN, grpc.StatusCode.PERMISSION_DENIED),
+    ErrorKind.CONFLICT: (HTTPStatus.CONFLICT, grpc.StatusCode.FAILED_PRECONDITION),
     ErrorKind.INTERNAL: (HTTPStatus.INTERNAL_SERVER_ERROR, grpc.StatusCode.INTERNAL),
 }
 

@@ -106,6 +106,51 @@ DEADLINE_DROPPED = MetricSpec(
     "Requests whose deadline (V2 timeout parameter or gRPC deadline) passed while queued: dropped without running.",
     ("model", "version"),
 )
+DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0, 10.0, 100.0)
+SHADOW_REQUESTS = MetricSpec(
+    "serving_shadow_requests",
+    "counter",
+    "Copies of live requests sent to a shadow version, by outcome (compared, failed, dropped).",
+    ("model", "version", "outcome"),
+)
+SHADOW_ROWS = MetricSpec(
+    "serving_shadow_rows",
+    "counter",
+    "Rows a shadow version answered and that were compared with the primary's answer.",
+    ("model", "version"),
+)
+SHADOW_AGREEMENTS = MetricSpec(
+    "serving_shadow_agreements",
+    "counter",
+    "Compared rows where the shadow's answer agrees with the primary's (same argmax or label).",
+    ("model", "version"),
+)
+SHADOW_MAX_ABS_DIFF = MetricSpec(
+    "serving_shadow_max_abs_diff",
+    "histogram",
+    "Per request, the largest absolute difference between the shadow's and the primary's numeric outputs.",
+    ("model", "version"),
+    DIFF_BUCKETS,
+)
+SHADOW_SECONDS = MetricSpec(
+    "serving_shadow_duration_seconds",
+    "histogram",
+    "Latency of the shadow version's answer (not seen by clients), seconds.",
+    ("model", "version"),
+    LATENCY_BUCKETS,
+)
+DRIFT_PSI = MetricSpec(
+    "serving_drift_psi",
+    "gauge",
+    "Population Stability Index of an input feature over the recent window against the served version's training profile.",
+    ("model", "version", "feature"),
+)
+DRIFT_ROWS = MetricSpec(
+    "serving_drift_window_rows",
+    "gauge",
+    "Sampled rows in the drift window the PSI is computed from.",
+    ("model", "version"),
+)
 SPECS = (
     REQUESTS,
     REQUEST_SECONDS,
@@ -119,6 +164,13 @@ SPECS = (
     READY,
     REJECTED,
     DEADLINE_DROPPED,
+    SHADOW_REQUESTS,
+    SHADOW_ROWS,
+    SHADOW_AGREEMENTS,
+    SHADOW_MAX_ABS_DIFF,
+    SHADOW_SECONDS,
+    DRIFT_PSI,
+    DRIFT_ROWS,
 )
 
 

@@ -1,0 +1,155 @@
+"""Operator commands on a running server: aliases, traffic, shadow, load/unload, and what
+the server holds. Each change goes through the shared store (one at a time across replicas,
+audited), is applied here at once, and reaches the other replicas within ``POLL_S``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from serving.errors import GateError, InvalidInputError, ModelNotFoundError, ModelNotReadyError
+from serving.lifecycle import routing as r
+from serving.lifecycle.reconcile import LoadReport, Reconciler
+from serving.lifecycle.routing import ModelRouting
+from serving.lifecycle.store import LifecycleStore
+from serving.registry import ModelRegistry, VersionState
+
+GateCheck = Callable[[str, int, str], list[str]]
+"""(model, version, alias) -> the gates the version misses (empty: promotable)."""
+
+
+class ModelAdmin:
+    def __init__(self, registry: ModelRegistry, store: LifecycleStore, reconciler: Reconciler) -> None:
+        self.registry = registry
+        self.store = store
+        self.reconciler = reconciler
+        self.gate_check: GateCheck | None = None
+
+    def overview(self) -> list[dict[str, Any]]:
+        """Every model: versions (state, reason, lineage), aliases, weights, shadow."""
+        out = []
+        for name in self.registry.names():
+            routing = self.registry.routing.get(name) or ModelRouting()
+            versions = []
+            for mv in reversed(self.registry.versions(name)):
+                lineage = mv.lineage.model_dump(mode="json", exclude_none=True) if mv.lineage else None
+                if lineage is not None and "profile" in lineage:
+                    lineage["profile"] = {k: v for k, v in lineage["profile"].items() if k != "features"} | {
+                        "features": sorted(lineage["profile"]["features"])
+                    }
+                versions.append(
+                    {
+                        "version": mv.version,
+                        "state": mv.state.value,
+                        "reason": mv.reason,
+                        "aliases": sorted(a for a, v in routing.aliases.items() if v == mv.version),
+                        "weight": routing.weights.get(mv.version, 0),
+                        "shadow": routing.shadow == mv.version,
+                        "lineage": lineage,
+                    }
+                )
+            out.append({"name": name, "versions": versions, **routing.model_dump(mode="json")})
+        return out
+
+    def _ready(self, name: str, version: int) -> None:
+        for mv in self.registry.versions(name):
+            if mv.version == version:
+                if mv.state is not VersionState.READY:
+                    raise ModelNotReadyError(
+                        f"model {name!r} version {version} is not ready: {mv.reason or mv.state.value}"
+                    )
+                return
+        served = ", ".join(str(mv.version) for mv in self.registry.versions(name))
+        raise ModelNotFoundError(f"model {name!r} has no version {version} (known: {served})")
+
+    async def _change(
+        self, name: str, change: Callable[[ModelRouting], ModelRouting], who: str, action: str, details: dict[str, Any]
+    ) -> dict[str, Any]:
+        before, after = await asyncio.to_thread(
+            self.store.update, name, change, who=who, action=action, details=details
+        )
+        self.registry.routing = {**self.registry.routing, name: after}
+        return {
+            "model": name,
+            "action": action,
+            "before": before.model_dump(mode="json"),
+            "after": after.model_dump(mode="json"),
+            **details,
+        }
+
+    async def promote(self, name: str, version: int, alias: str, who: str, force: bool = False) -> dict[str, Any]:
+        """Point an alias at a ready version, if it passes the model's release gates.
+
+        Raises:
+            ModelNotFoundError, ModelNotReadyError, InvalidInputError (bad alias),
+            GateError (gates missed, without ``force``).
+        """
+        r.check_alias(alias)
+        self._ready(name, version)
+        missed = self.gate_check(name, version, alias) if self.gate_check is not None else []
+        if missed and not force:
+            raise GateError(f"model {name!r} version {version} may not become {alias!r}: " + "; ".join(missed))
+        details: dict[str, Any] = {"version": version, "alias": alias, "force": force}
+        if missed:
+            details["gates_missed"] = missed
+        return await self._change(name, lambda x: r.promote(x, alias, version), who, "promote", details)
+
+    async def rollback(self, name: str, alias: str, who: str) -> dict[str, Any]:
+        self.registry.versions(name)
+        return await self._change(name, lambda x: r.rollback(x, name, alias), who, "rollback", {"alias": alias})
+
+    async def traffic(
+        self, name: str, weights: Mapping[int, int], sticky_header: str | None, who: str
+    ) -> dict[str, Any]:
+        for v, w in weights.items():
+            if w > 0:
+                self._ready(name, v)
+        return await self._change(
+            name,
+            lambda x: r.set_traffic(x, weights, sticky_header),
+            who,
+            "traffic",
+            {"weights": {str(k): v for k, v in weights.items()}, "sticky_header": sticky_header},
+        )
+
+    async def shadow(self, name: str, version: int | None, who: str) -> dict[str, Any]:
+        if version is not None:
+            self._ready(name, version)
+        return await self._change(name, lambda x: r.set_shadow(x, version), who, "shadow", {"version": version})
+
+    async def load(self, name: str, version: int | None, who: str) -> LoadReport:
+        """Load (or reload) a model's versions from its folder, here now and on every replica.
+
+        Raises:
+            ModelNotFoundError: no such model folder.
+            ModelNotReadyError: the version (or every version asked for) failed to load; the
+                versions already serving are untouched.
+        """
+        if not (self.reconciler.root / name).is_dir() or name.startswith((".", "_")) or "/" in name:
+            raise ModelNotFoundError(f"the repository has no model folder {name[:64]!r}")
+        await self._change(name, lambda x: r.load(x, version), who, "load", {"version": version})
+        report = (await self.reconciler.sync(name))[name]
+        if report.error:
+            raise InvalidInputError(f"model {name!r} cannot be loaded: {report.error}")
+        failed = dict(report.failed)
+        if version is not None and version in failed:
+            raise ModelNotReadyError(f"model {name!r} version {version} failed to load: {failed[version]}")
+        if version is not None and not any(
+            mv.version == version and mv.state is VersionState.READY for mv in self.registry.versions(name)
+        ):
+            raise ModelNotFoundError(f"model {name!r} has no version {version} that its version policy selects")
+        if failed and not any(mv.state is VersionState.READY for mv in self.registry.versions(name)):
+            raise ModelNotReadyError(
+                f"model {name!r} failed to load: "
+                + "; ".join(f"version {v}: {why}" for v, why in sorted(failed.items()))
+            )
+        return report
+
+    async def unload(self, name: str, version: int | None, who: str) -> LoadReport:
+        self.registry.versions(name)
+        await self._change(name, lambda x: r.unload(x, name, version), who, "unload", {"version": version})
+        return (await self.reconciler.sync(name))[name]
+
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.audit, limit)

@@ -1,0 +1,142 @@
+"""What made a model version: ``<model>/<N>/lineage.yaml``.
+
+Schema (every field optional; unknown keys are refused so a typo is not silently ignored)::
+
+    artifact:                  # checked at load: a mismatch refuses the version
+      file: model.onnx
+      sha256: 3f1c...
+    training_data:             # the same fingerprint ``serving score`` writes in its manifest
+      inputs: [data/train.parquet]
+      fingerprint: 9b2e...     # sha256 over each file's path, size and Parquet footer
+      rows: 120000
+    code_revision: 1a2b3c4     # e.g. the training repository's git commit
+    created_by: alice
+    created_at: "2026-11-30T12:00:00+00:00"
+    params: {epochs: 10}       # free-form
+    evaluation: {...}          # written by ``serving evaluate``
+    profile: {...}             # written by ``serving profile`` (drift watch)
+
+``serving lineage`` writes the artifact and data parts; ``serving evaluate`` and ``serving
+profile`` add theirs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serving.errors import ConfigError
+
+LINEAGE_FILE = "lineage.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArtifactRecord(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DataRecord(_Strict):
+    inputs: list[str] = Field(default_factory=list)
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$")
+    rows: int | None = None
+
+
+class EvaluationRecord(_Strict):
+    data: DataRecord
+    label: str
+    task: str = Field(pattern=r"^(classification|regression)$")
+    metrics: dict[str, float]
+    evaluated_at: str
+
+
+class FeatureProfile(_Strict):
+    """One input feature's training distribution: quantile bin edges and the share of rows in
+    each bin (numeric), or category shares (categorical)."""
+
+    kind: str = Field(pattern=r"^(numeric|categorical)$")
+    edges: list[float] = Field(default_factory=list)
+    shares: list[float] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+
+
+class ProfileRecord(_Strict):
+    data: DataRecord
+    input: str = Field(description="The model input the features are the columns of.")
+    features: dict[str, FeatureProfile]
+    created_at: str
+
+
+class Lineage(_Strict):
+    artifact: ArtifactRecord | None = None
+    training_data: DataRecord | None = None
+    code_revision: str | None = None
+    created_by: str | None = None
+    created_at: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    evaluation: EvaluationRecord | None = None
+    profile: ProfileRecord | None = None
+
+
+def read_lineage(version_dir: Path) -> Lineage | None:
+    """The version's lineage, or None when it has no lineage.yaml.
+
+    Raises:
+        ConfigError: the file is not valid YAML or does not match the schema.
+    """
+    path = version_dir / LINEAGE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return Lineage.model_validate(yaml.safe_load(text) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{path} is not valid lineage: {exc}") from exc
+
+
+def write_lineage(version_dir: Path, lineage: Lineage) -> Path:
+    """Write (replace) the version's lineage.yaml atomically."""
+    path = version_dir / LINEAGE_FILE
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(lineage.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_artifact(version_dir: Path, artifact: str) -> Lineage | None:
+    """Read the lineage and check the artifact's sha256 against it.
+
+    Raises:
+        ConfigError: invalid lineage, or an artifact whose sha256 differs from the recorded one.
+    """
+    lineage = read_lineage(version_dir)
+    if lineage is None or lineage.artifact is None:
+        return lineage
+    if lineage.artifact.file != artifact:
+        raise ConfigError(
+            f"{version_dir / LINEAGE_FILE}: artifact.file is {lineage.artifact.file!r}, the model loads {artifact!r}"
+        )
+    actual = file_sha256(version_dir / artifact)
+    if actual != lineage.artifact.sha256:
+        raise ConfigError(
+            f"artifact {artifact} sha256 {actual[:12]}... does not match lineage.yaml "
+            f"({lineage.artifact.sha256[:12]}...): refusing a changed or corrupted artifact"
+        )
+    return lineage

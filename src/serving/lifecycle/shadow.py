@@ -1,0 +1,103 @@
+"""Shadow traffic: a version that gets a copy of live requests; its answers are compared with
+the primary's and dropped. The client never waits for it: the copy is sent after the primary
+answered, on a task of its own, and at most ``MAX_PENDING`` copies are outstanding (more are
+dropped and counted)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serving.errors import ServingError
+from serving.telemetry.metrics import (
+    SHADOW_AGREEMENTS,
+    SHADOW_MAX_ABS_DIFF,
+    SHADOW_REQUESTS,
+    SHADOW_ROWS,
+    SHADOW_SECONDS,
+    Metrics,
+)
+
+if TYPE_CHECKING:
+    from serving.registry import ModelVersion
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 64
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+def compare(primary: Arrays, shadow: Arrays) -> tuple[int, int, float]:
+    """(rows compared, rows that agree, largest absolute difference).
+
+    Agreement is judged on the first output both answers share with the same shape: the
+    argmax of each row for a score matrix, equality for labels and single values. The
+    difference is the largest over every numeric output of equal shape (0 when none).
+    """
+    shared = [n for n in primary if n in shadow and primary[n].shape == shadow[n].shape]
+    if not shared:
+        return 0, 0, float("nan")
+    first_p, first_s = primary[shared[0]], shadow[shared[0]]
+    rows = int(first_p.shape[0]) if first_p.ndim else 1
+    if first_p.ndim >= 2 and first_p.shape[-1] > 1 and first_p.dtype.kind in "fiu":
+        agree = int(np.sum(np.argmax(first_p.reshape(rows, -1), 1) == np.argmax(first_s.reshape(rows, -1), 1)))
+    else:
+        same = np.asarray(first_p == first_s).reshape(rows, -1) if rows else np.zeros((0, 1), bool)
+        agree = int(np.sum(np.all(same, axis=1)))
+    diff = 0.0
+    for n in shared:
+        a, b = primary[n], shadow[n]
+        if a.dtype.kind in "fiu" and b.dtype.kind in "fiu" and a.size:
+            diff = max(diff, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+    return rows, agree, diff
+
+
+class ShadowRunner:
+    """Sends copies to shadow versions and records how their answers compare."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
+        labels = shadow.labels
+        if len(self._tasks) >= MAX_PENDING or shadow.batcher is None:
+            self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "dropped"})
+            return
+        task = asyncio.get_running_loop().create_task(self._run(shadow, arrays, primary))
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+
+    async def _run(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
+        labels = shadow.labels
+        start = time.monotonic()
+        assert shadow.batcher is not None
+        shadow.active += 1
+        try:
+            answer = await shadow.batcher.submit(arrays, None)
+        except ServingError:
+            self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "failed"})
+            return
+        finally:
+            shadow.active -= 1
+        self.metrics.observe(SHADOW_SECONDS, labels, time.monotonic() - start)
+        rows, agree, diff = compare(primary, answer)
+        self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "compared"})
+        self.metrics.inc(SHADOW_ROWS, labels, rows)
+        self.metrics.inc(SHADOW_AGREEMENTS, labels, agree)
+        if diff == diff:  # not NaN
+            self.metrics.observe(SHADOW_MAX_ABS_DIFF, labels, diff)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shadow request failed unexpectedly", exc_info=task.exception())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,136 @@
+"""Where the routing of every model lives, shared by all replicas and kept across restarts.
+
+Two files in the state folder (default ``<repository>/_serving``; the repository scan skips
+``_`` names): ``lifecycle.json``, the current routing of every model, and ``audit.jsonl``, one
+JSON line per change (time, who, action, model, details, before, after). A change takes an
+exclusive ``flock`` on ``.lock``, reads the file, applies the change, writes a new file and
+renames it over the old one (readers never see half a file), then appends the audit line.
+Replicas notice a change by the file's identity (inode, size, mtime), polled; on a cluster
+the folder must be shared by the nodes, as the repository already is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serving.errors import ConfigError
+from serving.lifecycle.routing import ModelRouting
+
+STATE_FILE = "lifecycle.json"
+AUDIT_FILE = "audit.jsonl"
+
+
+class LifecycleState(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    revision: int = 0
+    models: dict[str, ModelRouting] = Field(default_factory=dict)
+
+    def routing(self, model: str) -> ModelRouting:
+        return self.models.get(model) or ModelRouting()
+
+
+class LifecycleStore:
+    """The state folder: read, watch, change (one change at a time across processes), audit."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.state_path = directory / STATE_FILE
+        self.audit_path = directory / AUDIT_FILE
+        self._seen: tuple[int, int, int] | None = None
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.state_path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def read(self) -> LifecycleState:
+        """The current state (empty when nothing was ever changed).
+
+        Raises:
+            ConfigError: the state file is not valid.
+        """
+        self._seen = self._identity()
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return LifecycleState()
+        try:
+            return LifecycleState.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{self.state_path} is not a valid lifecycle state: {exc}") from exc
+
+    def changed(self) -> LifecycleState | None:
+        """The state when the file changed since the last read, else None (a stat: cheap to poll)."""
+        if self._identity() == self._seen:
+            return None
+        return self.read()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def update(
+        self,
+        model: str,
+        change: Callable[[ModelRouting], ModelRouting],
+        *,
+        who: str,
+        action: str,
+        details: dict[str, Any] | None = None,
+    ) -> tuple[ModelRouting, ModelRouting]:
+        """Apply ``change`` to one model's routing and record it; (before, after).
+
+        A ``change`` that raises changes and records nothing. Blocking file I/O: call it off
+        the event loop.
+        """
+        with self._locked():
+            state = self.read()
+            before = state.routing(model)
+            after = change(before)
+            new = LifecycleState(revision=state.revision + 1, models={**state.models, model: after})
+            tmp = self.state_path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(new.model_dump_json(indent=1))
+            os.replace(tmp, self.state_path)
+            self._seen = self._identity()
+            entry = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "unix": round(time.time(), 3),
+                "who": who,
+                "action": action,
+                "model": model,
+                "details": details or {},
+                "before": before.model_dump(mode="json"),
+                "after": after.model_dump(mode="json"),
+                "revision": new.revision,
+            }
+            with open(self.audit_path, "a") as audit:
+                audit.write(json.dumps(entry, separators=(",", ":")) + "\n")
+                audit.flush()
+                os.fsync(audit.fileno())
+            return before, after
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The last ``limit`` audit entries, oldest first."""
+        try:
+            lines = self.audit_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines[-limit:] if line.strip()]
