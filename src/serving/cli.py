@@ -1,4 +1,5 @@
-"""``serving`` command line: ``serve`` (online server), ``score`` (batch job) and ``demo-repo``."""
+"""``serving`` command line: ``serve`` (online server), ``score`` (batch job), ``keys``, ``runs``,
+``demo-repo``, and the model lifecycle commands (``cli_lifecycle``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,23 @@ import threading
 import time
 from pathlib import Path
 
+from serving import cli_lifecycle
 from serving.config import ServerSettings, load_settings
 from serving.errors import ConfigError
+
+LIFECYCLE_COMMANDS = (
+    "models",
+    "promote",
+    "rollback",
+    "traffic",
+    "shadow",
+    "load",
+    "unload",
+    "audit",
+    "lineage",
+    "evaluate",
+    "profile",
+)
 
 
 def _banner(host: str, http_port: int, grpc_port: int, metrics_port: int, tls: bool = False) -> str:
@@ -347,8 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--reference", action="store_true", help="also build the benchmark's reference MLP")
     d.add_argument("--dataset", type=Path, help="also write the digits as a Parquet dataset here (for `score`)")
     d.set_defaults(func=_demo_repo)
+    cli_lifecycle.add_commands(sub)
     args = parser.parse_args(argv)
-    quiet_logs = args.command == "score" and not args.verbose  # a job's person-facing lines are its own
+    quiet_logs = args.command in LIFECYCLE_COMMANDS or (args.command == "score" and not args.verbose)
     logging.basicConfig(
         level=logging.WARNING if quiet_logs else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -356,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
         import os
 
         args.address = os.environ.get("RAY_ADDRESS") or None
+    if args.command in LIFECYCLE_COMMANDS:
+        sys.exit(cli_lifecycle.run(args.func, args))
     sys.exit(args.func(args))
 
 

@@ -32,6 +32,8 @@ from pydantic_settings import (
 
 from serving.codecs import DATATYPES
 from serving.errors import ConfigError
+from serving.lifecycle.drift import DriftConfig
+from serving.lifecycle.gates import GatesConfig
 
 
 class _Strict(BaseModel):
@@ -260,6 +262,12 @@ class ModelConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     labels: tuple[str, ...] | None = Field(default=None, description="Class names of a classifier's output.")
     batch: BatchConfig = BatchConfig()
+    gates: GatesConfig = Field(
+        default_factory=lambda: GatesConfig(), description="Release gates `serving promote` checks."
+    )
+    drift: DriftConfig = Field(
+        default_factory=lambda: DriftConfig(), description="Live input drift watch (for versions with a profile)."
+    )
     description: str = ""
 
     @field_validator("platform", mode="before")

@@ -17,6 +17,7 @@ from typing import Any
 from serving.batching import DynamicBatcher
 from serving.config import ModelConfig
 from serving.errors import ModelNotFoundError, ModelNotReadyError, ServingError
+from serving.lifecycle.drift import DriftMonitor
 from serving.lifecycle.lineage import Lineage, verify_artifact
 from serving.lifecycle.routing import ModelRouting, choose, resolve_alias
 from serving.loaded_model import LoadedModel
@@ -60,6 +61,8 @@ class ModelVersion:
     directory: Path | None = None
     """The version folder (its lineage.yaml is checked at load)."""
     lineage: Lineage | None = None
+    drift: DriftMonitor | None = None
+    """Watches live inputs against the version's training profile (when it has one)."""
     active: int = 0
     """Requests submitted to this version and not answered yet (an unload waits for them)."""
     stats: ModelStats = field(init=False)
@@ -131,6 +134,9 @@ class ModelVersion:
 
     def start(self, load_seconds: float) -> None:
         """Start serving an opened model (on the event loop's thread)."""
+        profile = self.lineage.profile if self.lineage is not None else None
+        if profile is not None and self.config.drift.enabled:
+            self.drift = DriftMonitor(profile.input, profile.features, self.config.drift)
         self._start_lane()
         self.load_seconds = load_seconds
         self.state = VersionState.READY
@@ -197,12 +203,15 @@ class ModelVersion:
         while self.active and time.monotonic() < until:
             await asyncio.sleep(0.01)
 
-    async def close(self) -> None:
+    async def close(self, report: bool = True) -> None:
+        """Stop serving; ``report=False`` for an instance being replaced (a reload), whose
+        successor already reports the version's readiness."""
         if self._reloading is not None and not self._reloading.done():
             self._reloading.cancel()
         self.state = VersionState.UNAVAILABLE
         self.reason = "unloaded"
-        self.metrics.set(READY, self.labels, 0)
+        if report:
+            self.metrics.set(READY, self.labels, 0)
         if self.batcher is not None:
             await self.batcher.close()
         if self._executor is not None:
@@ -271,7 +280,7 @@ class ModelRegistry:
         self.put(mv)
         log.info("model %s version %d loaded in %.2fs", entry.name, version, mv.load_seconds)
         if old is not None:
-            await self._retire(old)
+            await self._retire(old, report=False)
         return mv
 
     async def unload_version(self, name: str, version: int, drain_s: float = 30.0) -> None:
@@ -282,13 +291,13 @@ class ModelRegistry:
             return
         placeholder = ModelVersion(mv.loaded, VersionState.UNAVAILABLE, "unloaded", metrics=self.metrics)
         self.put(placeholder)
-        self.metrics.set(READY, mv.labels, 0)
         await self._retire(mv, drain_s)
+        self.metrics.forget(name, str(version))
         log.info("model %s version %d unloaded", name, version)
 
-    async def _retire(self, mv: ModelVersion, drain_s: float = 30.0) -> None:
+    async def _retire(self, mv: ModelVersion, drain_s: float = 30.0, report: bool = True) -> None:
         await mv.drain(drain_s)
-        await mv.close()
+        await mv.close(report)
 
     def _failed(self, mv: ModelVersion, exc: ServingError) -> None:
         mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message

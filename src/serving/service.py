@@ -7,8 +7,10 @@ versions, one dynamic batcher per version, and the input checks of the OIP spec
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.metadata
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +28,7 @@ from serving.lifecycle.store import LifecycleStore
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, VersionState
 from serving.repository import scan_repository
-from serving.telemetry.metrics import UNKNOWN, AggregatedMetrics, Metrics
+from serving.telemetry.metrics import DRIFT_PSI, DRIFT_ROWS, UNKNOWN, AggregatedMetrics, Metrics
 from serving.telemetry.requests import InFlight, RequestTracker
 from serving.types import (
     InferenceRequest,
@@ -43,6 +45,7 @@ try:
     SERVER_VERSION = importlib.metadata.version("serving")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree without installing
     SERVER_VERSION = "0+unknown"
+log = logging.getLogger(__name__)
 EXTENSIONS = (
     "binary_tensor_data",
     "model_configuration",
@@ -83,6 +86,7 @@ class LocalInferenceService:
         self._shadows = ShadowRunner(registry.metrics)
         self.admin = admin
         """Operator commands; None for a fixed set of models (no repository control)."""
+        self._drift_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_repository(
@@ -117,6 +121,21 @@ class LocalInferenceService:
         on the serving loop)."""
         if self.admin is not None:
             self.admin.reconciler.start(scan_repository)
+        if self._drift_task is None:
+            self._drift_task = asyncio.get_running_loop().create_task(self._watch_drift())
+            self._drift_task.add_done_callback(_report_death)
+
+    async def _watch_drift(self) -> None:
+        """Once a second: each watched version's PSI per feature, exported as gauges."""
+        while True:
+            await asyncio.sleep(DRIFT_TICK_S)
+            for mv in self.registry.all_versions():
+                if mv.drift is None or mv.state is not VersionState.READY:
+                    continue
+                scores, rows = await asyncio.to_thread(mv.drift.tick)
+                self.registry.metrics.set(DRIFT_ROWS, mv.labels, rows)
+                for feature, value in scores.items():
+                    self.registry.metrics.set(DRIFT_PSI, {**mv.labels, "feature": feature}, value)
 
     def track(
         self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
@@ -151,6 +170,9 @@ class LocalInferenceService:
         """Stop every version's batcher; requests still waiting are answered UNAVAILABLE."""
         if self.admin is not None:
             await self.admin.reconciler.stop()
+        if self._drift_task is not None:
+            self._drift_task.cancel()
+            await asyncio.gather(self._drift_task, return_exceptions=True)
         await self._shadows.close()
         await self.registry.close()
 
@@ -257,6 +279,8 @@ class LocalInferenceService:
         except ServingError:
             mv.stats.fail.add(time.monotonic_ns() - start)
             raise
+        if mv.drift is not None:
+            mv.drift.observe(arrays)
         shadow = self.registry.shadow_of(mv.name, mv)
         if shadow is not None:
             self._shadows.send(shadow, arrays, results)
@@ -273,6 +297,12 @@ class LocalInferenceService:
 
 
 MAX_TIMEOUT_US = 24 * 3600 * 1_000_000
+DRIFT_TICK_S = 1.0
+
+
+def _report_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the drift watch died: PSI gauges stop updating", exc_info=task.exception())
 
 
 def lineage_parameters(lineage: Lineage | None) -> dict[str, str]:

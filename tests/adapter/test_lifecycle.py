@@ -28,9 +28,15 @@ X = [1.0, 2.0, 3.0, 4.0]
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": X}]}
 
 
+def add_versions(repo: Path, *versions: int) -> None:
+    """Versions of ``add`` (y = x + version); every version served, promotes need no evaluation
+    here (gates are tested with the CLI)."""
+    add_model(repo, versions=versions, version_policy={"all": True}, gates={"require_evaluation": False})
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    add_model(tmp_path / "repo", versions=(1, 2), version_policy={"all": True})
+    add_versions(tmp_path / "repo", 1, 2)
     return tmp_path / "repo"
 
 
@@ -128,7 +134,7 @@ async def test_shadow_answers_are_compared_and_dropped(served: Any) -> None:
 
 async def test_load_and_unload_through_http_and_grpc(served: Any, repo: Path) -> None:
     _, http, stub = served
-    add_model(repo, versions=(3,), version_policy={"all": True})  # a new version folder
+    add_versions(repo, 3)  # a new version folder
     (await http.post("/v2/repository/models/add/load", json={"parameters": {"version": "3"}})).raise_for_status()
     index = {r["version"]: r for r in (await http.post("/v2/repository/index", json={})).json()}
     assert index["3"]["state"] == "READY"
@@ -161,7 +167,7 @@ async def test_load_and_unload_through_http_and_grpc(served: Any, repo: Path) ->
 async def test_a_tampered_artifact_is_refused_and_the_others_serve(served: Any, repo: Path) -> None:
     _, http, _ = served
     v3 = repo / "add" / "3"
-    add_model(repo, versions=(3,), version_policy={"all": True})
+    add_versions(repo, 3)
     write_lineage(v3, Lineage(artifact=ArtifactRecord(file="model.onnx", sha256=file_sha256(v3 / "model.onnx"))))
     (await http.post("/v2/repository/models/add/load", json={"parameters": {"version": 3}})).raise_for_status()
     md = (await http.get("/v2/models/add/versions/3")).json()
@@ -183,7 +189,7 @@ async def test_a_tampered_artifact_is_refused_and_the_others_serve(served: Any, 
 async def test_the_folder_watch_loads_a_new_version_and_unloads_a_removed_one(served: Any, repo: Path) -> None:
     svc, http, _ = served
     svc.start_watch()
-    add_model(repo, versions=(7,), version_policy={"all": True})
+    add_versions(repo, 7)
     for _ in range(100):
         if any(r.version == "7" and r.state == "READY" for r in svc.repository_index()):
             break

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from serving.errors import GateError, InvalidInputError, ModelNotFoundError, ModelNotReadyError
+from serving.errors import ConfigError, GateError, InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from serving.lifecycle import routing as r
+from serving.lifecycle.gates import check_gates
+from serving.lifecycle.lineage import Lineage, read_lineage
 from serving.lifecycle.reconcile import LoadReport, Reconciler
 from serving.lifecycle.routing import ModelRouting
 from serving.lifecycle.store import LifecycleStore
 from serving.registry import ModelRegistry, VersionState
-
-GateCheck = Callable[[str, int, str], list[str]]
-"""(model, version, alias) -> the gates the version misses (empty: promotable)."""
+from serving.repository import load_model_entry
 
 
 class ModelAdmin:
@@ -24,7 +25,6 @@ class ModelAdmin:
         self.registry = registry
         self.store = store
         self.reconciler = reconciler
-        self.gate_check: GateCheck | None = None
 
     def overview(self) -> list[dict[str, Any]]:
         """Every model: versions (state, reason, lineage), aliases, weights, shadow."""
@@ -33,7 +33,8 @@ class ModelAdmin:
             routing = self.registry.routing.get(name) or ModelRouting()
             versions = []
             for mv in reversed(self.registry.versions(name)):
-                lineage = mv.lineage.model_dump(mode="json", exclude_none=True) if mv.lineage else None
+                fresh = self._lineage(mv.directory) if mv.directory is not None else mv.lineage
+                lineage = fresh.model_dump(mode="json", exclude_none=True) if fresh is not None else None
                 if lineage is not None and "profile" in lineage:
                     lineage["profile"] = {k: v for k, v in lineage["profile"].items() if k != "features"} | {
                         "features": sorted(lineage["profile"]["features"])
@@ -51,6 +52,26 @@ class ModelAdmin:
                 )
             out.append({"name": name, "versions": versions, **routing.model_dump(mode="json")})
         return out
+
+    @staticmethod
+    def _lineage(directory: Path) -> Lineage | None:
+        """The lineage on disk now (``serving evaluate`` adds to it while the version serves)."""
+        try:
+            return read_lineage(directory)
+        except ConfigError:
+            return None
+
+    def gates_missed(self, name: str, version: int, alias: str) -> list[str]:
+        """The release gates of the model that ``version`` misses to become ``alias``.
+
+        Raises:
+            ConfigError: model.yaml or the lineage became invalid.
+        """
+        entry = load_model_entry(self.registry.entry(name).path)  # model.yaml as it is now: gates may change
+        current = (self.registry.routing.get(name) or ModelRouting()).aliases.get(alias)
+        candidate = read_lineage(entry.version_dir(version))
+        base = self._lineage(entry.version_dir(current)) if current is not None and current != version else None
+        return check_gates(entry.config.gates, candidate, base, current)
 
     def _ready(self, name: str, version: int) -> None:
         for mv in self.registry.versions(name):
@@ -87,12 +108,13 @@ class ModelAdmin:
         """
         r.check_alias(alias)
         self._ready(name, version)
-        missed = self.gate_check(name, version, alias) if self.gate_check is not None else []
-        if missed and not force:
-            raise GateError(f"model {name!r} version {version} may not become {alias!r}: " + "; ".join(missed))
+        missed = await asyncio.to_thread(self.gates_missed, name, version, alias)
         details: dict[str, Any] = {"version": version, "alias": alias, "force": force}
         if missed:
             details["gates_missed"] = missed
+        if missed and not force:
+            await asyncio.to_thread(self.store.record, name, who=who, action="promote-refused", details=details)
+            raise GateError(f"model {name!r} version {version} may not become {alias!r}: " + "; ".join(missed))
         return await self._change(name, lambda x: r.promote(x, alias, version), who, "promote", details)
 
     async def rollback(self, name: str, alias: str, who: str) -> dict[str, Any]:

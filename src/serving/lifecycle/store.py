@@ -110,22 +110,28 @@ class LifecycleStore:
             tmp.write_text(new.model_dump_json(indent=1))
             os.replace(tmp, self.state_path)
             self._seen = self._identity()
-            entry = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "unix": round(time.time(), 3),
-                "who": who,
-                "action": action,
-                "model": model,
-                "details": details or {},
-                "before": before.model_dump(mode="json"),
-                "after": after.model_dump(mode="json"),
-                "revision": new.revision,
-            }
-            with open(self.audit_path, "a") as audit:
-                audit.write(json.dumps(entry, separators=(",", ":")) + "\n")
-                audit.flush()
-                os.fsync(audit.fileno())
+            self._append(
+                who=who,
+                action=action,
+                model=model,
+                details=details or {},
+                before=before.model_dump(mode="json"),
+                after=after.model_dump(mode="json"),
+                revision=new.revision,
+            )
             return before, after
+
+    def record(self, model: str, *, who: str, action: str, details: dict[str, Any]) -> None:
+        """Audit something that changed no routing (a refused promote)."""
+        with self._locked():
+            self._append(who=who, action=action, model=model, details=details)
+
+    def _append(self, **fields: Any) -> None:
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "unix": round(time.time(), 3), **fields}
+        with open(self.audit_path, "a") as audit:
+            audit.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            audit.flush()
+            os.fsync(audit.fileno())
 
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` audit entries, oldest first."""

@@ -180,6 +180,9 @@ class Metrics(Protocol):
     def inc(self, spec: MetricSpec, labels: dict[str, str], value: float = 1.0) -> None: ...
     def observe(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None: ...
     def set(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None: ...
+    def forget(self, model: str, version: str) -> None:
+        """Stop exporting the gauges of a version that is gone (unloaded): its series end
+        instead of reading "not ready" forever."""
 
 
 class NullMetrics:
@@ -192,6 +195,9 @@ class NullMetrics:
         pass
 
     def set(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
+        pass
+
+    def forget(self, model: str, version: str) -> None:
         pass
 
 
@@ -216,6 +222,13 @@ class MemoryMetrics:
 
     def set(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
         self.values[self._key(spec, labels)] = value
+
+    def forget(self, model: str, version: str) -> None:
+        gauges = {s.name: s for s in SPECS if s.kind == "gauge"}
+        for key in list(self.values):
+            spec = gauges.get(key[0])
+            if spec is not None and spec.labels[:2] == ("model", "version") and key[1][:2] == (model, version):
+                del self.values[key]
 
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -255,6 +268,11 @@ class AggregatedMetrics:
     def set(self, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
         with self._lock:
             self._gauges[(spec.name, tuple(labels.items()))] = value
+
+    def forget(self, model: str, version: str) -> None:
+        with self._lock:
+            for key in [k for k in self._gauges if ("model", model) in k[1] and ("version", version) in k[1]]:
+                del self._gauges[key]
 
     def copy_state(self) -> tuple[dict[Key, float], dict[Key, list[float]], dict[Key, float]]:
         """(counters, histograms, gauges): consistent copies, taken under the lock."""

@@ -1,0 +1,238 @@
+"""The lifecycle commands of ``serving``: against a running server (``models``, ``promote``,
+``rollback``, ``traffic``, ``shadow``, ``load``, ``unload``, ``audit``) and on the repository
+on disk (``lineage``, ``evaluate``, ``profile``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from serving.admin_client import AdminClient, AdminClientError
+from serving.errors import ServingError
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(args.server, args.api_key, args.ca_cert)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _models(args: argparse.Namespace) -> int:
+    doc = _client(args).call("GET", "/v2/admin/models")
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    for model in doc["models"]:
+        split = ", ".join(f"v{v}={w}%" for v, w in sorted(model["weights"].items())) or "newest ready"
+        sticky = f" (sticky by {model['sticky_header']})" if model["sticky_header"] else ""
+        shadow = f"; shadow v{model['shadow']}" if model["shadow"] is not None else ""
+        print(f"{model['name']}: traffic {split}{sticky}{shadow}")
+        for v in model["versions"]:
+            lineage = v["lineage"] or {}
+            facts = []
+            if "artifact" in lineage:
+                facts.append(f"sha256 {lineage['artifact']['sha256'][:12]}")
+            if "training_data" in lineage:
+                facts.append(f"data {lineage['training_data']['fingerprint'][:12]}")
+            if lineage.get("code_revision"):
+                facts.append(f"code {lineage['code_revision']}")
+            if "evaluation" in lineage:
+                facts.append(", ".join(f"{k} {x:.4g}" for k, x in sorted(lineage["evaluation"]["metrics"].items())))
+            if "profile" in lineage:
+                facts.append(f"profile of {len(lineage['profile']['features'])} features")
+            aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+            reason = f" ({v['reason']})" if v["reason"] else ""
+            print(f"  v{v['version']} {v['state']}{reason}{aliases}" + (f"  {'; '.join(facts)}" if facts else ""))
+    return 0
+
+
+def _show(doc: Any) -> int:
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    body = {"version": args.version, "alias": args.alias, "force": args.force}
+    doc = _client(args).call("POST", f"/v2/admin/models/{args.model}/promote", body)
+    forced = f" (FORCED past: {'; '.join(doc['gates_missed'])})" if doc.get("gates_missed") else ""
+    print(f"{args.model}: {args.alias} -> v{args.version} (was {doc['before']['aliases'].get(args.alias)}){forced}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    doc = _client(args).call("POST", f"/v2/admin/models/{args.model}/rollback", {"alias": args.alias})
+    before, after = doc["before"]["aliases"][args.alias], doc["after"]["aliases"][args.alias]
+    print(f"{args.model}: {args.alias} -> v{after} (was v{before})")
+    return 0
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    weights: dict[str, int] = {}
+    for item in args.weights:
+        version, sep, weight = item.partition("=")
+        if not sep or not version.isdigit() or not weight.lstrip("-").isdigit():
+            return _fail(f"weights are VERSION=PERCENT, got {item!r}")
+        weights[version] = int(weight)
+    body: dict[str, Any] = {"weights": weights}
+    if args.sticky_header:
+        body["sticky_header"] = args.sticky_header
+    _client(args).call("POST", f"/v2/admin/models/{args.model}/traffic", body)
+    split = ", ".join(f"v{v}={w}%" for v, w in weights.items()) or "newest ready version"
+    print(f"{args.model}: traffic {split}" + (f" (sticky by {args.sticky_header})" if args.sticky_header else ""))
+    return 0
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    version = None if args.version == "off" else args.version
+    if version is not None and not version.isdigit():
+        return _fail("shadow takes a version number or 'off'")
+    _client(args).call("POST", f"/v2/admin/models/{args.model}/shadow", {"version": version and int(version)})
+    print(f"{args.model}: shadow {'off' if version is None else 'v' + version}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    body = {"parameters": {"version": args.version}} if args.version else {}
+    doc = _client(args).call("POST", f"/v2/repository/models/{args.model}/{args.command}", body, timeout_s=600)
+    return _show(doc)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    for entry in _client(args).call("GET", f"/v2/admin/audit?limit={args.limit}")["entries"]:
+        print(json.dumps(entry, separators=(",", ":")))
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from serving.lifecycle.tools import record_lineage
+
+    params = dict(p.partition("=")[::2] for p in args.param)
+    path = record_lineage(
+        args.repository,
+        args.version,
+        training_data=args.training_data,
+        code_revision=args.code_revision,
+        created_by=args.created_by,
+        params=params,
+    )
+    print(path.read_text(), end="")
+    _audit_tool(args, "lineage", {"training_data": args.training_data, "code_revision": args.code_revision})
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from serving.lifecycle.tools import evaluate
+
+    record = evaluate(args.repository, args.version, args.data, args.label, task=args.task, executor=args.executor)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record.metrics.items()))
+    print(f"{args.version} on {record.data.rows:,} rows ({record.task}): {metrics}")
+    print(f"stored in {args.repository / args.version.replace(':', '/')}/lineage.yaml")
+    _audit_tool(args, "evaluate", {"metrics": record.metrics, "data": record.data.fingerprint, "label": record.label})
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from serving.lifecycle.tools import profile_version
+
+    record = profile_version(args.repository, args.version, args.data)
+    print(
+        f"{args.version}: profile of {len(record.features)} features of input {record.input!r} "
+        f"from {record.data.rows:,} rows; the server watches drift from the next load of this version"
+    )
+    return 0
+
+
+def _audit_tool(args: argparse.Namespace, action: str, details: dict[str, Any]) -> None:
+    """Tools that change a version's lineage leave a line in the server's audit log too."""
+    import getpass
+
+    from serving.lifecycle.store import LifecycleStore
+
+    model, _, version = args.version.partition(":")
+    store = LifecycleStore(args.state_dir or args.repository / "_serving")
+    store.record(model, who=getpass.getuser(), action=action, details={"version": int(version), **details})
+
+
+def run(func: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(func(args))
+    except AdminClientError as exc:
+        return _fail(str(exc))
+    except ServingError as exc:
+        return _fail(exc.message)
+
+
+def add_commands(sub: Any) -> None:
+    def server_parser(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        p.add_argument("--server", help="the server's HTTP URL (default $SERVING_SERVER or http://127.0.0.1:8000)")
+        p.add_argument("--api-key", help="an admin API key (default $SERVING_API_KEY)")
+        p.add_argument("--ca-cert", help="CA certificate that signed the server's TLS certificate")
+        return p
+
+    p = server_parser("models", "versions, states, aliases, traffic, shadow and lineage of a running server")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_models)
+    p = server_parser("promote", "point an alias at a version (checked against the model's release gates)")
+    p.add_argument("model")
+    p.add_argument("version", type=int)
+    p.add_argument("--alias", required=True)
+    p.add_argument("--force", action="store_true", help="promote past missed gates (the audit log says so)")
+    p.set_defaults(func=_promote)
+    p = server_parser("rollback", "point an alias back at its previous version")
+    p.add_argument("model")
+    p.add_argument("--alias", required=True)
+    p.set_defaults(func=_rollback)
+    p = server_parser("traffic", "split requests that name no version: serving traffic MODEL 1=90 2=10 (none: newest)")
+    p.add_argument("model")
+    p.add_argument("weights", nargs="*", help="VERSION=PERCENT, adding up to 100")
+    p.add_argument("--sticky-header", help="same value of this request header -> same version")
+    p.set_defaults(func=_traffic)
+    p = server_parser("shadow", "send a copy of live requests to a version (answers compared, dropped), or 'off'")
+    p.add_argument("model")
+    p.add_argument("version")
+    p.set_defaults(func=_shadow)
+    for name, help in (
+        ("load", "load (or reload) a model's versions from its folder"),
+        ("unload", "unload a version or a model"),
+    ):
+        p = server_parser(name, help)
+        p.add_argument("model")
+        p.add_argument("version", nargs="?", type=int)
+        p.set_defaults(func=_load)
+    p = server_parser("audit", "the last changes: time, who, what, before, after (JSON lines)")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=_audit)
+
+    def repo_parser(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        p.add_argument("version", metavar="MODEL:VERSION")
+        p.add_argument("--repository", type=Path, default=Path("model_repository"), help="model repository root")
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            help="the server's state folder, for the audit log (default <repository>/_serving)",
+        )
+        return p
+
+    p = repo_parser("lineage", "record a version's artifact sha256, training data fingerprint, code revision...")
+    p.add_argument("--training-data", action="append", help="Parquet file/folder/glob it was trained on (repeatable)")
+    p.add_argument("--code-revision", help="e.g. the training code's git commit")
+    p.add_argument("--created-by")
+    p.add_argument("--param", action="append", default=[], help="KEY=VALUE (repeatable)")
+    p.set_defaults(func=_lineage)
+    p = repo_parser("evaluate", "score labelled data through the batch path and store the metrics in the lineage")
+    p.add_argument("--data", action="append", required=True, help="Parquet file/folder/glob (repeatable)")
+    p.add_argument("--label", required=True, help="the column holding the true value")
+    p.add_argument("--task", choices=("classification", "regression"), help="default: regression for a float label")
+    p.add_argument("--executor", choices=("auto", "local", "ray"), default="auto")
+    p.set_defaults(func=_evaluate)
+    p = repo_parser("profile", "store the training distribution of the inputs (the server watches drift against it)")
+    p.add_argument("--data", action="append", required=True, help="Parquet file/folder/glob (repeatable)")
+    p.set_defaults(func=_profile)

@@ -1,0 +1,176 @@
+"""``serving lineage``, ``serving evaluate`` and ``serving profile``: facts about a version,
+written into its ``lineage.yaml`` on disk (no server needed).
+
+Evaluation scores the holdout through the batch path (``offline.job``, the same code as
+``serving score``: every row accounted for, a failed row fails the evaluation) and compares
+the predictions with the label column. A profile reads the training data through the model's
+column mapping, so its features are exactly what the model's input holds online.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from serving.errors import InvalidInputError
+from serving.lifecycle.drift import as_matrix, feature_names, profile
+from serving.lifecycle.evaluation import classification_metrics, regression_metrics
+from serving.lifecycle.lineage import (
+    ArtifactRecord,
+    DataRecord,
+    EvaluationRecord,
+    Lineage,
+    ProfileRecord,
+    file_sha256,
+    read_lineage,
+    write_lineage,
+)
+from serving.offline.inputs import resolve_inputs
+from serving.offline.mapping import extract_inputs, plan_columns
+from serving.offline.scorer import open_version, resolve_version
+from serving.repository import ModelEntry
+
+Array = np.ndarray[Any, Any]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def data_record(data: list[str]) -> DataRecord:
+    """Files, rows and the footer fingerprint of a dataset (what ``serving score`` records)."""
+    inputs = resolve_inputs(data)
+    return DataRecord(inputs=list(data), fingerprint=inputs.fingerprint(), rows=inputs.rows)
+
+
+def _version(repository: Path, spec: str) -> tuple[ModelEntry, int, Lineage]:
+    if ":" not in spec:
+        raise InvalidInputError(f"name the version: MODEL:VERSION, got {spec!r}")
+    entry, version = resolve_version(repository, spec)
+    return entry, version, read_lineage(entry.version_dir(version)) or Lineage()
+
+
+def record_lineage(
+    repository: Path,
+    spec: str,
+    *,
+    training_data: list[str] | None = None,
+    code_revision: str | None = None,
+    created_by: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> Path:
+    """Write the artifact's sha256 (and what is given) into the version's lineage, keeping the
+    evaluation and profile already there."""
+    entry, version, lineage = _version(repository, spec)
+    artifact = entry.config.platform.artifact
+    update: dict[str, Any] = {
+        "artifact": ArtifactRecord(file=artifact, sha256=file_sha256(entry.version_dir(version) / artifact)),
+        "created_by": created_by or lineage.created_by or getpass.getuser(),
+        "created_at": lineage.created_at or _now(),
+    }
+    if training_data:
+        update["training_data"] = data_record(training_data)
+    if code_revision is not None:
+        update["code_revision"] = code_revision
+    if params:
+        update["params"] = {**lineage.params, **params}
+    return write_lineage(entry.version_dir(version), lineage.model_copy(update=update))
+
+
+def evaluate(
+    repository: Path, spec: str, data: list[str], label: str, *, task: str | None = None, executor: str = "auto"
+) -> EvaluationRecord:
+    """Score ``data`` with the version, compare with column ``label``, store the metrics."""
+    from serving.offline import job
+    from serving.offline.plan import ScoreJob
+
+    entry, version, lineage = _version(repository, spec)
+    with tempfile.TemporaryDirectory(prefix="serving-evaluate-") as tmp:
+        out = str(Path(tmp) / "scored")
+        job.run(
+            ScoreJob(
+                repository=repository,
+                model=f"{entry.name}:{version}",
+                inputs=list(data),
+                output=out,
+                passthrough=(label,),
+                executor=executor,
+                progress=False,
+            )
+        )
+        table = pq.read_table(out)
+    metrics, kind = _metrics(entry, table, label, task)
+    record = EvaluationRecord(data=data_record(data), label=label, task=kind, metrics=metrics, evaluated_at=_now())
+    write_lineage(entry.version_dir(version), lineage.model_copy(update={"evaluation": record}))
+    return record
+
+
+def _column(table: pa.Table, name: str) -> Array:
+    col = table.column(name).combine_chunks()
+    if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
+        return np.asarray(col.flatten().to_numpy(zero_copy_only=False)).reshape(len(col), -1)
+    return np.asarray(col.to_numpy(zero_copy_only=False))
+
+
+def _metrics(entry: ModelEntry, table: pa.Table, label: str, task: str | None) -> tuple[dict[str, float], str]:
+    truth = _column(table, label)
+    outputs = [(o.name, entry.config.batch.outputs.get(o.name, o.name)) for o in entry.config.outputs or ()]
+    if not outputs:  # outputs read from the artifact: every non-passthrough column but ours
+        skip = {label, "model_name", "model_version"}
+        outputs = [(c, c) for c in table.column_names if c not in skip and not c.endswith("_class")]
+    kind = task or ("regression" if truth.dtype.kind == "f" else "classification")
+    if kind == "regression":
+        for _, column in outputs:
+            values = _column(table, column)
+            if values.dtype.kind == "f" and values.reshape(len(values), -1).shape[1] == 1:
+                return regression_metrics(truth, values), kind
+        raise InvalidInputError("no output with one number per row to compare with the label (regression)")
+    labels = entry.config.labels
+    scores = next(
+        (v for _, c in outputs if (v := _column(table, c)).dtype.kind == "f" and v.ndim == 2 and v.shape[1] > 1),
+        None,
+    )
+    if scores is not None:
+        classes = np.asarray(labels if labels else range(scores.shape[1]), dtype=object)
+        predicted = classes[np.argmax(scores, axis=1)]
+    else:
+        predicted = next((v for _, c in outputs if (v := _column(table, c)).ndim == 1), None)
+        if predicted is None:
+            raise InvalidInputError("no class scores or class output to compare with the label")
+        classes = np.unique(predicted)
+    if labels:
+        truth = np.asarray([str(t) for t in truth.tolist()], dtype=object)
+        predicted = np.asarray([str(p) for p in predicted.tolist()], dtype=object)
+    else:
+        truth, predicted = truth.astype(object), predicted.astype(object)
+    return classification_metrics(truth, predicted, scores, classes), kind
+
+
+def profile_version(repository: Path, spec: str, data: list[str]) -> ProfileRecord:
+    """Store the training distribution of the version's input features."""
+    entry, version, lineage = _version(repository, spec)
+    loaded = open_version(entry, version, warmup=False)
+    try:
+        inputs = resolve_inputs(data)
+        table = pq.read_table(
+            inputs.paths[0] if len(inputs.paths) == 1 else inputs.base_dir, filesystem=inputs.filesystem
+        )
+        plan = plan_columns(entry.config.batch, loaded.inputs, loaded.outputs, table.schema)
+    finally:
+        loaded.unload()
+    binding = plan.inputs[0]
+    arrays, errors = extract_inputs(table, plan)
+    values = as_matrix(arrays[binding.tensor.name][~errors.bad])
+    names = list(binding.columns) if binding.stacked else feature_names(binding.tensor.name, values.shape[1])
+    record = ProfileRecord(
+        data=data_record(data), input=binding.tensor.name, features=profile(values, names), created_at=_now()
+    )
+    write_lineage(entry.version_dir(version), lineage.model_copy(update={"profile": record}))
+    return record
