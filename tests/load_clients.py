@@ -4,6 +4,7 @@ and fault tests)."""
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 import urllib.request
@@ -16,7 +17,18 @@ import tritonclient.grpc as tgrpc
 from server_process import ServerProcess
 
 SIZE = 256
-BODY = b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,%d],"data":[%s]}]}' % (SIZE, b",".join([b"0.5"] * SIZE))
+
+
+def body_of(width: int, name: str = "x") -> bytes:
+    """A V2 JSON request of one row of ``width`` FP32 values for input ``name``."""
+    return b'{"inputs":[{"name":"%s","datatype":"FP32","shape":[1,%d],"data":[%s]}]}' % (
+        name.encode(),
+        width,
+        b",".join([b"0.5"] * width),
+    )
+
+
+BODY = body_of(SIZE)
 
 
 def log_count(server: ServerProcess, text: str) -> int:
@@ -39,13 +51,16 @@ class Load:
         self.errors: list[str] = []
         self.kinds: Counter[str] = Counter()  # every distinct failure (first 160 characters), counted
         self.last_failure = 0.0  # time.monotonic() of the last failure
+        self.versions: Counter[str] = Counter()  # the model_version of each answer
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def _record(self, ok: bool, what: str) -> None:
+    def _record(self, ok: bool, what: str, version: str = "") -> None:
         with self._lock:
             self.outcomes["ok" if ok else "failed"] += 1
+            if version:
+                self.versions[version] += 1
             if not ok:
                 self.outcomes[f"failed {what.split(':')[0]}"] += 1
                 self.kinds[what[:160]] += 1
@@ -53,34 +68,37 @@ class Load:
                 if len(self.errors) < 20:
                     self.errors.append(what)
 
-    def grpc(self, server: ServerProcess) -> None:
+    def grpc(self, server: ServerProcess, model: str = "slow", version: str = "", width: int = SIZE) -> None:
         def run() -> None:
             client = tgrpc.InferenceServerClient(server.grpc_url)
-            inp = tgrpc.InferInput("x", [1, SIZE], "FP32")
-            inp.set_data_from_numpy(np.full((1, SIZE), 0.5, np.float32))
+            inp = tgrpc.InferInput("x", [1, width], "FP32")
+            inp.set_data_from_numpy(np.full((1, width), 0.5, np.float32))
             deadline = time.monotonic() + 120
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
-                    client.infer("slow", [inp], client_timeout=30)
-                    self._record(True, "grpc")
+                    result = client.infer(model, [inp], model_version=version, client_timeout=30)
+                    self._record(True, "grpc", result.get_response().model_version)
                 except Exception as exc:  # every failure is counted, none expected
                     self._record(False, f"grpc: {exc}")
             client.close()
 
         self._start(run)
 
-    def http_keepalive(self, server: ServerProcess) -> None:
+    def http_keepalive(self, server: ServerProcess, model: str = "slow", version: str = "", width: int = SIZE) -> None:
         """One persistent connection (http.client reopens it after a Connection: close)."""
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        body = body_of(width)
 
         def run() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
             deadline = time.monotonic() + 120
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
-                    conn.request("POST", "/v2/models/slow/infer", BODY, {"Content-Type": "application/json"})
+                    conn.request("POST", path, body, {"Content-Type": "application/json"})
                     response = conn.getresponse()
-                    response.read()
-                    self._record(response.status == 200, f"http: status {response.status}")
+                    raw = response.read()
+                    answered = json.loads(raw).get("model_version", "") if response.status == 200 else ""
+                    self._record(response.status == 200, f"http: status {response.status}", answered)
                 except Exception as exc:
                     self._record(False, f"http: {exc!r}")
                     conn.close()

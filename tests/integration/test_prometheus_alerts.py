@@ -8,22 +8,16 @@ windows to 15 s) so a test can watch them change state.
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
-import yaml
-from metrics_scrape import CONFIGS
+from prometheus_process import alerts, get, running_prometheus, wait_for
 
-from server_process import ServerProcess, free_port
+from server_process import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -40,71 +34,10 @@ def post(url: str, body: bytes) -> int:
         return int(exc.code)
 
 
-def scaled_rules(text: str) -> str:
-    text = re.sub(r"for: \d+[smh]", "for: 2s", text)
-    return re.sub(r"\[(5m|15m)\]", "[15s]", text)
-
-
 @pytest.fixture(scope="module")
 def prometheus(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary, "Prometheus is not installed: apt-get install prometheus (make test does it)"
-    root = tmp_path_factory.mktemp("prometheus")
-    (root / "alerts.yml").write_text(scaled_rules((CONFIGS / "prometheus" / "alerts.yml").read_text()))
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(root / "alerts.yml")],
-        "scrape_configs": [
-            {"job_name": "serving", "static_configs": [{"targets": [f"127.0.0.1:{server.metrics_port}"]}]}
-        ],
-    }
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (root / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={root / 'prometheus.yml'}",
-            f"--storage.tsdb.path={root / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _get(f"{url}/-/ready") is not None, 30, "Prometheus never became ready")
+    with running_prometheus(server.metrics_port, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def _get(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            body = r.read()
-            return json.loads(body) if body.startswith(b"{") else body
-    except (OSError, ValueError):
-        return None
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(message)
-
-
-def alerts(url: str) -> dict[tuple[str, str], str]:
-    doc = _get(f"{url}/api/v1/alerts") or {"data": {"alerts": []}}
-    return {(a["labels"]["alertname"], a["labels"].get("model", "")): a["state"] for a in doc["data"]["alerts"]}
 
 
 class Traffic:
@@ -132,7 +65,7 @@ class Traffic:
 
 def test_prometheus_scrapes_the_server(prometheus: str, server: ServerProcess) -> None:
     def up() -> bool:
-        doc = _get(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22serving%22%7D") or {}
+        doc = get(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22serving%22%7D") or {}
         result = doc.get("data", {}).get("result", [])
         return bool(result) and result[0]["value"][1] == "1"
 

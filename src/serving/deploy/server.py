@@ -25,7 +25,9 @@ def check_port_free(host: str, port: int, what: str) -> None:
     """Fail with a message naming the port when another process holds it.
 
     Binding without SO_REUSEPORT fails while anyone listens on the port, a server of ours
-    included (whose replicas do set SO_REUSEPORT, and would otherwise share it).
+    included (whose replicas do set SO_REUSEPORT, and would otherwise share it). SO_REUSEADDR
+    is set, as the servers set it: connections of a server that just stopped, left in
+    TIME_WAIT, do not block a restart on the same port.
 
     Raises:
         ConfigError: the port is in use or the address cannot be bound.
@@ -33,6 +35,7 @@ def check_port_free(host: str, port: int, what: str) -> None:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
