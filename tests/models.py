@@ -127,11 +127,27 @@ def broken_batch_model(root: Path, name: str = "broken") -> None:
     )
 
 
+def profile_add(root: Path, version: int) -> None:
+    """A training profile for ``add`` (``serving profile``'s code, on a Parquet file of uniform
+    rows under ``<root>/_training``): the server watches that version's inputs for drift."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.lifecycle.tools import profile_version
+
+    data = root / "_training" / "add.parquet"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    rows = np.random.default_rng(0).random((2000, 4)).astype(np.float32)
+    pq.write_table(pa.table({"x": pa.array(list(rows), pa.list_(pa.float32()))}), data)
+    profile_version(root, f"add:{version}", [str(data)])
+
+
 def build_test_repository(root: Path) -> Path:
     identity_model(root)
     # FP16 has no typed gRPC field, so typed requests use a model without it.
     identity_model(root, "identity_typed", types=tuple(t for t in IDENTITY_TYPES if t != "FP16"))
-    add_model(root, version_policy={"latest": 2})
+    add_model(root, version_policy={"latest": 2}, drift={"sample_rate": 1.0, "min_rows": 1})
+    profile_add(root, 3)
     slow_model(root)
     # Milliseconds per execution, so that concurrent requests pile up behind a running batch.
     slow_model(root, "batched", size=256, repeats=20, max_batch_size=16, max_queue_size=512, max_queue_delay_ms=2)

@@ -130,3 +130,27 @@ def test_the_keys_file_holds_no_key_and_is_private(keys: tuple[Path, dict[str, s
     assert path.stat().st_mode & 0o077 == 0
     with pytest.raises(Exception, match="already exists"):
         auth.create_key(path, "all")
+
+
+async def test_lifecycle_operations_need_an_admin_key(
+    secured: tuple[httpx.AsyncClient, object], keys: tuple[Path, dict[str, str]]
+) -> None:
+    """Operator routes and Triton's load/unload: 401 without a key, 403 for a key that may use
+    every model but is not an admin key (nothing changes), 200 with an admin key."""
+    http, stub = secured
+    made = keys[1]
+    promote = {"version": 1, "alias": "x"}  # refused before any change: no state is written
+    for key, status in ((None, 401), (made["all"], 403)):
+        headers = bearer(key) if key else {}
+        assert (await http.get("/v2/admin/models", headers=headers)).status_code == status
+        assert (await http.get("/v2/admin/audit", headers=headers)).status_code == status
+        assert (await http.post("/v2/admin/models/add/promote", json=promote, headers=headers)).status_code == status
+        assert (await http.post("/v2/repository/models/add/unload", headers=headers)).status_code == status
+    denied = stub.RepositoryModelUnload(  # type: ignore[attr-defined]
+        pb.RepositoryModelUnloadRequest(model_name="add"), metadata=(("authorization", f"Bearer {made['all']}"),)
+    )
+    assert await grpc_code(denied) == grpc.StatusCode.PERMISSION_DENIED
+    anonymous = stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="add"))  # type: ignore[attr-defined]
+    assert await grpc_code(anonymous) == grpc.StatusCode.UNAUTHENTICATED
+    overview = await http.get("/v2/admin/models", headers=bearer(made["admin"]))
+    assert overview.status_code == 200 and {m["name"] for m in overview.json()["models"]} >= {"add", "identity"}

@@ -97,7 +97,7 @@ def test_one_replica_per_node_and_both_serve_on_the_same_ports(
 ) -> None:
     address, head, worker = cluster
     repo = tmp_path / "repo"
-    add_model(repo, versions=(1,))
+    add_model(repo, versions=(1, 2), version_policy={"all": True}, gates={"require_evaluation": False})
     server = ServerProcess(
         repo,
         tmp_path / "server.log",
@@ -115,7 +115,8 @@ def test_one_replica_per_node_and_both_serve_on_the_same_ports(
             client = tgrpc.InferenceServerClient(server.grpc_url)
             inp = tgrpc.InferInput("x", [1, 4], "FP32")
             inp.set_data_from_numpy(np.ones((1, 4), np.float32))
-            np.testing.assert_array_equal(client.infer("add", [inp]).as_numpy("y"), np.full((1, 4), 2.0))
+            answer = client.infer("add", [inp], model_version="1").as_numpy("y")
+            np.testing.assert_array_equal(answer, np.full((1, 4), 2.0))
             client.close()
         served: dict[str, float] = {}
         deadline = time.monotonic() + 60
@@ -129,6 +130,18 @@ def test_one_replica_per_node_and_both_serve_on_the_same_ports(
         # Each node's own metrics agent saw its own replica serve; together, every request.
         assert served["head"] > 0 and served["worker"] > 0, served
         assert sum(served.values()) == 60, served
+        # A promote reaches the replicas on both nodes within a second.
+        promote = [str(Path(sys.executable).parent / "serving"), "promote", "add", "2", "--alias", "production"]
+        subprocess.run(promote, check=True, timeout=60, env={**ENV, "SERVING_SERVER": f"http://{server.http_url}"})
+        time.sleep(1.0)
+        answered = []
+        for _ in range(40):
+            req = urllib.request.Request(
+                f"http://{server.http_url}/v2/models/add/versions/production/infer", data=body, method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=30) as r:
+                answered.append(json.loads(r.read())["model_version"])
+        assert answered == ["2"] * 40
     finally:
         assert server.stop() == 0, server.log()
 

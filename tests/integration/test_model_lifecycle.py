@@ -7,6 +7,7 @@ shipped alert fires on a real Prometheus."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from metrics_scrape import scrape
 from prometheus_process import alerts, running_prometheus, wait_for
 
 from load_clients import Load, body_of
@@ -107,6 +109,75 @@ def test_lifecycle_changes_under_load_fail_no_request_and_reach_every_replica_wi
         load.stop()
     assert load.outcomes["failed"] == 0, (load.outcomes, load.kinds.most_common(5))
     assert load.outcomes["ok"] > 200 and {"1", "2", "3"} <= set(load.versions), (load.outcomes, load.versions)
+
+
+def keepalive_answers(server: ServerProcess, n: int, connections: int = 4, **headers: str) -> Counter[str]:
+    """Versions answering ``n`` unversioned requests over a few persistent connections."""
+    seen: Counter[str] = Counter()
+    conns = [http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30) for _ in range(connections)]
+    try:
+        for i in range(n):
+            conn = conns[i % connections]
+            conn.request("POST", "/v2/models/add/infer", body_of(4), {"Content-Type": "application/json", **headers})
+            response = conn.getresponse()
+            assert response.status == 200
+            seen[json.loads(response.read())["model_version"]] += 1
+    finally:
+        for conn in conns:
+            conn.close()
+    return seen
+
+
+def test_a_split_over_two_replicas_lands_within_3_points_and_sticky_keys_stay(
+    two_replicas: tuple[ServerProcess, Path],
+) -> None:
+    server, _ = two_replicas
+    cli(server, "traffic", "add", "1=90", "3=10")
+    time.sleep(1.0)
+    counts = keepalive_answers(server, 2000)
+    assert set(counts) == {"1", "3"} and abs(counts["3"] / 2000 - 0.10) <= 0.03, counts
+    cli(server, "traffic", "add", "1=50", "3=50", "--sticky-header", "x-user")
+    time.sleep(1.0)
+    first = {k: answered_by_key(server, k) for k in range(60)}
+    assert set(first.values()) == {"1", "3"}
+    for _ in range(2):  # new connections: any replica answers, each draws the same version for a key
+        assert {k: answered_by_key(server, k) for k in range(60)} == first
+
+
+def answered_by_key(server: ServerProcess, key: int) -> str:
+    req = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/add/infer", data=body_of(4), method="POST", headers={"x-user": f"u{key}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return str(json.loads(r.read())["model_version"])
+
+
+def test_shadow_answers_are_dropped_and_its_agreement_appears_in_a_scrape(
+    two_replicas: tuple[ServerProcess, Path],
+) -> None:
+    server, _ = two_replicas
+    cli(server, "traffic", "add")  # no split: the newest ready version (3) answers
+    cli(server, "shadow", "add", "1")
+    time.sleep(1.0)
+    assert keepalive_answers(server, 300) == {"3": 300}  # the client sees only the primary
+
+    def shadow_series() -> dict[str, float]:
+        samples = scrape(server.metrics_url)
+        return {
+            name: sum(v for n, labels, v in samples if n == name and labels.get("version") == "1")
+            for name in (
+                "ray_serving_shadow_rows_total",
+                "ray_serving_shadow_agreements_total",
+                "ray_serving_shadow_max_abs_diff_count",
+            )
+        }
+
+    wait_for(lambda: shadow_series()["ray_serving_shadow_rows_total"] >= 300, 30, f"no shadow rows: {shadow_series()}")
+    series = shadow_series()
+    # y = x + version with equal inputs: v1 and v3 agree on the argmax of every row
+    assert series["ray_serving_shadow_agreements_total"] == series["ray_serving_shadow_rows_total"]
+    assert series["ray_serving_shadow_max_abs_diff_count"] >= 300
+    cli(server, "shadow", "add", "off")
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,10 @@ ERRORS = {
     "400": _error("Malformed request, wrong datatype, shape or input names"),
     "404": _error("Unknown model, version or route"),
     "405": _error("The route exists for another method"),
+    "409": _error("A lifecycle change the current state forbids, or a release gate missed"),
     "413": _error("Body larger than max_request_bytes"),
     "500": _error("Internal error (the message carries the request id)"),
-    "501": _error("Unsupported datatype (BF16)"),
+    "501": _error("Unsupported datatype (BF16), or a feature this server does not offer"),
     "503": _error("Not ready, draining, or overloaded (with Retry-After)"),
     "504": _error("Deadline exceeded"),
 }
@@ -221,6 +222,124 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+LOAD_REPORT = {
+    "type": "object",
+    "properties": {
+        "loaded": {"type": "array", "items": {"type": "integer"}},
+        "unloaded": {"type": "array", "items": {"type": "integer"}},
+        "failed": {"type": "array", "items": {"type": "array"}},
+        "kept": {"type": "array", "items": {"type": "integer"}},
+        "error": {"type": "string"},
+    },
+}
+CHANGE = {
+    "type": "object",
+    "required": ["model", "action", "before", "after"],
+    "properties": {
+        "model": {"type": "string"},
+        "action": {"type": "string"},
+        "before": {"type": "object"},
+        "after": {"type": "object"},
+    },
+}
+ADMIN_BODIES = {
+    "promote": {
+        "type": "object",
+        "required": ["version", "alias"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 1},
+            "alias": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,62}$"},
+            "force": {"type": "boolean"},
+        },
+        "additionalProperties": False,
+    },
+    "rollback": {
+        "type": "object",
+        "required": ["alias"],
+        "properties": {"alias": {"type": "string"}},
+        "additionalProperties": False,
+    },
+    "traffic": {
+        "type": "object",
+        "required": ["weights"],
+        "properties": {
+            "weights": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 100}},
+            "sticky_header": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "shadow": {
+        "type": "object",
+        "required": ["version"],
+        "properties": {"version": {"type": ["integer", "null"], "minimum": 1}},
+        "additionalProperties": False,
+    },
+}
+
+
+def _post(summary: str, body: dict[str, Any], ok: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, Any]:
+    codes = ("400", "404", "405", "409", "413", "501", "503")
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [*params, REQUEST_ID],
+            "requestBody": {"required": False, "content": _json_content(body)},
+            "responses": {
+                "200": {"description": "Done", "content": _json_content(ok)},
+                **{c: ERRORS[c] for c in codes},
+            },
+        }
+    }
+
+
+def _lifecycle_routes() -> dict[str, Any]:
+    """Triton's repository load/unload and the operator endpoints (admin keys when keys are on)."""
+    load_body = {
+        "type": "object",
+        "properties": {
+            "parameters": {
+                "type": "object",
+                "properties": {"version": {"type": ["integer", "string"]}},
+                "additionalProperties": False,
+            }
+        },
+    }
+    routes: dict[str, Any] = {
+        "/v2/repository/models/{model}/load": _post(
+            "Load or reload a model's versions (Triton); parameters.version: just that one",
+            load_body,
+            LOAD_REPORT,
+            [MODEL],
+        ),
+        "/v2/repository/models/{model}/unload": _post(
+            "Unload a version (parameters.version) or the model (Triton)", load_body, LOAD_REPORT, [MODEL]
+        ),
+        "/v2/admin/models": _get(
+            "Versions, states, aliases, traffic, shadow and lineage of every model",
+            {"description": "Models", "content": _json_content({"type": "object", "required": ["models"]})},
+            ("405",),
+            [],
+        ),
+        "/v2/admin/audit": _get(
+            "The last lifecycle changes (time, who, action, before, after)",
+            {"description": "Audit entries", "content": _json_content({"type": "object", "required": ["entries"]})},
+            ("400", "405"),
+            [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                }
+            ],
+        ),
+    }
+    for action, body in ADMIN_BODIES.items():
+        routes[f"/v2/admin/models/{{model}}/{action}"] = _post(
+            f"{action.capitalize()} (lifecycle)", body, CHANGE, [MODEL]
+        )
+    return routes
+
 
 @cache
 def document() -> dict[str, Any]:
@@ -272,6 +391,7 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        **_lifecycle_routes(),
         "/v2/openapi.json": _get(
             "This document", {"description": "OpenAPI 3.1", "content": _json_content({"type": "object"})}, ("405",), []
         ),
@@ -281,8 +401,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "serving: Open Inference Protocol (KServe V2) over HTTP",
             "version": SERVER_VERSION,
-            "description": "V2 REST routes with Triton's model configuration, statistics, repository index and "
-            'binary tensor extensions. Errors are {"error": "..."} with the status in the table of the README.',
+            "description": "V2 REST routes with Triton's model configuration, statistics, model repository "
+            "(index, load, unload) and binary tensor extensions, and the model lifecycle's operator routes. "
+            'Errors are {"error": "..."} with the status in the table of the README.',
         },
         "paths": paths,
         "components": {"schemas": SCHEMAS},
