@@ -8,7 +8,7 @@ DEMO_REPO ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-batch soak loadtest clean
+.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -112,6 +112,10 @@ soak: $(BIN)/.installed
 # Overload: peak throughput, then 10x the clients; refusal latency and throughput ratio.
 bench-overload: $(BIN)/.installed
 	$(PY) bench/overload.py
+
+# Lifecycle costs: drift watch throughput and shadow latency, on vs off (bench/results/lifecycle.md).
+bench-lifecycle: $(BIN)/.installed
+	$(PY) bench/lifecycle_cost.py --rounds 5 | tee bench/results/lifecycle.md
 
 bench-batch: $(BIN)/.installed
 	$(PY) bench/batch.py $(BENCH_BATCH_ARGS)

@@ -61,7 +61,8 @@ def _promote(args: argparse.Namespace) -> int:
     body = {"version": args.version, "alias": args.alias, "force": args.force}
     doc = _client(args).call("POST", f"/v2/admin/models/{args.model}/promote", body)
     forced = f" (FORCED past: {'; '.join(doc['gates_missed'])})" if doc.get("gates_missed") else ""
-    print(f"{args.model}: {args.alias} -> v{args.version} (was {doc['before']['aliases'].get(args.alias)}){forced}")
+    was = doc["before"]["aliases"].get(args.alias)
+    print(f"{args.model}: {args.alias} -> v{args.version} ({'was v' + str(was) if was else 'new alias'}){forced}")
     return 0
 
 

@@ -197,6 +197,17 @@ class ModelVersion:
             self.reason = f"reload after a hang failed: {exc}"
             log.error("model %s version %d could not be reloaded: %r", self.name, self.version, exc)
 
+    def submit_off_loop(self, work: Callable[[], None]) -> bool:
+        """Queue ``work`` on this version's worker thread (shadow copies: never on the event
+        loop); False when the version is not serving."""
+        if self._executor is None or self.state is not VersionState.READY:
+            return False
+        try:
+            self._executor.submit(work)
+        except RuntimeError:  # shut down
+            return False
+        return True
+
     async def drain(self, timeout_s: float) -> None:
         """Wait until the requests already given to this version are answered (at most ``timeout_s``)."""
         until = time.monotonic() + timeout_s

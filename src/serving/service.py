@@ -173,7 +173,6 @@ class LocalInferenceService:
         if self._drift_task is not None:
             self._drift_task.cancel()
             await asyncio.gather(self._drift_task, return_exceptions=True)
-        await self._shadows.close()
         await self.registry.close()
 
     def metric_labels(self, name: str, version: str) -> tuple[str, str]:
@@ -282,8 +281,8 @@ class LocalInferenceService:
         if mv.drift is not None:
             mv.drift.observe(arrays)
         shadow = self.registry.shadow_of(mv.name, mv)
-        if shadow is not None:
-            self._shadows.send(shadow, arrays, results)
+        if shadow is not None:  # handed over once this task yields: after the answer is on its way
+            asyncio.get_running_loop().call_soon(self._shadows.send, shadow, arrays, results)
         datatypes = mv.loaded.output_datatypes
         outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
         mv.stats.success.add(time.monotonic_ns() - start)
