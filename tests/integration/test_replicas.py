@@ -44,9 +44,12 @@ def test_load_adds_a_replica_that_serves_and_scale_down_drains_without_failures(
         # The new replica listens on the same ports: fresh connections reach both.
         statuses = [new_connection_request(server) for _ in range(40)]
         assert statuses == [200] * 40
-        deadline = time.monotonic() + 30
+        # Ray's agent exports a new worker's series some seconds after its first record (longer
+        # on a loaded machine): keep both replicas serving while waiting for it.
+        deadline = time.monotonic() + 60
         workers: set[str | None] = set()
         while len(workers) < 2 and time.monotonic() < deadline:
+            assert [new_connection_request(server) for _ in range(4)] == [200] * 4
             samples = scrape(server.metrics_url)
             workers = {
                 s[1].get("WorkerId")
