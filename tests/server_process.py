@@ -52,6 +52,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     ready_context: ssl.SSLContext | None = None
     """For a server with TLS: how the readiness check connects (https)."""
+    ready_headers: dict[str, str] = field(default_factory=dict)
+    """For a server whose health needs a key: the readiness check's headers."""
 
     @property
     def http_url(self) -> str:
@@ -114,7 +116,8 @@ class ServerProcess:
                 try:
                     scheme = "https" if self.ready_context is not None else "http"
                     url = f"{scheme}://{self.http_url}/v2/health/ready"
-                    with urllib.request.urlopen(url, timeout=2, context=self.ready_context) as r:
+                    request = urllib.request.Request(url, headers=self.ready_headers)
+                    with urllib.request.urlopen(request, timeout=2, context=self.ready_context) as r:
                         if r.status == 200:
                             return
                 except OSError:

@@ -444,6 +444,10 @@ class ServerSettings(BaseSettings):
         "server is open and binds a loopback address only, unless `insecure`.",
     )
     insecure: bool = Field(default=False, description="Allow binding a non-loopback address without API keys.")
+    protect_health: bool = Field(
+        default=False,
+        description="Health endpoints need a key too (default: open, for load balancers and orchestrator probes).",
+    )
     tls: TlsConfig | None = Field(default=None, description="TLS on the HTTP and gRPC ports (off: plain text).")
     state_dir: Path | None = Field(
         default=None,
@@ -466,6 +470,8 @@ class ServerSettings(BaseSettings):
                 f"host {self.host} without API keys would serve anyone who can reach it: pass --api-keys FILE "
                 "(serving keys create), or --insecure to do it anyway"
             )
+        if self.protect_health and self.api_keys is None:
+            raise ValueError("protect_health needs API keys (api_keys): without keys there is nothing to check")
         if self.api_keys is not None and not self.api_keys.is_file():
             raise ValueError(f"API keys file {self.api_keys} does not exist (create one with `serving keys create`)")
         return self

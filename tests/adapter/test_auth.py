@@ -154,3 +154,31 @@ async def test_lifecycle_operations_need_an_admin_key(
     assert await grpc_code(anonymous) == grpc.StatusCode.UNAUTHENTICATED
     overview = await http.get("/v2/admin/models", headers=bearer(made["admin"]))
     assert overview.status_code == 200 and {m["name"] for m in overview.json()["models"]} >= {"add", "identity"}
+
+
+async def test_health_can_require_a_key_and_the_replicas_own_probe_token_passes(
+    service: LocalInferenceService, keys: tuple[Path, dict[str, str]]
+) -> None:
+    authenticator = auth.Authenticator(keys[0])
+    app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator)
+    app.protect_health, app.probe_token = True, "probe-secret"
+    server = grpc.aio.server()
+    adapter = GrpcAdapter(service, authenticator, protect_health=True, probe_token="probe-secret")
+    add_inference_service(adapter, server)
+    add_health_service(adapter, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            for path in ("/v2/health/live", "/v2/health/ready"):
+                assert (await http.get(path)).status_code == 401
+                assert (await http.get(path, headers=bearer(keys[1]["add-only"]))).status_code == 200
+                assert (await http.get(path, headers=bearer("probe-secret"))).status_code == 200
+                assert (await http.get(path, headers=bearer("probe-secre"))).status_code == 401
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert await grpc_code(stub.ServerLive(pb.ServerLiveRequest())) == grpc.StatusCode.UNAUTHENTICATED
+            token = (("authorization", "Bearer probe-secret"),)
+            assert await grpc_code(stub.ServerReady(pb.ServerReadyRequest(), metadata=token)) == grpc.StatusCode.OK
+    finally:
+        await server.stop(None)

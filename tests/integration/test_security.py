@@ -86,3 +86,71 @@ def test_an_open_server_binds_loopback_only_unless_insecure(tmp_path: Path) -> N
     assert proc.returncode == 2
     assert "without API keys" in proc.stderr and "--insecure" in proc.stderr
     assert "Started a local Ray" not in proc.stderr + proc.stdout
+
+
+MARKER = "PAYLOAD-MARKER-" + "q" * 2000
+
+
+def test_protected_health_keeps_replicas_healthy_and_no_payload_reaches_the_logs(tmp_path: Path) -> None:
+    """With ``protect_health`` health needs a key, while Serve's checks of each replica (its own
+    probe token) keep passing; hostile requests carrying a long marker in every field a client
+    controls get 4xx, and the logs quote at most a short prefix of it."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    repo = tmp_path / "repo"
+    add_model(repo, "add", versions=(1,))
+    keys = tmp_path / "keys.yaml"
+    key = create_key(keys, "ops", "--admin")
+    auth = {"authorization": f"Bearer {key}"}
+    server = ServerProcess(
+        repo, tmp_path / "server.log", args=("--api-keys", str(keys)), env={"SERVING_PROTECT_HEALTH": "true"},
+        ready_headers=auth,
+    )  # fmt: skip
+    server.start()
+
+    def status(path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+        req = urllib.request.Request(f"http://{server.http_url}{path}", data=body, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    try:
+        assert status("/v2/health/ready") == 401 and status("/v2/health/ready", headers=auth) == 200
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED|Unauthenticated"):
+            tgrpc.InferenceServerClient(server.grpc_url).is_server_live()
+        assert tgrpc.InferenceServerClient(server.grpc_url).is_server_live(headers=auth)
+        hostile = [
+            (f"/v2/models/{MARKER}/infer", b"{}"),
+            (
+                "/v2/models/add/infer",
+                json.dumps(
+                    {"inputs": [{"name": MARKER, "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+                ).encode(),
+            ),
+            (
+                "/v2/models/add/infer",
+                json.dumps(
+                    {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1, 4], "data": [MARKER] * 4}]}
+                ).encode(),
+            ),
+            ("/v2/models/add/infer", ('{"inputs": [' + MARKER).encode()),
+            ("/v2/models/add/infer", json.dumps({"inputs": [], "parameters": {"timeout": MARKER}}).encode()),
+            ("/v2/admin/models/add/promote", json.dumps({"version": 1, "alias": MARKER}).encode()),
+        ]
+        for path, body in hostile:
+            got = status(path, body, {**auth, "Content-Type": "application/json"})
+            assert 400 <= got < 500, (path[:40], got)
+        assert status("/v2/models/add/infer", b"{}", {"authorization": f"Bearer {MARKER}"}) == 401
+        time.sleep(12)  # two of Serve's health checks (every 5 s) over the protected ports
+        assert server.log_path.read_text().count("replica pid") == 1, server.log()  # never replaced
+        assert status("/v2/health/ready", headers=auth) == 200
+    finally:
+        assert server.stop() == 0, server.log()
+    log = server.log_path.read_text()
+    assert MARKER[:80] not in log, [line[:200] for line in log.splitlines() if "PAYLOAD-MARKER" in line]
+    assert key not in log

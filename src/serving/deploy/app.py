@@ -64,6 +64,7 @@ class AppArgs(BaseModel):
     cors: CorsConfig = CorsConfig()
     api_keys: Path | None = Field(default=None, description="API keys file, readable at this path on every node.")
     tls: TlsConfig | None = None
+    protect_health: bool = False
     state_dir: Path | None = Field(default=None, description="Shared lifecycle state (default <repository>/_serving).")
     watch_repository: bool = True
     inherit_env: bool = Field(
@@ -101,6 +102,7 @@ class InferenceReplica:
             auth=Authenticator(parsed.api_keys) if parsed.api_keys is not None else None,
             tls=parsed.tls,
             grpc_max_concurrent_streams=parsed.grpc_max_concurrent_streams,
+            protect_health=parsed.protect_health,
         )
         self._live = LiveStatsPublisher(
             parsed.server_name, serve.get_replica_context().replica_id.unique_id, self.service.live_snapshot

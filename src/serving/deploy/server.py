@@ -99,6 +99,7 @@ def deploy(settings: ServerSettings) -> None:
             "log_format": settings.log_format,
             "cors": settings.cors.model_dump(),
             "api_keys": str(settings.api_keys.resolve()) if settings.api_keys is not None else None,
+            "protect_health": settings.protect_health,
             "tls": {k: str(v.resolve()) for k, v in settings.tls if v is not None} if settings.tls else None,
             "inherit_env": not settings.ray_address,
             "state_dir": str(settings.state_dir.resolve()) if settings.state_dir is not None else None,

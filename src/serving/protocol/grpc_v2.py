@@ -7,6 +7,7 @@ set on the context (Ray Serve's servicer wrappers, and plain grpc.aio, both hono
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -227,9 +228,28 @@ class GrpcAdapter:
     Every RPC goes through :meth:`_call`: one place maps errors to status codes.
     """
 
-    def __init__(self, service: InferenceService, auth: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        auth: Authenticator | None = None,
+        protect_health: bool = False,
+        probe_token: str | None = None,
+    ) -> None:
         self.service = service
         self.auth = auth
+        self.protect_health = protect_health
+        self.probe_token = probe_token
+
+    def _check_health(self, context: Any) -> None:
+        """Health is open unless ``protect_health``: then any valid key, or this replica's own
+        probe token."""
+        if not self.protect_health or self.auth is None:
+            return
+        given = _metadata(context).get("authorization")
+        if self.probe_token is not None and given is not None:
+            if hmac.compare_digest(given.encode("latin-1"), f"Bearer {self.probe_token}".encode()):
+                return
+        self.auth.authenticate(given)
 
     def _check(self, context: Any, *, model: str = "", all_models: str = "") -> None:
         """With API keys on: metadata ``authorization: Bearer <key>`` valid, and allowed this
@@ -275,12 +295,14 @@ class GrpcAdapter:
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         async def run(r: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+            self._check_health(context)
             return pb.ServerLiveResponse(live=self.service.live())
 
         return await self._call(request, context, pb.ServerLiveResponse(), run)
 
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
         async def run(r: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+            self._check_health(context)
             return pb.ServerReadyResponse(ready=self.service.ready())
 
         return await self._call(request, context, pb.ServerReadyResponse(), run)
@@ -409,6 +431,7 @@ class GrpcAdapter:
         status = health_pb2.HealthCheckResponse
 
         async def run(r: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
+            self._check_health(context)
             if r.service not in ("", SERVICE_NAME):
                 raise ModelNotFoundError(f"unknown service {r.service!r}")
             return status(status=status.SERVING if self.service.ready() else status.NOT_SERVING)

@@ -12,6 +12,7 @@ the same id the logs and an internal error's message carry.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -134,9 +135,13 @@ class HttpApp:
         cors: CorsConfig | None = None,
         live: LiveSource | None = None,
         auth: Authenticator | None = None,
+        protect_health: bool = False,
+        probe_token: str | None = None,
     ) -> None:
         self.service = service
         self.auth = auth
+        self.protect_health = protect_health
+        self.probe_token = probe_token
         self.max_request_bytes = max_request_bytes
         self.cors = CorsPolicy(cors) if cors is not None and cors.enabled else None
         self.live = live
@@ -280,9 +285,11 @@ class HttpApp:
             return _json(self.service.server_metadata())
         elif rest == ["health", "live"]:
             _expect(method, "GET")
+            self._check_health(headers)
             return _json({"live": self.service.live()})
         elif rest == ["health", "ready"]:
             _expect(method, "GET")
+            self._check_health(headers)
             ok = self.service.ready() and not self.draining
             return _json({"ready": ok}, 200 if ok else 503)
         elif rest == ["repository", "index"]:
@@ -309,6 +316,16 @@ class HttpApp:
         if all_models:
             principal.check_all_models(all_models)
         return principal
+
+    def _check_health(self, headers: Headers) -> None:
+        """Health is open unless ``protect_health``: then any valid key, or this replica's own
+        probe token (the private probe ports)."""
+        if not self.protect_health or self.auth is None:
+            return
+        if self.probe_token is not None and headers.authorization is not None:
+            if hmac.compare_digest(headers.authorization.encode("latin-1"), f"Bearer {self.probe_token}".encode()):
+                return
+        self.auth.authenticate(headers.authorization)
 
     def _admin(self, headers: Headers, scope: Scope, what: str) -> str:
         """With API keys on, an admin key; who is asking (for the audit log)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import socket
 import ssl
 import time
@@ -136,16 +137,27 @@ class ReplicaServers:
         auth: Authenticator | None = None,
         tls: TlsConfig | None = None,
         grpc_max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS,
+        protect_health: bool = False,
     ) -> None:
         self.service = service
+        # Health with keys on: this replica's probes show a random token only it knows.
+        self._probe_token = secrets.token_urlsafe(24)
         self.tls = tls
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.drain_seconds = drain_seconds
-        self.http_app = HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live, auth=auth)
+        self.http_app = HttpApp(
+            service,
+            max_request_bytes=max_request_bytes,
+            cors=cors,
+            live=live,
+            auth=auth,
+            protect_health=protect_health,
+            probe_token=self._probe_token,
+        )
         self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes, grpc_max_concurrent_streams))
-        adapter = GrpcAdapter(service, auth)
+        adapter = GrpcAdapter(service, auth, protect_health, self._probe_token)
         add_inference_service(adapter, self._grpc)
         add_health_service(adapter, self._grpc)
         self._uvicorn: _Uvicorn | None = None
@@ -208,15 +220,17 @@ class ReplicaServers:
         await asyncio.wait_for(self._probe_http(self.addresses.private_http_port), PROBE_TIMEOUT_S)
         live = self._probe_channel.unary_unary(f"/{SERVICE_NAME}/ServerLive")
         # ServerLiveRequest is empty; ServerLiveResponse {bool live = 1} is b"\x08\x01" when live.
-        answer = await live(b"", timeout=PROBE_TIMEOUT_S)
+        answer = await live(b"", timeout=PROBE_TIMEOUT_S, metadata=(("authorization", f"Bearer {self._probe_token}"),))
         if answer != b"\x08\x01":
             raise RuntimeError(f"gRPC ServerLive answered {answer!r}")
 
-    @staticmethod
-    async def _probe_http(port: int) -> None:
+    async def _probe_http(self, port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            writer.write(
+                b"GET /v2/health/live HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n"
+                + f"Authorization: Bearer {self._probe_token}\r\n\r\n".encode()
+            )
             status = await reader.readline()
         finally:
             writer.close()
