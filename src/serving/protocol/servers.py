@@ -26,8 +26,9 @@ import uvicorn
 
 from serving.auth import Authenticator
 from serving.config import CorsConfig, TlsConfig
+from serving.protocol.bounded_http import BoundedHttpToolsProtocol
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
-from serving.protocol.http import HttpApp, LiveSource
+from serving.protocol.http import MAX_HEADER_BYTES, HttpApp, LiveSource
 from serving.service import InferenceService
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,14 @@ def grpc_server_options(
     max_message_bytes: int, max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS
 ) -> list[tuple[str, int]]:
     """grpcio honours ``grpc.so_reuseport`` only as an integer (the string "0" is ignored).
-    ``max_concurrent_streams`` bounds the calls one connection may have open at once."""
+    ``max_concurrent_streams`` bounds the calls one connection may have open at once; metadata
+    is bounded like HTTP headers."""
     return [
         ("grpc.so_reuseport", 1),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_concurrent_streams", max_concurrent_streams),
+        ("grpc.max_metadata_size", MAX_HEADER_BYTES),  # the HTTP headers' limit
     ]
 
 
@@ -186,7 +189,7 @@ class ReplicaServers:
         private = listening_socket("127.0.0.1", 0, reuse_port=False)
         self._sockets = [shared, private]
         options: dict[str, Any] = dict(
-            http="httptools",
+            http=BoundedHttpToolsProtocol,
             lifespan="off",
             access_log=False,
             log_level="warning",
