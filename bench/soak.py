@@ -1,18 +1,22 @@
 """Soak (`make soak`, not part of `make test`): a real server on the demo repository under bounded
-HTTP and gRPC load for --minutes, with a rolling update (SIGHUP: every replica replaced) every
-minute. Every 5 s it samples the resident memory and open file descriptors of every process
+HTTP and gRPC load for --minutes, with churn every minute: by default a version of digits
+loaded then unloaded in turn (Triton's repository API; the load's answers move to it and back),
+or with ``--churn rollout`` a rolling update (SIGHUP: every replica replaced). Every 5 s it samples the resident memory and open file descriptors of every process
 the server started, by role. Writes bench/results/soak.md and a plot, bench/results/soak.png.
 Flat means: the last minute's median within 10 % of the second minute's, per role and in all."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -108,9 +112,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
+    parser.add_argument("--churn", choices=("versions", "rollout"), default="versions")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     repo = build_demo_repository(work / "repo")
+    shutil.copytree(repo / "digits" / "2", repo / "digits" / "3")  # the version that comes and goes
     server = ServerProcess(repo, work / "server.log", env={"SERVING_DRAIN_SECONDS": "5"})
     server.start()
     began = time.monotonic()
@@ -123,7 +129,14 @@ def main() -> None:
             samples.append((now - began, sample(server)))
             if now >= next_update:
                 assert server.proc is not None
-                server.proc.send_signal(signal.SIGHUP)  # rolling update: the replica is replaced
+                if args.churn == "rollout":
+                    server.proc.send_signal(signal.SIGHUP)  # rolling update: the replica is replaced
+                else:
+                    action = "unload" if updates % 2 == 0 else "load"  # v3 starts loaded (policy: all)
+                    body = json.dumps({"parameters": {"version": 3}}).encode()
+                    url = f"http://{server.http_url}/v2/repository/models/digits/{action}"
+                    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=120) as r:
+                        assert r.status == 200
                 updates += 1
                 next_update += 60
             time.sleep(args.every)
@@ -138,7 +151,9 @@ def main() -> None:
 
     end = args.minutes * 60
     lines = [
-        f"# make soak ({time.strftime('%Y-%m-%d %H:%M')}, {args.minutes:g} min, a rolling update every minute: {updates})",
+        f"# make soak ({time.strftime('%Y-%m-%d %H:%M')}, {args.minutes:g} min, every minute "
+        + ("a rolling update" if args.churn == "rollout" else "digits v3 unloaded or loaded")
+        + f": {updates} times)",
         "",
         f"Outcomes: {dict(load.outcomes)}; server exit code {code}.",
         "",
@@ -171,7 +186,11 @@ def main() -> None:
     for r in roles:
         ax.plot(ts, [s.get(r, (0, 0))[0] for _, s in samples], label=r)
     ax.plot(ts, [sum(v[0] for v in s.values()) for _, s in samples], label="all", color="black", linewidth=2)
-    ax.set_xlabel("minutes (a rolling update every minute)")
+    ax.set_xlabel(
+        "minutes ("
+        + ("a rolling update" if args.churn == "rollout" else "a version unloaded / loaded")
+        + " every minute)"
+    )
     ax.set_ylabel("resident memory, MiB")
     ax.set_title("serving soak: memory of every process the server started, by role")
     ax.legend(loc="upper left", fontsize=8, ncol=3)
