@@ -169,6 +169,15 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def admit(self) -> None:
+        """Refuse now, before the request is even decoded, when the queue is full.
+
+        Raises:
+            QueueFullError: the queue already holds ``max_queue_size`` requests.
+        """
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFullError(f"model queue is full ({self.max_queue_size} requests waiting); retry later")
+
     async def submit(self, inputs: Arrays, deadline_s: float | None = None) -> Arrays:
         """Queue one request and wait for its outputs, until ``deadline_s`` (``time.monotonic()``)
         at most: a request still queued then is dropped without running.
@@ -188,8 +197,7 @@ class DynamicBatcher:
                 )
         if self._closed:
             raise ModelNotReadyError("model version is being unloaded")
-        if len(self._queue) >= self.max_queue_size:
-            raise QueueFullError(f"model queue is full ({self.max_queue_size} requests waiting); retry later")
+        self.admit()
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done():
             self._arrived = asyncio.Event()

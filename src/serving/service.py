@@ -70,6 +70,7 @@ class InferenceService(Protocol):
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
     def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
     def live_snapshot(self) -> dict[str, Any]: ...
+    def admit(self, name: str, version: str = "") -> None: ...
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
     def track(
         self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
@@ -256,6 +257,21 @@ class LocalInferenceService:
             for mv in self.registry.all_versions()
         ]
         return [r for r in rows if r.state == VersionState.READY.value] if ready_only else rows
+
+    def admit(self, name: str, version: str = "") -> None:
+        """Refuse a request before it is decoded when the version it would go to has a full
+        queue: under overload a refusal then costs little more than reading the request, and
+        the CPU stays with the model (measured: bench/results/overload.md).
+
+        Raises:
+            QueueFullError. Unknown models and versions pass: ``infer`` reports them.
+        """
+        try:
+            mv = self.registry.get(name, version)
+        except ServingError:
+            return
+        if mv.batcher is not None:
+            mv.batcher.admit()
 
     async def infer(self, request: InferenceRequest) -> InferenceResponse:
         """Check the request against the model version and run it through its batcher.

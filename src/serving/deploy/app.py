@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "serving"
 DEPLOYMENT_NAME = "inference"
 HEALTH_CHECK_PERIOD_S = 5.0
+GIL_SWITCH_INTERVAL_S = 0.0005
 REPLICA_ENV = {
     # Our servers live on the replica's main event loop (grpc.aio wants one loop per process).
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -80,6 +82,10 @@ class InferenceReplica:
 
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
         parsed = AppArgs.model_validate(args)
+        # The event loop (I/O, refusals) and the model's worker thread share the GIL: a thread
+        # waiting for it gets it after at most this long (CPython's default, 5 ms, starved the
+        # model under a refusal storm: bench/results/overload.md).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         logs.configure(parsed.log_format)
         tracing.configure_from_env()
         self._metrics = RayMetrics()

@@ -340,6 +340,7 @@ class GrpcAdapter:
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         async def run(r: pb.ModelInferRequest) -> pb.ModelInferResponse:
             self._check(context, model=r.model_name)
+            self.service.admit(r.model_name, r.model_version)
             core = to_core(r)
             core.header = metadata.get
             remaining = context.time_remaining()

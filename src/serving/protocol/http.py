@@ -388,6 +388,7 @@ class HttpApp:
         with self.service.track(name, version, "http", request_id, headers.carrier) as tracker:
             header_length = _header_length(headers.header_length)
             body = await self._read_body(receive, headers)
+            self.service.admit(name, version)
             core_request = rest_v2.to_core(body, header_length, name, version)
             core_request.header = _header_lookup(scope["headers"])
             response = await self.service.infer(core_request)
