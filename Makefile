@@ -105,7 +105,7 @@ bench: $(BIN)/.installed
 
 # Batch scoring vs one plain process; datasets are generated once into bench/.data (~1.4 GB).
 BENCH_BATCH_ARGS ?=
-# Soak: 10 minutes of bounded load with a rolling update every minute; memory and fds by role (not in `make test`).
+# Soak: 10 minutes of bounded load with a version unloaded / loaded every minute (--churn rollout: a rolling update); memory and fds by role (not in `make test`).
 soak: $(BIN)/.installed
 	$(PY) bench/soak.py
 
