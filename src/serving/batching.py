@@ -154,6 +154,7 @@ class DynamicBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._inline_below_ns = int(inline_below_s * 1e9)
         self._recent_ns: float | None = None  # moving average of execution time
+        self._recent_rows = 1.0  # moving average of rows per execution
         self._trace_attributes = trace_attributes or {}
         self._closed = False
         self._adaptive = adaptive_delay
@@ -340,7 +341,12 @@ class DynamicBatcher:
         queue_ns = [start - p.enqueued_ns for p in batch]
         rows = [p.rows for p in batch]
         items = [p.inputs for p in batch]
-        inline = self._recent_ns is not None and self._recent_ns < self._inline_below_ns
+        # inline when recent batches were fast, scaled up for a batch with more rows than they had
+        # (a batch 4,000x larger than the last ones must not run on the loop, past any timeout)
+        inline = (
+            self._recent_ns is not None
+            and self._recent_ns * max(1.0, sum(rows) / self._recent_rows) < self._inline_below_ns
+        )
         error: ServingError | None = None
         timings = (0, 0, 0)
         try:
@@ -371,7 +377,11 @@ class DynamicBatcher:
                 else:
                     p.future.set_result(out)
             took = sum(timings)
-            self._recent_ns = took if self._recent_ns is None else 0.8 * self._recent_ns + 0.2 * took
+            if self._recent_ns is None:
+                self._recent_ns, self._recent_rows = float(took), float(sum(rows))
+            else:
+                self._recent_ns = 0.8 * self._recent_ns + 0.2 * took
+                self._recent_rows = 0.8 * self._recent_rows + 0.2 * sum(rows)
         except asyncio.CancelledError:
             error = ModelNotReadyError("model version was unloaded while the batch ran")
             raise

@@ -208,6 +208,26 @@ async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any
     assert threads[-1] != loop_thread  # slow executions moved it back to the worker
 
 
+async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(executor: Any) -> None:
+    """Fast 1-row batches run inline; a batch with 4,000 rows is estimated 4,000 times slower and
+    goes to the worker (where an execution timeout can bound it), not onto the event loop."""
+    threads: list[str] = []
+
+    def model(inputs: Arrays) -> Arrays:
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"]}
+
+    b = DynamicBatcher(
+        model, max_batch_size=4096, max_queue_delay_s=0, max_queue_size=8, executor=executor, inline_below_s=0.005
+    )
+    for _ in range(3):
+        await b.submit(x(1))
+    loop_thread = threading.current_thread().name
+    assert threads[-1] == loop_thread  # fast and small: inline
+    await b.submit(x(4000))
+    assert threads[-1] != loop_thread
+
+
 class RaisingObserver:
     def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
         raise RuntimeError("observer broke")
