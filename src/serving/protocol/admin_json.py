@@ -5,12 +5,12 @@ parameters are read with the same rules."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 from urllib.parse import parse_qs
 
 from serving.errors import InvalidInputError, UnsupportedDatatypeError
 from serving.lifecycle.admin import ModelAdmin
+from serving.protocol.rest_v2 import json_object
 from serving.service import InferenceService
 
 ACTIONS = ("promote", "rollback", "traffic", "shadow")
@@ -29,15 +29,7 @@ def admin(service: InferenceService) -> ModelAdmin:
 
 
 def _object(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        return {}
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInputError("request body must be a JSON object")
-    return doc
+    return json_object(body) if body.strip() else {}
 
 
 def version_number(value: Any, what: str = "version") -> int:

@@ -406,13 +406,7 @@ class HttpApp:
         body = await self._read_body(receive, headers)
         ready_only = False
         if body.strip():
-            try:
-                doc = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
-            if not isinstance(doc, dict):
-                raise InvalidInputError("request body must be a JSON object")
-            ready_only = bool(doc.get("ready", False))
+            ready_only = bool(rest_v2.json_object(body).get("ready", False))
         rows = self.service.repository_index(ready_only)
         return _json([{"name": r.name, "version": r.version, "state": r.state, "reason": r.reason} for r in rows])
 

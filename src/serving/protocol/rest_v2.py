@@ -61,12 +61,7 @@ def to_core(body: bytes, header_length: int | None, model_name: str, model_versi
                 f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes"
             )
         header, binary = body[:header_length], memoryview(body)[header_length:]
-    try:
-        doc = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInputError("request body must be a JSON object")
+    doc = json_object(header)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInputError("request needs a non-empty 'inputs' list")
@@ -170,3 +165,18 @@ def metadata_json(md: ModelMetadata) -> dict[str, Any]:
         "device": md.device,
         "parameters": dict(md.parameters),
     }
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object.
+
+    Raises:
+        InvalidInputError: not JSON, or JSON but not an object.
+    """
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInputError("request body must be a JSON object")
+    return doc
