@@ -176,6 +176,10 @@ def main() -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "soak.md").write_text(text)
+    with open(out / "soak.csv", "w") as f:  # every sample, for trends the two windows above cannot show
+        f.write("seconds," + ",".join(f"{r}_rss_mib,{r}_fds" for r in roles) + "\n")
+        for t, sm in samples:
+            f.write(f"{t:.0f}," + ",".join(f"{sm.get(r, (0, 0))[0]:.1f},{sm.get(r, (0, 0))[1]}" for r in roles) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
