@@ -7,6 +7,7 @@ set on the context (Ray Serve's servicer wrappers, and plain grpc.aio, both hono
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -25,7 +26,7 @@ from serving.auth import Authenticator
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, ServingError
 from serving.protocol import admin_json
 from serving.protocol._pb import inference_pb2 as pb
-from serving.protocol.status import grpc_code
+from serving.protocol.status import REFUSAL_PACE_S, grpc_code
 from serving.protocol.triton import config_json, stats_json
 from serving.service import InferenceService
 from serving.telemetry.requests import client_request_id
@@ -278,6 +279,8 @@ class GrpcAdapter:
         except Exception as exc:
             if on_error is not None:
                 on_error(exc)
+            if isinstance(exc, ServingError) and exc.kind is ErrorKind.OVERLOADED:
+                await asyncio.sleep(REFUSAL_PACE_S)
             return self._answer_error(exc, context, empty, request_id or _request_id(_metadata(context)))
 
     @staticmethod

@@ -12,6 +12,7 @@ the same id the logs and an internal error's message carry.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -24,7 +25,7 @@ from serving.config import MAX_REQUEST_BYTES, CorsConfig
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, PayloadTooLargeError, ServingError
 from serving.protocol import admin_json, openapi, rest_v2, triton
 from serving.protocol.cors import CorsPolicy
-from serving.protocol.status import RETRY_AFTER_S, grpc_code, http_status
+from serving.protocol.status import REFUSAL_PACE_S, RETRY_AFTER_S, grpc_code, http_status
 from serving.service import InferenceService
 from serving.telemetry import live
 from serving.telemetry.requests import client_request_id
@@ -169,6 +170,8 @@ class HttpApp:
                 answer = _json({"error": exc.message}, 405)
                 answer.headers.append((b"allow", exc.allowed.encode()))
             except ServingError as exc:
+                if exc.kind is ErrorKind.OVERLOADED:
+                    await asyncio.sleep(REFUSAL_PACE_S)
                 answer = error_response(exc, request_id)
             except Exception:
                 log.exception("unhandled error serving %s (request id %s)", scope.get("path", ""), request_id)

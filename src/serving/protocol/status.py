@@ -24,6 +24,10 @@ STATUS: dict[ErrorKind, tuple[HTTPStatus, grpc.StatusCode]] = {
 
 RETRY_AFTER_S = 1
 """Sent as ``Retry-After`` with OVERLOADED answers."""
+REFUSAL_PACE_S = 0.02
+"""An OVERLOADED answer is sent after this pause: clients that retry at once (closed loops that
+ignore Retry-After) then cannot drive the refusal rate up until the event loop takes the CPU the
+model needs (measured: bench/results/overload.md). Well inside the 50 ms a refusal may take."""
 
 
 def http_status(kind: ErrorKind) -> HTTPStatus:
