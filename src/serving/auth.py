@@ -183,6 +183,17 @@ class Authenticator:
                 except ConfigError:
                     pass  # a file being edited by hand: keep the last good keys, try again later
 
+    def check_health(self, authorization: str | None, probe_token: str | None) -> None:
+        """A protected health check: the replica's own probe token, or any valid key.
+
+        Raises:
+            UnauthenticatedError: neither.
+        """
+        if probe_token is not None and authorization is not None:
+            if hmac.compare_digest(authorization.encode("latin-1"), f"Bearer {probe_token}".encode()):
+                return
+        self.authenticate(authorization)
+
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization`` header (or metadata) value.
 

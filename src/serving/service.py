@@ -133,7 +133,11 @@ class LocalInferenceService:
             for mv in self.registry.all_versions():
                 if mv.drift is None or mv.state is not VersionState.READY:
                     continue
-                scores, rows = await asyncio.to_thread(mv.drift.tick)
+                try:
+                    scores, rows = await asyncio.to_thread(mv.drift.tick)
+                except Exception:  # one version's window failing must not stop the others' watch
+                    log.exception("drift watch of %s v%d failed this round", mv.name, mv.version)
+                    continue
                 self.registry.metrics.set(DRIFT_ROWS, mv.labels, rows)
                 for feature, value in scores.items():
                     self.registry.metrics.set(DRIFT_PSI, {**mv.labels, "feature": feature}, value)

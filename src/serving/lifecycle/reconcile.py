@@ -113,6 +113,8 @@ class Reconciler:
                     next_scan = loop.time() + SCAN_S
             except ServingError as exc:  # a bad state file or repository: say so, keep serving
                 log.error("repository watch: %s", exc.message)
+            except Exception:  # an unreadable file, a failing filesystem: the next round tries again
+                log.exception("repository watch failed this round")
 
     async def sync(self, only: str | None = None) -> dict[str, LoadReport]:
         """Load and unload versions of every model (or one) to match disk and routing."""

@@ -8,7 +8,6 @@ set on the context (Ray Serve's servicer wrappers, and plain grpc.aio, both hono
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -244,13 +243,8 @@ class GrpcAdapter:
     def _check_health(self, context: Any) -> None:
         """Health is open unless ``protect_health``: then any valid key, or this replica's own
         probe token."""
-        if not self.protect_health or self.auth is None:
-            return
-        given = _metadata(context).get("authorization")
-        if self.probe_token is not None and given is not None:
-            if hmac.compare_digest(given.encode("latin-1"), f"Bearer {self.probe_token}".encode()):
-                return
-        self.auth.authenticate(given)
+        if self.protect_health and self.auth is not None:
+            self.auth.check_health(_metadata(context).get("authorization"), self.probe_token)
 
     def _check(self, context: Any, *, model: str = "", all_models: str = "") -> None:
         """With API keys on: metadata ``authorization: Bearer <key>`` valid, and allowed this

@@ -13,7 +13,6 @@ the same id the logs and an internal error's message carry.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -323,12 +322,8 @@ class HttpApp:
     def _check_health(self, headers: Headers) -> None:
         """Health is open unless ``protect_health``: then any valid key, or this replica's own
         probe token (the private probe ports)."""
-        if not self.protect_health or self.auth is None:
-            return
-        if self.probe_token is not None and headers.authorization is not None:
-            if hmac.compare_digest(headers.authorization.encode("latin-1"), f"Bearer {self.probe_token}".encode()):
-                return
-        self.auth.authenticate(headers.authorization)
+        if self.protect_health and self.auth is not None:
+            self.auth.check_health(headers.authorization, self.probe_token)
 
     def _admin(self, headers: Headers, scope: Scope, what: str) -> str:
         """With API keys on, an admin key; who is asking (for the audit log)."""
