@@ -286,6 +286,8 @@ class ModelRegistry:
             old = self._models.get(entry.name, {}).get(version)
             if old is None or old.state is not VersionState.READY:
                 self.put(mv)
+            else:
+                mv.loaded.unload()  # the serving instance stays; what the failed one opened is released now
             return mv
         old = self._models.get(entry.name, {}).get(version)
         self.put(mv)
