@@ -1,9 +1,12 @@
 """Soak (`make soak`, not part of `make test`): a real server on the demo repository under bounded
 HTTP and gRPC load for --minutes, with churn every minute: by default a version of digits
 loaded then unloaded in turn (Triton's repository API; the load's answers move to it and back),
-or with ``--churn rollout`` a rolling update (SIGHUP: every replica replaced). Every 5 s it samples the resident memory and open file descriptors of every process
-the server started, by role. Writes bench/results/soak.md and a plot, bench/results/soak.png.
-Flat means: the last minute's median within 10 % of the second minute's, per role and in all."""
+or with ``--churn rollout`` a rolling update (SIGHUP: every replica replaced); ``--churn none
+--no-load`` is the control (the same server, idle). Every 5 s it samples the resident memory and
+open file descriptors of every process the server started, by role. Writes bench/results/<out>.md,
+<out>.csv (every sample) and a plot, <out>.png (``--out``, default ``soak``).
+Flat means: the last minute's median within 10 % of the second minute's, per role and in all; runs
+of 20 minutes or more also compare the last minute with minute 10 (after Ray's own warm-up)."""
 
 from __future__ import annotations
 
@@ -112,7 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
-    parser.add_argument("--churn", choices=("versions", "rollout"), default="versions")
+    parser.add_argument("--churn", choices=("versions", "rollout", "none"), default="versions")
+    parser.add_argument("--no-load", action="store_true", help="no clients: the idle control")
+    parser.add_argument("--out", default="soak", help="file stem under bench/results/")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     repo = build_demo_repository(work / "repo")
@@ -121,13 +126,13 @@ def main() -> None:
     server.start()
     began = time.monotonic()
     samples: list[tuple[float, dict[str, tuple[float, int]]]] = []
-    load = BoundedLoad(server)
+    load = None if args.no_load else BoundedLoad(server)
     updates = 0
     try:
         next_update = began + 60
         while (now := time.monotonic()) - began < args.minutes * 60:
             samples.append((now - began, sample(server)))
-            if now >= next_update:
+            if now >= next_update and args.churn != "none":
                 assert server.proc is not None
                 if args.churn == "rollout":
                     server.proc.send_signal(signal.SIGHUP)  # rolling update: the replica is replaced
@@ -141,42 +146,58 @@ def main() -> None:
                 next_update += 60
             time.sleep(args.every)
     finally:
-        load.stop()
+        if load is not None:
+            load.stop()
         code = server.stop()
     roles = sorted({r for _, s in samples for r in s})
-
-    def window(r: str, lo: float, hi: float, i: int) -> float:
-        vals = [s[r][i] for t, s in samples if lo <= t < hi and r in s]
-        return statistics.median(vals) if vals else float("nan")
-
     end = args.minutes * 60
+    churn = {
+        "versions": "every minute digits v3 unloaded or loaded",
+        "rollout": "every minute a rolling update",
+        "none": "no churn",
+    }[args.churn]
+
+    def median(r: str, lo: float, hi: float, i: int) -> float:
+        """Median over the samples in [lo, hi) of role r's RSS (i=0) or fds (i=1); r='all' sums."""
+        vals = [
+            sum(v[i] for v in s.values()) if r == "all" else s[r][i]
+            for t, s in samples
+            if lo <= t < hi and (r in s or r == "all")
+        ]
+        return float(statistics.median(vals)) if vals else float("nan")
+
+    def change(a: float, b: float) -> str:
+        return f"{(b - a) / a:+.1%}" if a else "n/a"
+
+    late = end >= 20 * 60  # long enough to compare with minute 10 too, after Ray's own warm-up
+    head = "| role | RSS MiB, minute 2 (median) |" + (" minute 10 |" if late else "") + " last minute | change |"
+    head += (" change from minute 10 |" if late else "") + " fds, minute 2 | fds, last minute |"
     lines = [
-        f"# make soak ({time.strftime('%Y-%m-%d %H:%M')}, {args.minutes:g} min, every minute "
-        + ("a rolling update" if args.churn == "rollout" else "digits v3 unloaded or loaded")
-        + f": {updates} times)",
+        f"# make soak ({time.strftime('%Y-%m-%d %H:%M')}, {args.minutes:g} min, {churn}"
+        + (f": {updates} times" if args.churn != "none" else "")
+        + ("" if load else ", no load: the idle control")
+        + ")",
         "",
-        f"Outcomes: {dict(load.outcomes)}; server exit code {code}.",
+        f"Outcomes: {dict(load.outcomes) if load else 'no load'}; server exit code {code}.",
         "",
-        "| role | RSS MiB, minute 2 (median) | RSS MiB, last minute | change | fds, minute 2 | fds, last minute |",
-        "|---|---|---|---|---|---|",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
     ]
     for r in [*roles, "all"]:
-        if r == "all":
-            first = statistics.median([sum(v[0] for v in s.values()) for t, s in samples if 60 <= t < 120] or [0])
-            last = statistics.median([sum(v[0] for v in s.values()) for t, s in samples if t >= end - 60] or [0])
-            f_fd = statistics.median([sum(v[1] for v in s.values()) for t, s in samples if 60 <= t < 120] or [0])
-            l_fd = statistics.median([sum(v[1] for v in s.values()) for t, s in samples if t >= end - 60] or [0])
-        else:
-            first, last = window(r, 60, 120, 0), window(r, end - 60, end + 1, 0)
-            f_fd, l_fd = window(r, 60, 120, 1), window(r, end - 60, end + 1, 1)
-        change = (last - first) / first if first else float("nan")
-        lines.append(f"| {r} | {first:,.0f} | {last:,.0f} | {change:+.1%} | {f_fd:,.0f} | {l_fd:,.0f} |")
+        first, last = median(r, 60, 120, 0), median(r, end - 60, end + 1, 0)
+        tenth = median(r, 540, 600, 0)
+        row = (
+            f"| {r} | {first:,.1f} |" + (f" {tenth:,.1f} |" if late else "") + f" {last:,.1f} | {change(first, last)} |"
+        )
+        row += f" {change(tenth, last)} |" if late else ""
+        row += f" {median(r, 60, 120, 1):,.0f} | {median(r, end - 60, end + 1, 1):,.0f} |"
+        lines.append(row)
     text = "\n".join(lines) + "\n"
     print(text)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / "soak.md").write_text(text)
-    with open(out / "soak.csv", "w") as f:  # every sample, for trends the two windows above cannot show
+    (out / f"{args.out}.md").write_text(text)
+    with open(out / f"{args.out}.csv", "w") as f:  # every sample, for trends the windows above cannot show
         f.write("seconds," + ",".join(f"{r}_rss_mib,{r}_fds" for r in roles) + "\n")
         for t, sm in samples:
             f.write(f"{t:.0f}," + ",".join(f"{sm.get(r, (0, 0))[0]:.1f},{sm.get(r, (0, 0))[1]}" for r in roles) + "\n")
@@ -190,18 +211,14 @@ def main() -> None:
     for r in roles:
         ax.plot(ts, [s.get(r, (0, 0))[0] for _, s in samples], label=r)
     ax.plot(ts, [sum(v[0] for v in s.values()) for _, s in samples], label="all", color="black", linewidth=2)
-    ax.set_xlabel(
-        "minutes ("
-        + ("a rolling update" if args.churn == "rollout" else "a version unloaded / loaded")
-        + " every minute)"
-    )
+    ax.set_xlabel(f"minutes ({churn}{'' if load else ', no load'})")
     ax.set_ylabel("resident memory, MiB")
     ax.set_title("serving soak: memory of every process the server started, by role")
     ax.legend(loc="upper left", fontsize=8, ncol=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "soak.png", dpi=110)
-    print(f"wrote {out / 'soak.md'} and {out / 'soak.png'}")
+    fig.savefig(out / f"{args.out}.png", dpi=110)
+    print(f"wrote {out / args.out}.md, .csv and .png")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,20 @@ def test_grpc_request_ids_are_echoed_and_internal_errors_name_them(server: Serve
             call(b"\xff\xff", timeout=30, metadata=(("x-request-id", "req-42"),))
         assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert ("x-request-id", "req-42") in tuple(rpc.value.trailing_metadata() or ())
+
+
+def test_the_local_rays_raylet_and_gcs_run_without_jemallocs_thread_caches(server: ServerProcess) -> None:
+    """The setting that keeps the idle raylet's memory flat (deploy/ray_start.RAY_ALLOCATOR_ENV)
+    reaches the processes it is for: Ray hands it to them as MALLOC_CONF with jemalloc preloaded."""
+    seen = {}
+    for p in server.descendants():
+        try:
+            exe = Path(p.cmdline()[0]).name if p.cmdline() else ""
+            if exe in ("raylet", "gcs_server"):
+                seen[exe] = p.environ()
+        except psutil.Error:
+            continue
+    assert set(seen) == {"raylet", "gcs_server"}
+    for env in seen.values():
+        assert env.get("MALLOC_CONF") == "tcache:false"
+        assert "jemalloc" in env.get("LD_PRELOAD", "")

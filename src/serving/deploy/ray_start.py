@@ -3,11 +3,33 @@ here. Shared by ``serving serve`` and ``serving score`` so both start Ray the sa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import ray
+
+# Ray runs its raylet and GCS server on the jemalloc it ships (LD_PRELOAD). With jemalloc's
+# per-thread caches on, the idle raylet's resident memory climbs for half an hour and more
+# (measured: 30 -> 40 MiB in 30 minutes, the same with and without requests); with them off it
+# stays flat, and Ray's task throughput is unchanged (both in the README's soak section).
+# Ray hands RAY_JEMALLOC_CONF to the components named in RAY_JEMALLOC_PROFILE as MALLOC_CONF.
+RAY_ALLOCATOR_ENV = {"RAY_JEMALLOC_CONF": "tcache:false", "RAY_JEMALLOC_PROFILE": "raylet,gcs_server"}
+
+
+@contextlib.contextmanager
+def allocator_env() -> Iterator[None]:
+    """RAY_ALLOCATOR_ENV while Ray starts its processes, unless the user set either variable."""
+    if any(k in os.environ for k in RAY_ALLOCATOR_ENV) or "LD_PRELOAD" in os.environ:
+        yield
+        return
+    os.environ.update(RAY_ALLOCATOR_ENV)
+    try:
+        yield
+    finally:
+        for k in RAY_ALLOCATOR_ENV:
+            os.environ.pop(k, None)
 
 
 def init_ray(
@@ -21,7 +43,8 @@ def init_ray(
     """Start or join Ray unless this process already is connected; returns True when it connected.
 
     A local Ray runs without the dashboard, at the workers' normal priority (Ray lowers it by
-    default), with its workers importing ``preload`` while they idle. ``quiet`` keeps Ray's
+    default), with its workers importing ``preload`` while they idle, and its raylet and GCS
+    server without jemalloc's thread caches (RAY_ALLOCATOR_ENV). ``quiet`` keeps Ray's
     own INFO logs and the workers' output off this process's terminal.
     """
     if ray.is_initialized():
@@ -34,13 +57,14 @@ def init_ray(
     system_config: dict[str, object] = {"worker_niceness": 0}
     if preload:
         system_config["preload_python_modules"] = list(preload)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        logging_level=level,
-        log_to_driver=not quiet,
-        _metrics_export_port=metrics_port,
-        _system_config=system_config,
-    )
+    with allocator_env():
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=level,
+            log_to_driver=not quiet,
+            _metrics_export_port=metrics_port,
+            _system_config=system_config,
+        )
     return True
