@@ -111,6 +111,40 @@ class BoundedLoad:
             t.join(30)
 
 
+def plot(path: Path, minutes: list[float], rss: dict[str, list[float]], xlabel: str) -> None:
+    """Two panels: resident memory by role in MiB, and each role's change from its median over
+    minute 2 (the band of +-10 % drawn), where a small process's growth shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    widest = 15.0
+    for role, values in rss.items():
+        style = {"color": "black", "linewidth": 2} if role == "all" else {}
+        top.plot(minutes, values, label=role, **style)
+        base = [v for m, v in zip(minutes, values, strict=True) if 1 <= m < 2]
+        if base:
+            ref = statistics.median(base)
+            change = [100 * (v - ref) / ref for v in values]
+            widest = max(widest, 2 + max(abs(c) for c in change))
+            bottom.plot(minutes, change, label=role, **style)
+    for edge in (-10, 10):
+        bottom.axhline(edge, color="grey", linestyle="--", linewidth=1)
+    top.set_ylabel("resident memory, MiB")
+    top.set_title("serving soak: memory of every process the server started, by role")
+    top.legend(loc="center right", fontsize=8, ncol=2)
+    bottom.set_ylabel("change from minute 2, %")
+    bottom.set_ylim(-widest, widest)
+    bottom.set_xlabel(xlabel)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -201,23 +235,9 @@ def main() -> None:
         f.write("seconds," + ",".join(f"{r}_rss_mib,{r}_fds" for r in roles) + "\n")
         for t, sm in samples:
             f.write(f"{t:.0f}," + ",".join(f"{sm.get(r, (0, 0))[0]:.1f},{sm.get(r, (0, 0))[1]}" for r in roles) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ts = [t / 60 for t, _ in samples]
-    for r in roles:
-        ax.plot(ts, [s.get(r, (0, 0))[0] for _, s in samples], label=r)
-    ax.plot(ts, [sum(v[0] for v in s.values()) for _, s in samples], label="all", color="black", linewidth=2)
-    ax.set_xlabel(f"minutes ({churn}{'' if load else ', no load'})")
-    ax.set_ylabel("resident memory, MiB")
-    ax.set_title("serving soak: memory of every process the server started, by role")
-    ax.legend(loc="upper left", fontsize=8, ncol=3)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / f"{args.out}.png", dpi=110)
+    rss = {r: [s.get(r, (0, 0))[0] for _, s in samples] for r in roles}
+    rss["all"] = [sum(v[0] for v in s.values()) for _, s in samples]
+    plot(out / f"{args.out}.png", [t / 60 for t, _ in samples], rss, f"minutes ({churn}{'' if load else ', no load'})")
     print(f"wrote {out / args.out}.md, .csv and .png")
 
 
