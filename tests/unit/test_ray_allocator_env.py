@@ -10,9 +10,13 @@ import pytest
 from serving.deploy.ray_start import RAY_ALLOCATOR_ENV, allocator_env
 
 
-def test_set_while_ray_starts_then_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True)
+def no_allocator_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in (*RAY_ALLOCATOR_ENV, "LD_PRELOAD"):
         monkeypatch.delenv(k, raising=False)
+
+
+def test_set_while_ray_starts_then_removed() -> None:
     with allocator_env():
         assert {k: os.environ[k] for k in RAY_ALLOCATOR_ENV} == RAY_ALLOCATOR_ENV
     assert not any(k in os.environ for k in RAY_ALLOCATOR_ENV)
@@ -20,8 +24,6 @@ def test_set_while_ray_starts_then_removed(monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.parametrize("user_var", ["RAY_JEMALLOC_CONF", "RAY_JEMALLOC_PROFILE", "LD_PRELOAD"])
 def test_a_users_own_setting_wins(monkeypatch: pytest.MonkeyPatch, user_var: str) -> None:
-    for k in (*RAY_ALLOCATOR_ENV, "LD_PRELOAD"):
-        monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv(user_var, "theirs")
     with allocator_env():
         assert os.environ[user_var] == "theirs"
