@@ -22,7 +22,7 @@ from serving.codecs import shape_matches
 from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.lifecycle.admin import ModelAdmin
 from serving.lifecycle.lineage import Lineage
-from serving.lifecycle.reconcile import Reconciler
+from serving.lifecycle.reconcile import Reconciler, startup_stamps
 from serving.lifecycle.shadow import ShadowRunner
 from serving.lifecycle.store import LifecycleStore
 from serving.loaded_model import LoadedModel
@@ -113,8 +113,9 @@ class LocalInferenceService:
             routing = state.routing(entry.name)
             keep = () if routing.model_unloaded else tuple(v for v in entry.selected if v not in routing.unloaded)
             entries.append(dataclasses.replace(entry, selected=keep))
+        loaded = startup_stamps(entries, {name: r.generation for name, r in registry.routing.items()})
         registry.load_entries(entries)
-        reconciler = Reconciler(registry, store, root, drain_s)
+        reconciler = Reconciler(registry, store, root, drain_s, loaded)
         return cls(registry, server_name, ModelAdmin(registry, store, reconciler))
 
     def start_watch(self, scan_repository: bool = True) -> None:

@@ -222,3 +222,13 @@ async def test_routing_and_the_audit_log_survive_a_restart(served: Any, repo: Pa
         await again.close()
     entries = (await http.get("/v2/admin/audit")).json()["entries"]
     assert [e["action"] for e in entries] == ["promote", "traffic", "traffic", "unload"]
+
+
+async def test_a_load_reloads_files_that_changed_after_start_up_before_any_scan(served: Any, repo: Path) -> None:
+    """Start-up loads are stamped before they load: files changed since (here before the folder
+    watch's first scan ever ran) are reloaded by the next load, not taken as what is serving."""
+    _, http, _ = served
+    shutil.copy(repo / "add" / "1" / "model.onnx", repo / "add" / "2" / "model.onnx")  # v2 now adds 1
+    (await http.post("/v2/repository/models/add/load", json={"parameters": {"version": 2}})).raise_for_status()
+    answer = (await http.post("/v2/models/add/versions/2/infer", json=BODY)).json()
+    assert answer["outputs"][0]["data"] == [x + 1 for x in X]

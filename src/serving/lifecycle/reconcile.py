@@ -43,6 +43,10 @@ class LoadReport:
     """Why the model folder itself could not be read."""
 
 
+Stamp = tuple[tuple[int, ...], int]
+"""A version's files' modification times and its model's routing generation, at a load."""
+
+
 def _stamp(entry: ModelEntry, version: int) -> tuple[int, ...]:
     """When the version's files last changed (model.yaml, artifact, lineage)."""
     out = []
@@ -58,14 +62,27 @@ def _stamp(entry: ModelEntry, version: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def startup_stamps(entries: list[ModelEntry], generations: dict[str, int]) -> dict[tuple[str, int], Stamp]:
+    """The stamps of the versions about to be loaded at start-up, taken before they load: files
+    that change while the server starts are then seen as changed (a load asked later reloads)."""
+    return {(e.name, v): (_stamp(e, v), generations.get(e.name, 0)) for e in entries for v in e.selected}
+
+
 class Reconciler:
-    def __init__(self, registry: ModelRegistry, store: LifecycleStore, root: Path, drain_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: LifecycleStore,
+        root: Path,
+        drain_s: float = 30.0,
+        loaded: dict[tuple[str, int], Stamp] | None = None,
+    ) -> None:
         self.registry = registry
         self.store = store
         self.root = root
         self.drain_s = drain_s
         self._lock = asyncio.Lock()
-        self._stamps: dict[tuple[str, int], tuple[tuple[int, ...], int]] = {}  # (stamp, generation) at last load try
+        self._stamps: dict[tuple[str, int], Stamp] = dict(loaded or {})  # (files, generation) at last load try
         self._broken_models: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._scan = True
