@@ -107,6 +107,40 @@ def slow_model(
     )
 
 
+def spin_model(root: Path, name: str = "spin", **config: Any) -> None:
+    """``y = x + spins`` on FP32 [N, 4], computed by an ONNX ``Loop`` of ``max(spins)`` steps
+    (INT64 [N, 1]): fast for small values, a model that hangs (about a microsecond a step) for
+    large ones. A real runtime's hang, in C++, that no Python code can interrupt."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc_in", "one"], ["acc"])],
+        "step",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["spins"], ["steps"], keepdims=0),
+            helper.make_node("Loop", ["steps", "", "x"], ["y"], body=body),
+        ],
+        name,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("spins", TensorProto.INT64, ["N", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / name / "1" / "model.onnx")
+    _config(root / name, {"platform": "onnx", "max_batch_size": 16, **config})
+
+
 def broken_batch_model(root: Path, name: str = "broken") -> None:
     """Returns one row whatever the batch: the batcher must fail the batch (INTERNAL)."""
     node = helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -66,6 +67,8 @@ class _Pending:
     deadline_s: float | None = None
     taken: bool = False
     """In a batch (running or about to): no longer in the queue."""
+    counted: bool = True
+    """Counted in the queue's live requests and rows (until taken, answered early or cancelled)."""
 
 
 def batch_key(inputs: Arrays) -> tuple[Any, ...]:
@@ -99,6 +102,74 @@ def split_outputs(outputs: Arrays, rows: Sequence[int]) -> list[Arrays]:
     return [{name: parts[name][i] for name in outputs} for i in range(len(rows))]
 
 
+class Watchdog:
+    """Calls ``interrupt`` of an inline execution that runs past its deadline.
+
+    An inline batch runs on the event loop's thread, so nothing on the loop can stop it; this
+    one daemon thread per process can. It checks every ``PERIOD_S`` while executions were armed
+    in the last second and sleeps otherwise; arming and disarming cost a lock each.
+    """
+
+    PERIOD_S = 0.005
+    IDLE_S = 1.0
+
+    def __init__(self) -> None:
+        self._armed: dict[int, tuple[float, Callable[[], None], list[bool]]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._parked = False
+        self._last_armed = 0.0
+        self._thread: threading.Thread | None = None
+        self._next = 0
+
+    def arm(self, deadline_s: float, interrupt: Callable[[], None]) -> tuple[int, list[bool]]:
+        """Watch one execution until :meth:`disarm`; the list's one flag turns True if it fired."""
+        fired = [False]
+        with self._lock:
+            self._next += 1
+            key = self._next
+            self._armed[key] = (deadline_s, interrupt, fired)
+            self._last_armed = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="serving-watchdog", daemon=True)
+                self._thread.start()
+            elif self._parked:
+                self._parked = False
+                self._wake.set()
+        return key, fired
+
+    def disarm(self, key: int) -> None:
+        with self._lock:
+            self._armed.pop(key, None)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.PERIOD_S)
+            now = time.monotonic()
+            with self._lock:
+                due = [(key, entry) for key, entry in self._armed.items() if entry[0] <= now]
+                for key, _ in due:
+                    del self._armed[key]
+                park = not self._armed and now - self._last_armed > self.IDLE_S
+                if park:
+                    self._parked = True
+                    self._wake.clear()
+            for _, (_, interrupt, fired) in due:
+                fired[0] = True
+                try:
+                    interrupt()
+                except Exception:
+                    log.exception("interrupting an execution that overran failed")
+            if park:
+                self._wake.wait()
+
+
+WATCHDOG = Watchdog()
+
+INLINE_OVERRUN_S = 0.02
+"""The longest an inline batch may hold the event loop before the watchdog cuts it short."""
+
+
 class DynamicBatcher:
     """One bounded batching queue and one executor lane for one model version.
 
@@ -120,7 +191,14 @@ class DynamicBatcher:
             executions have recently taken less than this (0 disables). Handing a batch to
             a worker thread and back costs ~0.37 ms on a 2-core VM, 15x the 0.02 ms the
             digits model needs to run (bench/results/online.md); blocking the loop for less
-            than this bound costs less than the hop it saves.
+            than this bound costs less than the hop it saves. An inline batch that runs past
+            ``INLINE_OVERRUN_S`` is interrupted by the watchdog and run on the worker instead,
+            so a model that hangs there never freezes the replica. A runtime that cannot be
+            interrupted runs inline only when ``execution_timeout_s`` is None (no bound asked).
+        execution_timeout_s: a batch running longer fails its requests (503) and the observer's
+            ``on_hung`` is told (the owner replaces this batcher).
+        interrupt: stops the model's execution in progress from another thread (onnxruntime's
+            ``RunOptions.terminate``); called when a batch overruns, inline or on the worker.
     """
 
     def __init__(
@@ -136,6 +214,7 @@ class DynamicBatcher:
         inline_below_s: float = 0.0,
         trace_attributes: dict[str, str] | None = None,
         execution_timeout_s: float | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> None:
         if max_batch_size < 0:
             raise ValueError("max_batch_size must be an integer >= 0")
@@ -152,7 +231,12 @@ class DynamicBatcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        if execution_timeout_s is not None and interrupt is None:
+            inline_below_s = 0.0  # an inline execution that hangs could not be stopped
         self._inline_below_ns = int(inline_below_s * 1e9)
+        self._interrupt = interrupt
+        self._live = 0  # queued requests not answered yet (what max_queue_size bounds)
+        self._live_rows = 0
         self._recent_ns: float | None = None  # moving average of execution time
         self._recent_rows = 1.0  # moving average of rows per execution
         self._trace_attributes = trace_attributes or {}
@@ -168,7 +252,8 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting (answered ones, by a deadline or a cancelled caller, no longer count)."""
+        return self._live
 
     def admit(self) -> None:
         """Refuse now, before the request is even decoded, when the queue is full.
@@ -176,7 +261,7 @@ class DynamicBatcher:
         Raises:
             QueueFullError: the queue already holds ``max_queue_size`` requests.
         """
-        if len(self._queue) >= self.max_queue_size:
+        if self._live >= self.max_queue_size:
             raise QueueFullError(f"model queue is full ({self.max_queue_size} requests waiting); retry later")
 
     async def submit(self, inputs: Arrays, deadline_s: float | None = None) -> Arrays:
@@ -210,15 +295,29 @@ class DynamicBatcher:
         pending.trace = tracing.current_span_context()
         pending.deadline_s = deadline_s
         self._queue.append(pending)
+        self._live += 1
+        self._live_rows += rows
         assert self._arrived is not None
         self._arrived.set()
-        if deadline_s is None:
-            return await pending.future
-        timer = loop.call_later(deadline_s - time.monotonic(), self._expire, pending)
+        timer = None if deadline_s is None else loop.call_later(deadline_s - time.monotonic(), self._expire, pending)
         try:
             return await pending.future
-        finally:
-            timer.cancel()
+        finally:  # answered, expired or cancelled: a request still queued frees its slot now
+            if timer is not None:
+                timer.cancel()
+            self._forget(pending)
+            # Entries answered while queued stay in the deque until passed over; when they
+            # outnumber the live ones it is rebuilt (never inside _take, which holds the deque).
+            if len(self._queue) > 2 * self._live + 64:
+                self._queue = collections.deque(p for p in self._queue if p.counted)
+
+    def _forget(self, pending: _Pending) -> None:
+        """``pending`` leaves the queue's count: taken into a batch, or answered while queued."""
+        if not pending.counted:
+            return
+        pending.counted = False
+        self._live -= 1
+        self._live_rows -= pending.rows
 
     def _expire(self, pending: _Pending) -> None:
         """A request's deadline passed: answer it now. Still queued, it is dropped (``_take``
@@ -230,6 +329,7 @@ class DynamicBatcher:
         where = "in the queue; the model did not run it" if queued else "while its batch ran"
         pending.future.set_exception(DeadlineExceededError(f"deadline exceeded after {waited_ns / 1e6:.1f} ms {where}"))
         if queued:
+            self._forget(pending)
             self._report_dropped(waited_ns)
 
     def _report_dropped(self, waited_ns: int) -> None:
@@ -254,6 +354,7 @@ class DynamicBatcher:
     def _fail_queued(self, error: ServingError) -> None:
         while self._queue:
             p = self._queue.popleft()
+            self._forget(p)
             if not p.future.done():
                 p.future.set_exception(error)
 
@@ -290,7 +391,7 @@ class DynamicBatcher:
         """Wait until the queue holds a full batch or the oldest request's delay is up."""
         loop = asyncio.get_running_loop()
         deadline = self._queue[0].enqueued_ns / 1e9 + self.max_queue_delay_s
-        while sum(p.rows for p in self._queue) < self.max_batch_size:
+        while self._live_rows < self.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -304,11 +405,12 @@ class DynamicBatcher:
         q = self._queue
         now = time.monotonic()
         while q and (q[0].future.done() or self._drop_expired(q[0], now)):
-            q.popleft()  # answered already (cancelled by its caller, or its deadline passed)
+            self._forget(q.popleft())  # answered already (cancelled by its caller, or its deadline passed)
         if not q:
             return []
         first = q.popleft()
         first.taken = True
+        self._forget(first)
         batch = [first]
         if not self.max_batch_size:
             return batch
@@ -316,6 +418,7 @@ class DynamicBatcher:
         while q and rows < self.max_batch_size:
             p = q.popleft()
             if p.future.done() or self._drop_expired(p, now):
+                self._forget(p)
                 continue
             if p.key != first.key or rows + p.rows > self.max_batch_size:
                 skipped.append(p)
@@ -323,6 +426,7 @@ class DynamicBatcher:
                     break
                 continue
             p.taken = True
+            self._forget(p)
             batch.append(p)
             rows += p.rows
         q.extendleft(reversed(skipped))
@@ -350,24 +454,10 @@ class DynamicBatcher:
         error: ServingError | None = None
         timings = (0, 0, 0)
         try:
-            if inline:
-                results, timings = self._compute(items, rows)
-            else:
-                running = loop.run_in_executor(self._executor, self._compute, items, rows)
-                if self._execution_timeout_s is None:
-                    results, timings = await running
-                else:
-                    try:
-                        results, timings = await asyncio.wait_for(asyncio.shield(running), self._execution_timeout_s)
-                    except TimeoutError:
-                        # Nobody awaits the stuck execution any more: when (if) it ends, its outcome is
-                        # read here, so a late exception is not reported as never retrieved.
-                        running.add_done_callback(lambda f: f.cancelled() or f.exception())
-                        self._hung(batch)
-                        raise ModelNotReadyError(
-                            f"model execution exceeded execution_timeout_s={self._execution_timeout_s:g}; "
-                            "the version is being reloaded"
-                        ) from None
+            computed = self._compute_inline(items, rows) if inline else None
+            if computed is None:  # not inline, or cut short there: the worker runs it
+                computed = await self._compute_on_worker(loop, batch, items, rows)
+            results, timings = computed
             now = time.monotonic()
             for p, out in zip(batch, results):
                 if p.future.done():
@@ -392,6 +482,58 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(error or ModelExecutionError("batch ended without an answer"))
             self._report(batch, queue_ns, start, timings, sum(rows), error)
+
+    def _compute_inline(self, items: list[Arrays], rows: list[int]) -> tuple[list[Arrays], tuple[int, int, int]] | None:
+        """Run a batch on the loop's thread. With an interruptible runtime the watchdog cuts a
+        run short after ``INLINE_OVERRUN_S`` (None: run it on the worker instead, where the
+        execution timeout applies; outputs of a cut run are never used, so the re-run is safe)."""
+        if self._interrupt is None:  # only without an execution timeout: nothing is bounded
+            return self._compute(items, rows)
+        key, fired = WATCHDOG.arm(time.monotonic() + INLINE_OVERRUN_S, self._interrupt)
+        try:
+            return self._compute(items, rows)
+        except Exception:
+            if not fired[0]:
+                raise
+        finally:
+            WATCHDOG.disarm(key)
+        self._recent_ns = None  # measured again on the worker before anything runs inline
+        log.warning("an inline batch ran past %.0f ms: cut short, run on the worker thread", INLINE_OVERRUN_S * 1e3)
+        return None
+
+    async def _compute_on_worker(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], items: list[Arrays], rows: list[int]
+    ) -> tuple[list[Arrays], tuple[int, int, int]]:
+        """Run a batch on the worker thread, bounded by the execution timeout.
+
+        Raises:
+            ModelNotReadyError: the execution overran; the version is being replaced.
+        """
+        running = loop.run_in_executor(self._executor, self._compute, items, rows)
+        if self._execution_timeout_s is None:
+            return await running
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), self._execution_timeout_s)
+        except TimeoutError:
+            # Nobody awaits the stuck execution any more: when (if) it ends, its outcome is
+            # read here, so a late exception is not reported as never retrieved.
+            running.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._stop_execution()
+            self._hung(batch)
+            raise self._overran() from None
+
+    def _overran(self) -> ModelNotReadyError:
+        return ModelNotReadyError(
+            f"model execution exceeded execution_timeout_s={self._execution_timeout_s:g}; the version is being reloaded"
+        )
+
+    def _stop_execution(self) -> None:
+        """Ask the runtime to stop the execution that overran (frees its worker thread)."""
+        if self._interrupt is not None:
+            try:
+                self._interrupt()
+            except Exception:
+                log.exception("interrupting an execution that overran failed")
 
     def _hung(self, batch: list[_Pending]) -> None:
         """The worker thread is stuck in the model: nothing queued here will run. Refuse new

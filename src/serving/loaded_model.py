@@ -7,6 +7,7 @@ scoring (``offline.scorer``) share.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from serving.codecs import numpy_dtype
 from serving.config import ModelConfig, TensorConfig
 from serving.errors import ConfigError, ServingError
 from serving.runtime import Model
+from serving.runtime.base import Interruptible
 from serving.types import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,11 @@ class LoadedModel:
     def wire_shape(self, spec: TensorSpec) -> list[int]:
         """The shape clients see: a leading -1 batch dimension when batching."""
         return ([-1] if self.max_batch_size else []) + list(spec.shape)
+
+    @property
+    def interrupt(self) -> Callable[[], None] | None:
+        """How to stop an execution in progress from another thread, where the runtime can."""
+        return self.model.interrupt if isinstance(self.model, Interruptible) else None
 
     def open(self) -> None:
         """Load the artifact, resolve the I/O contract and warm up.

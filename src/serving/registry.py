@@ -160,6 +160,7 @@ class ModelVersion:
             inline_below_s=self.config.instance.inline_below_ms / 1000.0,
             trace_attributes={"serving.model": self.name, "serving.version": str(self.version)},
             execution_timeout_s=self.config.instance.execution_timeout_s,
+            interrupt=self.loaded.interrupt,
         )
 
     def on_hung(self, seconds: float) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from serving.batching import DynamicBatcher, concat_inputs, split_outputs
-from serving.errors import InvalidInputError, ModelExecutionError, QueueFullError
+from serving.errors import DeadlineExceededError, InvalidInputError, ModelExecutionError, QueueFullError
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -226,6 +226,98 @@ async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(executor: 
     assert threads[-1] == loop_thread  # fast and small: inline
     await b.submit(x(4000))
     assert threads[-1] != loop_thread
+
+
+async def test_a_model_that_cannot_be_interrupted_never_runs_inline_under_an_execution_timeout(
+    executor: Any,
+) -> None:
+    """Inline, a hang would freeze the event loop past any timeout: such a model stays on the worker."""
+    threads: list[str] = []
+
+    def model(inputs: Arrays) -> Arrays:
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"]}
+
+    b = DynamicBatcher(
+        model,
+        max_batch_size=4,
+        max_queue_delay_s=0,
+        max_queue_size=8,
+        executor=executor,
+        inline_below_s=0.005,
+        execution_timeout_s=5.0,
+    )
+    for _ in range(5):
+        await b.submit(x(1))
+    loop_thread = threading.current_thread().name
+    assert len(threads) == 5 and loop_thread not in threads
+
+
+async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_worker(executor: Any) -> None:
+    """A fast model turns slow inline: the watchdog interrupts it and the worker runs the batch
+    again, so the loop is freed and the request still gets its real answer."""
+    threads: list[str] = []
+    slow = threading.Event()
+    interrupted = threading.Event()
+
+    def model(inputs: Arrays) -> Arrays:
+        on_loop = threading.current_thread() is threading.main_thread()
+        threads.append("loop" if on_loop else "worker")
+        if slow.is_set() and on_loop:
+            if not interrupted.wait(30):  # hangs until interrupted, as onnxruntime's terminate does
+                raise AssertionError("never interrupted")
+            raise RuntimeError("terminated")
+        return {"y": inputs["x"] * 2}
+
+    b = DynamicBatcher(
+        model,
+        max_batch_size=4,
+        max_queue_delay_s=0,
+        max_queue_size=8,
+        executor=executor,
+        inline_below_s=0.005,
+        execution_timeout_s=5.0,
+        interrupt=interrupted.set,
+    )
+    for _ in range(3):
+        await b.submit(x(1))
+    assert threads == ["worker", "loop", "loop"]
+    slow.set()
+    out = await b.submit(x(1, value=4.0))
+    np.testing.assert_array_equal(out["y"], x(1, value=8.0)["x"])
+    assert threads[3:] == ["loop", "worker"] and interrupted.is_set()
+
+
+async def test_answered_requests_free_their_queue_slots_at_once(executor: Any) -> None:
+    """Requests whose deadline passed (or whose caller gave up) while queued no longer count
+    against max_queue_size: a burst of short deadlines cannot make new requests 503."""
+    gate = threading.Event()
+
+    def model(inputs: Arrays) -> Arrays:
+        gate.wait(10)
+        return {"y": inputs["x"]}
+
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=4, executor=executor)
+    running = asyncio.ensure_future(b.submit(x(1)))  # holds the worker
+    await asyncio.sleep(0.05)
+    for _ in range(3):  # 3 rounds of a full queue whose requests all expire
+        expiring = [asyncio.ensure_future(b.submit(x(1), deadline_s=time.monotonic() + 0.02)) for _ in range(4)]
+        done = await asyncio.gather(*expiring, return_exceptions=True)
+        assert all(isinstance(e, DeadlineExceededError) for e in done)
+        assert b.queue_depth == 0
+    cancelled = [asyncio.ensure_future(b.submit(x(1))) for _ in range(4)]
+    await asyncio.sleep(0.01)
+    for c in cancelled:
+        c.cancel()
+    await asyncio.gather(*cancelled, return_exceptions=True)
+    assert b.queue_depth == 0
+    waiting = [asyncio.ensure_future(b.submit(x(1, value=float(i)))) for i in range(4)]  # the queue has room
+    await asyncio.sleep(0.01)
+    gate.set()
+    await running
+    outs = await asyncio.gather(*waiting)
+    assert [float(o["y"][0, 0]) for o in outs] == [0.0, 1.0, 2.0, 3.0]
+    await b.close()
 
 
 class RaisingObserver:

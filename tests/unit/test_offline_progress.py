@@ -36,6 +36,20 @@ def test_a_log_gets_plain_lines_every_few_seconds_and_a_last_one() -> None:
     assert lines[1].startswith("progress: 10,000/10,000 rows (100%)") and "\r" not in out.getvalue()
 
 
+def test_the_first_update_is_shown_on_a_machine_booted_moments_ago() -> None:
+    # time.monotonic() counts from boot: on a fresh machine it is below the line interval
+    now = [1.5]
+    out = io.StringIO()
+    p = Progress(100, out, tty=False, line_every_s=5.0, clock=lambda: now[0])
+    p.add(10, 0)
+    now[0] = 2.0
+    p.add(10, 0)
+    now[0] = 7.0
+    p.add(10, 0)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" rows")[0] for line in lines] == ["progress: 10/100", "progress: 30/100"]
+
+
 def test_disabled_progress_writes_nothing() -> None:
     out = io.StringIO()
     p = Progress(10, out, enabled=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 BAR_WIDTH = 28
@@ -23,6 +24,7 @@ class Progress:
         tty: bool | None = None,
         line_every_s: float = 5.0,
         bar_every_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
@@ -31,31 +33,32 @@ class Progress:
         self.every_s = bar_every_s if self.tty else line_every_s
         self.scored = 0
         self.failed = 0
-        self._began = time.monotonic()
-        self._last = 0.0
+        self._clock = clock
+        self._began = clock()
+        self._last: float | None = None  # no line yet: the first update is always shown
         self._lock = threading.Lock()
 
     def start(self) -> None:
         """Scoring starts now (the rate and ETA count from here, not from the Ray start)."""
-        self._began = time.monotonic()
+        self._began = self._clock()
 
     def add(self, scored: int, failed: int) -> None:
         with self._lock:
             self.scored += scored
             self.failed += failed
-            now = time.monotonic()
-            if self.enabled and now - self._last >= self.every_s:
+            now = self._clock()
+            if self.enabled and (self._last is None or now - self._last >= self.every_s):
                 self._last = now
                 self._render(now, final=False)
 
     def close(self) -> None:
         with self._lock:
             if self.enabled:
-                self._render(time.monotonic(), final=True)
+                self._render(self._clock(), final=True)
 
     def line(self, now: float | None = None) -> str:
         done = self.scored + self.failed
-        elapsed = max((now or time.monotonic()) - self._began, 1e-9)
+        elapsed = max((self._clock() if now is None else now) - self._began, 1e-9)
         rate = done / elapsed
         eta = (self.total - done) / rate if rate > 0 and done < self.total else 0.0
         pct = 100.0 * done / self.total if self.total else 100.0

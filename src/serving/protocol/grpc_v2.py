@@ -360,9 +360,13 @@ class GrpcAdapter:
         )
         tracker.start()
         errors: list[BaseException] = []
-        answer = await self._call(request, context, pb.ModelInferResponse(), run, errors.append, request_id)
-        tracker.finish(errors[0] if errors else None)
-        return answer
+        try:
+            return await self._call(request, context, pb.ModelInferResponse(), run, errors.append, request_id)
+        except BaseException as exc:  # cancelled (the client went away, its deadline passed): not an Exception
+            errors.append(exc)
+            raise
+        finally:
+            tracker.finish(errors[0] if errors else None)
 
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
         async def run(r: pb.ModelConfigRequest) -> pb.ModelConfigResponse:

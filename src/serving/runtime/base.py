@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,3 +32,13 @@ class Model(Protocol):
 
     def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         """Inputs and outputs as the artifact declares them (empty if it cannot tell)."""
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """A runtime that can stop an execution in progress from another thread: a hung batch frees
+    its worker thread, and a batch run inline on the event loop can be cut short (and re-run on
+    the worker) before it holds the loop for long."""
+
+    def interrupt(self) -> None:
+        """Make the execution in progress, if any, fail soon; later executions are not affected."""

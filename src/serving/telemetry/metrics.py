@@ -6,7 +6,7 @@ exporter. ``serving.deploy.ray_metrics`` exports through Ray's per-node metrics 
 
 Labels are bounded: model and version are names the repository serves (anything else is
 ``_unknown``), protocol is ``http`` or ``grpc``, outcome is ``ok`` or an ``ErrorKind``
-value. No request ids or free text.
+value, or ``cancelled`` (the call was cancelled before an answer). No request ids or free text.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class MetricSpec:
 REQUESTS = MetricSpec(
     "serving_requests",
     "counter",
-    "Inference requests answered, by outcome (ok or the error kind).",
+    "Inference requests ended, by outcome (ok, the error kind, or cancelled).",
     ("model", "version", "protocol", "outcome"),
 )
 REQUEST_SECONDS = MetricSpec(

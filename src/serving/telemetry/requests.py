@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 
 MAX_REQUEST_ID = 128
+CANCELLED = "cancelled"
+"""The ``outcome`` of a request whose call was cancelled before it was answered."""
 
 
 def new_request_id() -> str:
@@ -120,6 +123,8 @@ class RequestTracker:
         self._in_flight.add(self._model, self.protocol, -1)
         if exc is None:
             outcome = "ok"
+        elif isinstance(exc, asyncio.CancelledError):
+            outcome = CANCELLED  # the client went away or its deadline passed mid-call: no answer was sent
         elif isinstance(exc, ServingError):
             outcome = exc.kind.value
         else:
@@ -132,7 +137,7 @@ class RequestTracker:
         self.metrics.inc(REQUESTS, {**labels, "outcome": outcome})
         if outcome == ErrorKind.OVERLOADED.value:
             self.metrics.inc(REJECTED, labels)
-        if exc is not None:
+        if exc is not None and outcome != CANCELLED:
             message = (
                 exc.message
                 if isinstance(exc, ServingError) and outcome != ErrorKind.INTERNAL.value
