@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,9 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving import codecs
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
+from serving.service import LocalInferenceService
 
-from adapter_support import identity_values
-from models import IDENTITY_TYPES
+from adapter_support import identity_values, start_grpc
+from models import IDENTITY_TYPES, spin_model
 
 TYPED_FIELD = {
     "BOOL": "bool_contents",
@@ -146,3 +149,50 @@ async def test_malformed_protobuf_is_invalid_argument(grpc_target: str, stub: GR
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "malformed protobuf" in (info.value.details() or "")
     assert (await stub.ModelInfer(infer_req())).outputs[0].name == "y"
+
+
+async def test_calls_cancelled_mid_flight_leave_nothing_in_flight(tmp_path: Path) -> None:
+    """Clients that cancel calls the server is working on cancel its handlers
+    (asyncio.CancelledError, not an Exception): each call must still leave the in-flight count
+    the autoscaler reads, and the count must return to 0."""
+    spin_model(tmp_path, max_batch_size=1)
+    service = LocalInferenceService.from_repository(tmp_path)
+    server, target = await start_grpc(service)
+    try:
+        request = pb.ModelInferRequest(model_name="spin")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([0.0] * 4)
+        request.inputs.add(name="spins", datatype="INT64", shape=[1, 1]).contents.int64_contents.append(3000)
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            await stub.ModelInfer(request)  # connected and warm
+            for _ in range(3):
+                calls = [stub.ModelInfer(request) for _ in range(200)]
+                for _ in range(500):  # until the server is working on them
+                    if service.load()[0] >= 10:
+                        break
+                    await asyncio.sleep(0.002)
+                assert service.load()[0] >= 10
+                for call in calls:
+                    call.cancel()
+                ends = await asyncio.gather(*(_code_of(c) for c in calls))
+                assert ends.count("cancelled") > 100
+                for _ in range(500):  # the server hears of each cancellation shortly after the client
+                    if service.load()[0] == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert service.load() == (0, 0)
+            answer = await stub.ModelInfer(request)  # and serves on
+            assert answer.model_name == "spin"
+    finally:
+        await server.stop(None)
+        await service.close()
+
+
+async def _code_of(call: Any) -> str:
+    try:
+        await call
+    except asyncio.CancelledError:
+        return "cancelled"
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    return "OK"
