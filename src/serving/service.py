@@ -115,7 +115,7 @@ class LocalInferenceService:
             entries.append(dataclasses.replace(entry, selected=keep))
         loaded = startup_stamps(entries, {name: r.generation for name, r in registry.routing.items()})
         registry.load_entries(entries)
-        reconciler = Reconciler(registry, store, root, drain_s, loaded)
+        reconciler = Reconciler(registry, store, root, drain_s, loaded, state.revision)
         return cls(registry, server_name, ModelAdmin(registry, store, reconciler))
 
     def start_watch(self, scan_repository: bool = True) -> None:

@@ -232,3 +232,37 @@ async def test_a_load_reloads_files_that_changed_after_start_up_before_any_scan(
     (await http.post("/v2/repository/models/add/load", json={"parameters": {"version": 2}})).raise_for_status()
     answer = (await http.post("/v2/models/add/versions/2/infer", json=BODY)).json()
     assert answer["outputs"][0]["data"] == [x + 1 for x in X]
+
+
+async def test_changes_to_two_models_through_two_replicas_inside_one_poll_reach_both(tmp_path: Path) -> None:
+    """Two replicas share the state folder. Replica A promotes one model, then replica B another,
+    before either polls: B's change is written over a file that already holds A's, so B must
+    serve A's change too (not only its own), and A must learn B's at its next poll."""
+    repo = tmp_path / "repo"
+    add_versions(repo, 1, 2)
+    add_model(repo, "other", versions=(1, 2), version_policy={"all": True}, gates={"require_evaluation": False})
+    a = LocalInferenceService.from_repository(repo)
+    b = LocalInferenceService.from_repository(repo)
+    try:
+        a.start_watch(scan_repository=False)  # A polls; B never does
+        async with await http_client_for(a) as via_a, await http_client_for(b) as via_b:
+            for round_ in range(4):
+                version = 1 + round_ % 2
+                ra = await via_a.post("/v2/admin/models/add/promote", json={"version": version, "alias": "production"})
+                rb = await via_b.post("/v2/admin/models/other/promote", json={"version": version, "alias": "live"})
+                assert ra.status_code == rb.status_code == 200, (ra.text, rb.text)
+                # B saw A's change in the file it wrote over, without polling
+                assert b.registry.routing["add"].aliases["production"] == version
+                for _ in range(200):  # A's next poll
+                    routing = a.registry.routing.get("other")
+                    if routing is not None and routing.aliases.get("live") == version:
+                        break
+                    await asyncio.sleep(0.01)
+                for svc in (a, b):
+                    assert svc.registry.routing["add"].aliases["production"] == version
+                    assert svc.registry.routing["other"].aliases["live"] == version
+                for http in (via_a, via_b):
+                    assert await answered_by(http, "/v2/models/add/versions/production/infer") == str(version)
+    finally:
+        await a.close()
+        await b.close()

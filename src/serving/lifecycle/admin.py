@@ -87,17 +87,32 @@ class ModelAdmin:
     async def _change(
         self, name: str, change: Callable[[ModelRouting], ModelRouting], who: str, action: str, details: dict[str, Any]
     ) -> dict[str, Any]:
-        before, after = await asyncio.to_thread(
+        answer, _ = await self._record(name, change, who, action, details)
+        return answer
+
+    async def _change_and_sync(
+        self, name: str, change: Callable[[ModelRouting], ModelRouting], who: str, action: str, details: dict[str, Any]
+    ) -> tuple[dict[str, Any], LoadReport]:
+        """:meth:`_record`, then the model's versions synced to it; (the answer, the model's report)."""
+        answer, reports = await self._record(name, change, who, action, details)
+        return answer, reports[name] if name in reports else (await self.reconciler.sync(name))[name]
+
+    async def _record(
+        self, name: str, change: Callable[[ModelRouting], ModelRouting], who: str, action: str, details: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, LoadReport]]:
+        """Record a change and serve the new state here at once, with what other replicas
+        changed since our last poll; (the answer, the reports of the models synced)."""
+        before, after, state = await asyncio.to_thread(
             self.store.update, name, change, who=who, action=action, details=details
         )
-        self.registry.routing = {**self.registry.routing, name: after}
+        reports = await self.reconciler.adopt(state)
         return {
             "model": name,
             "action": action,
             "before": before.model_dump(mode="json"),
             "after": after.model_dump(mode="json"),
             **details,
-        }
+        }, reports
 
     async def promote(self, name: str, version: int, alias: str, who: str, force: bool = False) -> dict[str, Any]:
         """Point an alias at a ready version, if it passes the model's release gates.
@@ -150,8 +165,7 @@ class ModelAdmin:
         """
         if not (self.reconciler.root / name).is_dir() or name.startswith((".", "_")) or "/" in name:
             raise ModelNotFoundError(f"the repository has no model folder {name[:64]!r}")
-        await self._change(name, lambda x: r.load(x, version), who, "load", {"version": version})
-        report = (await self.reconciler.sync(name))[name]
+        _, report = await self._change_and_sync(name, lambda x: r.load(x, version), who, "load", {"version": version})
         if report.error:
             raise InvalidInputError(f"model {name!r} cannot be loaded: {report.error}")
         failed = dict(report.failed)
@@ -170,8 +184,10 @@ class ModelAdmin:
 
     async def unload(self, name: str, version: int | None, who: str) -> LoadReport:
         self.registry.versions(name)
-        await self._change(name, lambda x: r.unload(x, name, version), who, "unload", {"version": version})
-        return (await self.reconciler.sync(name))[name]
+        _, report = await self._change_and_sync(
+            name, lambda x: r.unload(x, name, version), who, "unload", {"version": version}
+        )
+        return report
 
     async def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.audit, limit)

@@ -76,6 +76,7 @@ class Reconciler:
         root: Path,
         drain_s: float = 30.0,
         loaded: dict[tuple[str, int], Stamp] | None = None,
+        revision: int = 0,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -86,9 +87,27 @@ class Reconciler:
         self._broken_models: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._scan = True
+        self._revision = revision  # of the state applied last
 
-    def apply(self, state: LifecycleState) -> None:
+    async def adopt(self, state: LifecycleState, force: bool = False) -> dict[str, LoadReport]:
+        """Serve ``state`` if it is newer than the one applied (or ``force``): its routing at
+        once, and a sync of each model whose loads or unloads it changed. States arrive from the
+        poll and from this replica's own changes, in either order: an older one is ignored."""
+        if state.revision <= self._revision and not force:
+            return {}
+        self._revision = state.revision
+        before = self.registry.routing
         self.registry.routing = dict(state.models)
+        reports = {}
+        for name, routing in state.models.items():
+            old = before.get(name) or ModelRouting()
+            if (routing.generation, routing.unloaded, routing.model_unloaded) != (
+                old.generation,
+                old.unloaded,
+                old.model_unloaded,
+            ):
+                reports[name] = (await self.sync(name))[name]
+        return reports
 
     def start(self, scan: bool = True) -> None:
         """Poll the shared routing, and with ``scan`` the repository folder, until :meth:`stop`."""
@@ -114,17 +133,12 @@ class Reconciler:
             await asyncio.sleep(POLL_S)
             try:
                 state = await asyncio.to_thread(self.store.changed)
-                if state is not None:
-                    before = self.registry.routing
-                    self.apply(state)
-                    for name, routing in state.models.items():
-                        old = before.get(name) or ModelRouting()
-                        if (routing.generation, routing.unloaded, routing.model_unloaded) != (
-                            old.generation,
-                            old.unloaded,
-                            old.model_unloaded,
-                        ):
-                            await self.sync(name)
+                if state is not None and state.revision < self._revision:
+                    # read before a change of ours landed, or the state file was reset: the file now decides
+                    state = await asyncio.to_thread(self.store.read)
+                    await self.adopt(state, force=state.revision < self._revision)
+                elif state is not None:
+                    await self.adopt(state)
                 if self._scan and loop.time() >= next_scan:
                     await self.sync()
                     next_scan = loop.time() + SCAN_S

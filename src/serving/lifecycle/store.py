@@ -95,8 +95,10 @@ class LifecycleStore:
         who: str,
         action: str,
         details: dict[str, Any] | None = None,
-    ) -> tuple[ModelRouting, ModelRouting]:
-        """Apply ``change`` to one model's routing and record it; (before, after).
+    ) -> tuple[ModelRouting, ModelRouting, LifecycleState]:
+        """Apply ``change`` to one model's routing and record it; (before, after, the whole new
+        state). The new state holds every other replica's changes too (this read may be the
+        first to see them): apply all of it, not only ``model``.
 
         A ``change`` that raises changes and records nothing. Blocking file I/O: call it off
         the event loop.
@@ -106,10 +108,7 @@ class LifecycleStore:
             before = state.routing(model)
             after = change(before)
             new = LifecycleState(revision=state.revision + 1, models={**state.models, model: after})
-            tmp = self.state_path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(new.model_dump_json(indent=1))
-            os.replace(tmp, self.state_path)
-            self._seen = self._identity()
+            self._write(new)
             self._append(
                 who=who,
                 action=action,
@@ -119,7 +118,24 @@ class LifecycleStore:
                 after=after.model_dump(mode="json"),
                 revision=new.revision,
             )
-            return before, after
+            return before, after, new
+
+    def _write(self, state: LifecycleState) -> None:
+        """Replace the state file atomically and durably: the new file's data reaches the disk
+        before the rename, and the rename before we return (after a crash, the old or the new
+        file, never an empty one)."""
+        tmp = self.state_path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "w") as out:
+            out.write(state.model_dump_json(indent=1))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.state_path)
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._seen = self._identity()
 
     def record(self, model: str, *, who: str, action: str, details: dict[str, Any]) -> None:
         """Audit something that changed no routing (a refused promote)."""
