@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,9 @@ from typing import Any
 import yaml
 
 from serving.errors import ConfigError, PermissionDeniedError, UnauthenticatedError
+from serving.files import load_yaml
+
+log = logging.getLogger(__name__)
 
 PREFIX = "sk-"
 RELOAD_EVERY_S = 1.0
@@ -78,12 +85,12 @@ def read_keys(path: Path) -> dict[str, KeyRecord]:
         ConfigError: the file is missing or malformed.
     """
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read API keys file {path}: {exc}") from None
+        doc = load_yaml(path) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read API keys file {path}: no such file") from None
     records = {}
     try:
-        for item in doc.get("keys", []):
+        for item in doc.get("keys") or []:
             record = KeyRecord(
                 name=str(item["name"]),
                 id=str(item["id"]),
@@ -98,17 +105,33 @@ def read_keys(path: Path) -> dict[str, KeyRecord]:
     return records
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One writer of the keys file at a time (two ``serving keys create`` at once both land)."""
+    with open(path.with_name(f".{path.name}.lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def create_key(path: Path, name: str, models: tuple[str, ...] = ("*",), admin: bool = False) -> str:
     """Add a key to the file (created 0600 if absent) and return it: the only time it is shown.
 
     Raises:
         ConfigError: the name is taken or the file is malformed.
     """
+    with _locked(path):
+        return _create_key(path, name, models, admin)
+
+
+def _create_key(path: Path, name: str, models: tuple[str, ...], admin: bool) -> str:
     doc: dict[str, Any] = {"keys": []}
     if path.exists():
         read_keys(path)  # validates
-        doc = yaml.safe_load(path.read_text()) or {"keys": []}
-        doc.setdefault("keys", [])
+        doc = load_yaml(path) or {"keys": []}
+        doc["keys"] = doc.get("keys") or []
     if any(k.get("name") == name for k in doc["keys"]):
         raise ConfigError(f"a key named {name!r} already exists in {path}")
     key_id = secrets.token_hex(4)
@@ -135,12 +158,14 @@ def revoke_key(path: Path, name: str) -> None:
     Raises:
         ConfigError: no such key.
     """
-    read_keys(path)
-    doc = yaml.safe_load(path.read_text()) or {"keys": []}
-    kept = [k for k in doc.get("keys", []) if k.get("name") != name]
-    if len(kept) == len(doc.get("keys", [])):
-        raise ConfigError(f"no key named {name!r} in {path}")
-    _write(path, {**doc, "keys": kept})
+    with _locked(path):
+        read_keys(path)
+        doc = load_yaml(path) or {"keys": []}
+        keys = doc.get("keys") or []
+        kept = [k for k in keys if k.get("name") != name]
+        if len(kept) == len(keys):
+            raise ConfigError(f"no key named {name!r} in {path}")
+        _write(path, {**doc, "keys": kept})
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:
@@ -149,6 +174,8 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -161,6 +188,7 @@ class Authenticator:
         self._mtime = self._stat()
         self._checked = time.monotonic()
         self._lock = threading.Lock()
+        self._invalid = ""  # why the file on disk is refused (then no key is accepted)
 
     def _stat(self) -> tuple[int, int]:
         try:
@@ -179,9 +207,14 @@ class Authenticator:
             if stamp != self._mtime:
                 try:
                     self._records = read_keys(self.path)
-                    self._mtime = stamp
-                except ConfigError:
-                    pass  # a file being edited by hand: keep the last good keys, try again later
+                    self._invalid = ""
+                except ConfigError as exc:
+                    # Fail closed: keeping the last good keys would keep revoked ones working.
+                    # Writes by `serving keys` are atomic, so only a broken hand edit gets here.
+                    self._records = {}
+                    self._invalid = exc.message
+                    log.error("API keys file refused, no key is accepted until it is fixed: %s", exc.message)
+                self._mtime = stamp
 
     def check_health(self, authorization: str | None, probe_token: str | None) -> None:
         """A protected health check: the replica's own probe token, or any valid key.
@@ -201,6 +234,8 @@ class Authenticator:
             UnauthenticatedError: missing, not a bearer key, or unknown.
         """
         self._refresh()
+        if self._invalid:
+            raise UnauthenticatedError("the server's API keys file is invalid: no key is accepted until it is fixed")
         if not authorization:
             raise UnauthenticatedError("missing API key: send 'Authorization: Bearer <key>'")
         scheme, _, token = authorization.strip().partition(" ")

@@ -197,7 +197,10 @@ def from_list(datatype: str, shape: Sequence[int], data: Any, what: str) -> np.n
         for i, item in enumerate(flat):
             if not isinstance(item, str):
                 raise InvalidInputError(f"{what}: BYTES data must be strings, got {type(item).__name__}")
-            arr[i] = item.encode("utf-8")
+            try:
+                arr[i] = item.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+                raise InvalidInputError(f"{what}: BYTES element {i} is not valid Unicode text") from None
         return arr.reshape(shape)
     dtype = numpy_dtype(datatype)
     if not isinstance(data, list):
@@ -224,11 +227,26 @@ def from_list(datatype: str, shape: Sequence[int], data: Any, what: str) -> np.n
                 raise InvalidInputError(f"{what}: value out of range for {datatype}")
     elif kind == "b":
         raise InvalidInputError(f"{what}: {datatype} data must be numbers, not booleans")
-    elif count:  # floating point: finite values must fit (inf and nan are sent as such)
+    elif count:  # floating point: finite values must fit (non-finite ones are refused by check_finite)
         finite = arr[np.isfinite(arr)]
         if finite.size and float(np.abs(finite).max()) > float(np.finfo(dtype).max):
             raise InvalidInputError(f"{what}: value out of range for {datatype}")
     return arr.astype(dtype, copy=False).reshape(shape)
+
+
+NON_FINITE = "has a NaN or infinite value"
+"""Why a floating-point input is refused, online (400 / INVALID_ARGUMENT) and offline (the row
+goes to ``_errors``) alike: one rule for what a valid row is."""
+
+
+def check_finite(array: np.ndarray[Any, Any], what: str) -> None:
+    """Floating-point data must be finite (about a microsecond for a 784-value request).
+
+    Raises:
+        InvalidInputError: a NaN or an infinity (however it was sent: JSON's 1e400, binary, protobuf).
+    """
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise InvalidInputError(f"{what} {NON_FINITE}: only finite numbers are accepted")
 
 
 def to_list(array: np.ndarray[Any, Any], datatype: str) -> list[Any]:

@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from serving.codecs import DATATYPES
 from serving.errors import ConfigError
+from serving.files import load_yaml
 from serving.lifecycle.drift import DriftConfig
 from serving.lifecycle.gates import GatesConfig
 
@@ -301,9 +302,9 @@ def load_model_config(path: Path) -> ModelConfig:
         ConfigError: unreadable YAML or a schema violation, naming file and key.
     """
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+        raw = load_yaml(path) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:

@@ -17,6 +17,7 @@ one place, ``serving.protocol.status``. Nothing here knows about HTTP or gRPC.
     │   └── GateError (CONFLICT)    a promote refused by a release gate
     ├── ModelExecutionError (INTERNAL)
     └── ConfigError (INVALID_INPUT)   a model.yaml or settings file that does not validate
+        └── FileReadError (INVALID_INPUT)  a file that exists but could not be read: may pass
 """
 
 from __future__ import annotations
@@ -41,12 +42,19 @@ class ErrorKind(enum.Enum):
     INTERNAL = "internal"
 
 
+MAX_MESSAGE = 1000
+"""The longest error message sent to a client (and logged): longer ones keep both ends."""
+
+
 class ServingError(Exception):
     """Base class of every error the server reports to a client."""
 
     kind: ClassVar[ErrorKind] = ErrorKind.INTERNAL
 
     def __init__(self, message: str) -> None:
+        if len(message) > MAX_MESSAGE:  # messages quote what clients sent: never echo megabytes back
+            cut = len(message) - MAX_MESSAGE
+            message = f"{message[: MAX_MESSAGE // 2]}... ({cut:,} characters cut) ...{message[-MAX_MESSAGE // 2 :]}"
         super().__init__(message)
         self.message = message
 
@@ -126,3 +134,8 @@ class ConfigError(ServingError):
     """A configuration file (model.yaml, settings) is invalid."""
 
     kind = ErrorKind.INVALID_INPUT
+
+
+class FileReadError(ConfigError):
+    """A file exists but could not be read (permissions, a folder where a file belongs, an I/O
+    error): unlike invalid content this may pass, so a version that failed so is retried."""

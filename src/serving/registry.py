@@ -16,7 +16,7 @@ from typing import Any
 
 from serving.batching import DynamicBatcher
 from serving.config import ModelConfig
-from serving.errors import ModelNotFoundError, ModelNotReadyError, ServingError
+from serving.errors import FileReadError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.lifecycle.drift import DriftMonitor
 from serving.lifecycle.lineage import Lineage, verify_artifact
 from serving.lifecycle.routing import ModelRouting, choose, resolve_alias
@@ -65,6 +65,9 @@ class ModelVersion:
     """Watches live inputs against the version's training profile (when it has one)."""
     active: int = 0
     """Requests submitted to this version and not answered yet (an unload waits for them)."""
+    retry: bool = False
+    """Its load failed in a way that may pass (a file that could not be read): the repository
+    watch tries again, backing off."""
     stats: ModelStats = field(init=False)
     labels: dict[str, str] = field(init=False)
     _executor: ThreadPoolExecutor | None = None
@@ -268,7 +271,7 @@ class ModelRegistry:
                         mv.load_seconds,
                         mv.loaded.model.device,
                     )
-                except ServingError as exc:
+                except Exception as exc:  # one version's failure, whatever it is, never stops the others
                     self._failed(mv, exc)
                 self.put(mv)
 
@@ -282,7 +285,7 @@ class ModelRegistry:
         try:
             await asyncio.to_thread(mv.open)
             mv.start(time.monotonic() - start)
-        except ServingError as exc:
+        except Exception as exc:  # ServingError, or an OSError from a runtime reading the artifact
             self._failed(mv, exc)
             old = self._models.get(entry.name, {}).get(version)
             if old is None or old.state is not VersionState.READY:
@@ -313,10 +316,26 @@ class ModelRegistry:
         await mv.drain(drain_s)
         await mv.close(report)
 
-    def _failed(self, mv: ModelVersion, exc: ServingError) -> None:
-        mv.state, mv.reason = VersionState.UNAVAILABLE, exc.message
+    def _failed(self, mv: ModelVersion, exc: Exception) -> None:
+        """Mark a version that could not be loaded: unavailable, with the reason (no traceback
+        for our own errors; an unexpected one's goes to the log)."""
+        if isinstance(exc, ServingError):
+            reason = exc.message
+        elif isinstance(exc, OSError):
+            reason = f"cannot read {exc.filename or 'a file'}: {exc.strerror or exc}"
+        else:
+            reason = f"unexpected error while loading: {type(exc).__name__}: {exc}"
+        mv.state, mv.reason = VersionState.UNAVAILABLE, reason
+        mv.retry = isinstance(exc, FileReadError | OSError) or not isinstance(exc, ServingError)
         self.metrics.set(READY, mv.labels, 0)
-        log.error("model %s version %d failed to load: %s", mv.name, mv.version, exc.message)
+        log.error(
+            "model %s version %d failed to load: %s%s",
+            mv.name,
+            mv.version,
+            reason,
+            " (tried again later)" if mv.retry else "",
+            exc_info=None if isinstance(exc, ServingError | OSError) else exc,
+        )
 
     def put(self, mv: ModelVersion) -> None:
         versions = self._models.setdefault(mv.name, {})

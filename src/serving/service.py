@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from serving import codecs
 from serving.codecs import shape_matches
 from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.lifecycle.admin import ModelAdmin
@@ -391,6 +392,7 @@ def check_inputs(mv: LoadedModel, tensors: list[Tensor]) -> dict[str, np.ndarray
                 f"input {t.name!r} has shape {list(shape)}, model {mv.name!r} expects {declared}"
                 + (f" (first dimension is the batch, 1..{mv.max_batch_size})" if mv.max_batch_size else "")
             )
+        codecs.check_finite(t.data, f"input {t.name!r}")
         arrays[t.name] = t.data
     missing = sorted(set(specs) - set(arrays))
     if missing:

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -336,3 +337,80 @@ def test_grpc_model_infer_with_malformed_or_absurd_protobuf(harness: Harness, pa
 def test_grpc_other_rpcs_with_arbitrary_bytes(harness: Harness, method: str, payload: bytes) -> None:
     code = harness.grpc_raw(method, payload)
     assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), code
+
+
+def _v2(data: Any, shape: Any = (1, 4), datatype: str = "FP32", name: str = "x", **extra: Any) -> bytes:
+    doc = {"inputs": [{"name": name, "datatype": datatype, "shape": list(shape), "data": data}], **extra}
+    return json.dumps(doc).encode()
+
+
+DEEP = 100_000
+# Requests at the extremes of depth, width, length and count that hypothesis's default strategies
+# never reach; each is invalid and must get a 4xx with a reason (found from outside: the first
+# two answered 500 with a RecursionError, NaN / Infinity / 1e400 were served as numbers).
+EXTREMES: dict[str, bytes] = {
+    "arrays nested 100k deep": b'{"inputs":' + b"[" * DEEP + b"]" * DEEP + b"}",
+    "objects nested 100k deep": b'{"a":' * DEEP + b"1" + b"}" * DEEP,
+    "data nested 900 deep": _v2(json.loads("[" * 900 + "1" + "]" * 900)),
+    "parameters nested 500 deep": b'{"parameters":{"p":' + b"[" * 500 + b"]" * 500 + b"}," + _v2([1, 2, 3, 4])[1:],
+    "NaN token": b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[NaN,1,2,3]}]}',
+    "Infinity token": b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,-Infinity,2,3]}]}',
+    "1e400 (a standard literal that overflows to inf)": _v2([1, 2, 3, 4]).replace(b"[1, 2, 3, 4]", b"[1e400, 2, 3, 4]"),
+    "an integer of 5,000 digits": _v2([1, 2, 3, 4]).replace(b"[1, 2, 3, 4]", b"[" + b"9" * 5000 + b", 2, 3, 4]"),
+    "INT64 beyond 2**63": _v2([10**30, 1, 2, 3], datatype="INT64"),
+    "a lone surrogate in BYTES": b'{"inputs":[{"name":"x","datatype":"BYTES","shape":[1,1],"data":["\\ud800"]}]}',
+    "shape of 2**62 x 2**62": _v2([1, 2, 3, 4], shape=(2**62, 2**62)),
+    "shape of 100k dimensions": _v2([1], shape=(1,) * 100_000),
+    "shape with a 400-digit number": _v2([1, 2, 3, 4]).replace(b"[1, 4]", b"[" + b"9" * 400 + b", 4]"),
+    "20,000 inputs": json.dumps(
+        {
+            "inputs": [
+                {"name": f"x{i}", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]} for i in range(20_000)
+            ]
+        }
+    ).encode(),
+    "a 500 kB input name": _v2([1, 2, 3, 4], name="x" * 500_000),
+    "binary_data_size of 10**30": json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 10**30}}]}
+    ).encode(),
+    "timeout of 10**40 us": _v2([1, 2, 3, 4], parameters={"timeout": 10**40}),
+    "UTF-16 body": '{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[1,2,3,4]}]}'.encode("utf-16"),
+}
+
+
+@pytest.mark.parametrize("case", list(EXTREMES))
+def test_requests_at_the_extremes_get_a_4xx_with_a_reason(harness: Harness, case: str) -> None:
+    r = harness.post("/v2/models/add/infer", EXTREMES[case], {"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
+    error = r.json()["error"]
+    assert isinstance(error, str) and 0 < len(error) <= 2_000, (case, len(error))
+
+
+def _grpc_infer(*inputs: tuple[str, str, list[int], Any], raw: list[bytes] | None = None) -> bytes:
+    msg = pb.ModelInferRequest(model_name="add")
+    for name, datatype, shape, values in inputs:
+        t = msg.inputs.add(name=name, datatype=datatype, shape=shape)
+        if values is not None:
+            t.contents.fp32_contents.extend(values)
+    msg.raw_input_contents.extend(raw or [])
+    return msg.SerializeToString()
+
+
+GRPC_EXTREMES: dict[str, bytes] = {
+    "NaN in fp32_contents": _grpc_infer(("x", "FP32", [1, 4], [float("nan"), 1, 2, 3])),
+    "inf in raw_input_contents": _grpc_infer(
+        ("x", "FP32", [1, 4], None), raw=[np.array([[1, np.inf, 2, 3]], np.float32).tobytes()]
+    ),
+    "20,000 inputs": _grpc_infer(*((f"x{i}", "FP32", [1, 4], [1, 2, 3, 4]) for i in range(20_000))),
+    "shape of 100k dimensions": _grpc_infer(("x", "FP32", [1] * 100_000, [1.0])),
+    "shape of 2**62 x 2**62": _grpc_infer(("x", "FP32", [2**62, 2**62], [1, 2, 3, 4])),
+    "unknown groups nested 100k deep": b"\x0b" * DEEP + b"\x0c" * DEEP,
+    "a 1 MB input name": _grpc_infer(("x" * 1_000_000, "FP32", [1, 4], [1, 2, 3, 4])),
+}
+
+
+@pytest.mark.parametrize("case", list(GRPC_EXTREMES))
+def test_grpc_requests_at_the_extremes_are_invalid_argument(harness: Harness, case: str) -> None:
+    code = harness.grpc_raw("ModelInfer", GRPC_EXTREMES[case])
+    too_large = len(GRPC_EXTREMES[case]) > MAX_REQUEST_BYTES
+    assert code is (grpc.StatusCode.RESOURCE_EXHAUSTED if too_large else grpc.StatusCode.INVALID_ARGUMENT), (case, code)

@@ -266,3 +266,28 @@ async def test_changes_to_two_models_through_two_replicas_inside_one_poll_reach_
     finally:
         await a.close()
         await b.close()
+
+
+async def test_an_unreadable_version_fails_alone_and_is_retried_once_readable(tmp_path: Path) -> None:
+    """An OSError while loading one version (its lineage.yaml is a folder: IsADirectoryError)
+    marks only that version unavailable, with the reason; the others serve; and since such a
+    failure may pass, the repository watch tries again and serves it once it is readable."""
+    repo = tmp_path / "repo"
+    add_versions(repo, 1, 2)
+    (repo / "add" / "1" / "lineage.yaml").mkdir()
+    svc = LocalInferenceService.from_repository(repo)
+    try:
+        async with await http_client_for(svc) as http:
+            index = {r["version"]: r for r in (await http.post("/v2/repository/index")).json()}
+            assert index["1"]["state"] == "UNAVAILABLE" and "lineage.yaml" in index["1"]["reason"]
+            assert index["2"]["state"] == "READY"
+            assert await answered_by(http, "/v2/models/add/versions/2/infer") == "2"
+            svc.start_watch()
+            (repo / "add" / "1" / "lineage.yaml").rmdir()  # the transient problem goes away
+            for _ in range(400):
+                if svc.model_ready("add", "1"):
+                    break
+                await asyncio.sleep(0.025)
+            assert await answered_by(http, "/v2/models/add/versions/1/infer") == "1"
+    finally:
+        await svc.close()

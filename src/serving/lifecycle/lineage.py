@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serving.errors import ConfigError
+from serving.errors import ConfigError, FileReadError
+from serving.files import load_yaml
 
 LINEAGE_FILE = "lineage.yaml"
 
@@ -94,12 +95,12 @@ def read_lineage(version_dir: Path) -> Lineage | None:
     """
     path = version_dir / LINEAGE_FILE
     try:
-        text = path.read_text()
+        doc = load_yaml(path)
     except FileNotFoundError:
         return None
     try:
-        return Lineage.model_validate(yaml.safe_load(text) or {})
-    except (yaml.YAMLError, ValidationError) as exc:
+        return Lineage.model_validate(doc or {})
+    except ValidationError as exc:
         raise ConfigError(f"{path} is not valid lineage: {exc}") from exc
 
 
@@ -113,10 +114,18 @@ def write_lineage(version_dir: Path, lineage: Lineage) -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex).
+
+    Raises:
+        FileReadError: it cannot be read.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise FileReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return digest.hexdigest()
 
 

@@ -6,7 +6,8 @@ a new version folder (or model folder) is loaded and warmed, then served per the
 policy and the routing; a version the policy no longer selects, or an operator unloaded, is
 drained and closed, unless routing still points at it (an alias, a weight, the shadow).
 A version that failed to load is not retried until its files change or an operator loads
-it again (no load loop every second).
+it again (no load loop every second), unless it failed in a way that may pass (a file that
+could not be read): that one is retried after 1 s, 2 s, 4 s ... at most every ``RETRY_MAX_S``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from serving.errors import ConfigError, ServingError
 from serving.lifecycle.lineage import LINEAGE_FILE
 from serving.lifecycle.routing import ModelRouting
 from serving.lifecycle.store import LifecycleState, LifecycleStore
-from serving.registry import ModelRegistry, VersionState
+from serving.registry import ModelRegistry, ModelVersion, VersionState
 from serving.repository import ModelEntry, load_model_entry
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 SCAN_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._scan = True
         self._revision = revision  # of the state applied last
+        self._retries: dict[tuple[str, int], tuple[float, float]] = {}  # (next try, back-off) after a transient failure
 
     async def adopt(self, state: LifecycleState, force: bool = False) -> dict[str, LoadReport]:
         """Serve ``state`` if it is newer than the one applied (or ``force``): its routing at
@@ -154,6 +157,13 @@ class Reconciler:
             names = sorted(set(names) | ({*self.registry.names()} if only is None else set()))
             return {name: await self._sync_model(name) for name in names}
 
+    def _retry_due(self, mv: ModelVersion) -> bool:
+        """A version whose load failed in a way that may pass, and whose back-off is over."""
+        if not mv.retry:
+            return False
+        due, _ = self._retries.get((mv.name, mv.version), (0.0, 0.0))
+        return asyncio.get_running_loop().time() >= due
+
     def _model_folders(self) -> list[str]:
         try:
             return [p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
@@ -198,13 +208,18 @@ class Reconciler:
                     # asks for a load; until then the files it was loaded from are its stamp
                     self._stamps[(name, v)] = (seen[0], stamp[1])
                     continue
-                if mv.state is not VersionState.READY and seen == stamp:
+                if mv.state is not VersionState.READY and seen == stamp and not self._retry_due(mv):
                     continue  # failed with these files: retried when they change or on a load
             result = await self.registry.load_version(entry, v)
             if result.state is VersionState.READY:
                 loaded.append(v)
+                self._retries.pop((name, v), None)
             else:
                 failed.append((v, result.reason))
+                if result.retry:
+                    _, backoff = self._retries.get((name, v), (0.0, SCAN_S / 2))
+                    backoff = min(2 * backoff, RETRY_MAX_S)
+                    self._retries[(name, v)] = (asyncio.get_running_loop().time() + backoff, backoff)
         unloaded, kept = [], []
         pinned = routing.pinned()
         for v, mv in current.items():

@@ -23,10 +23,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.errors import ConfigError
+from serving.files import read_text
 from serving.lifecycle.routing import ModelRouting
 
 STATE_FILE = "lifecycle.json"
 AUDIT_FILE = "audit.jsonl"
+MAX_STATE_BYTES = 16 << 20
+"""The largest state file read (a model's routing is a few hundred bytes)."""
+AUDIT_TAIL_BYTES = 1 << 20
+"""How much of the end of the audit log a listing reads (the log itself is never cut)."""
 
 
 class LifecycleState(BaseModel):
@@ -63,7 +68,7 @@ class LifecycleStore:
         """
         self._seen = self._identity()
         try:
-            raw = self.state_path.read_bytes()
+            raw = read_text(self.state_path, MAX_STATE_BYTES)
         except FileNotFoundError:
             return LifecycleState()
         try:
@@ -152,7 +157,19 @@ class LifecycleStore:
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """The last ``limit`` audit entries, oldest first."""
         try:
-            lines = self.audit_path.read_text().splitlines()
+            with open(self.audit_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - AUDIT_TAIL_BYTES))
+                tail = f.read()
         except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines[-limit:] if line.strip()]
+        lines = tail.splitlines()[1:] if size > AUDIT_TAIL_BYTES else tail.splitlines()  # the first may be cut
+        entries = []
+        for line in lines[-limit:]:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut by a crash mid-write: skipped, the rest still listed
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from serving import codecs
 from serving.codecs import numpy_dtype
 from serving.config import BatchConfig, ColumnSource
 from serving.errors import InvalidInputError
@@ -315,7 +316,7 @@ def _convert(
     if values.dtype.kind == "f":
         finite = np.isfinite(values)
         if not finite.all():
-            flag(~finite, "has a NaN or infinite value")
+            flag(~finite, codecs.NON_FINITE)
             values = np.where(finite, values, 0)
     if dtype.kind == "f":
         out = values.astype(dtype, copy=False)

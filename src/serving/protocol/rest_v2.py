@@ -174,9 +174,16 @@ def json_object(body: bytes) -> dict[str, Any]:
         InvalidInputError: not JSON, or JSON but not an object.
     """
     try:
-        doc = json.loads(body)
+        doc = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)  # RFC 8259: UTF-8 only
+    except RecursionError:
+        raise InvalidInputError("request body is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidInputError("request body must be a JSON object")
     return doc
+
+
+def _refuse_constant(token: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (RFC 8259): refused, never read as numbers."""
+    raise ValueError(f"{token} is not a JSON value (non-finite numbers are not accepted)")
