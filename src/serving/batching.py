@@ -476,7 +476,12 @@ class DynamicBatcher:
             error = ModelNotReadyError("model version was unloaded while the batch ran")
             raise
         except Exception as exc:
-            error = exc if isinstance(exc, ServingError) else ModelExecutionError(f"model failed: {exc}")
+            if isinstance(exc, ServingError):
+                error = exc
+            else:  # the model's own exception: its traceback to the log, the cause kept
+                log.error("model execution failed on a batch of %d rows", sum(rows), exc_info=exc)
+                error = ModelExecutionError(f"model failed: {exc}")
+                error.__cause__ = exc
         finally:
             for p in batch:
                 if not p.future.done():

@@ -300,11 +300,14 @@ class LocalInferenceService:
         except ServingError:
             mv.stats.fail.add(time.monotonic_ns() - start)
             raise
-        if mv.drift is not None:
-            mv.drift.observe(arrays)
-        shadow = self.registry.shadow_of(mv.name, mv)
-        if shadow is not None:  # handed over once this task yields: after the answer is on its way
-            asyncio.get_running_loop().call_soon(self._shadows.send, shadow, arrays, results)
+        try:  # watching is never worth a served request: a failure here is logged, the answer sent
+            if mv.drift is not None:
+                mv.drift.observe(arrays)
+            shadow = self.registry.shadow_of(mv.name, mv)
+            if shadow is not None:  # handed over once this task yields: after the answer is on its way
+                asyncio.get_running_loop().call_soon(self._shadows.send, shadow, arrays, results)
+        except Exception:
+            log.exception("drift sampling or the shadow hand-off failed for %s v%d", mv.name, mv.version)
         datatypes = mv.loaded.output_datatypes
         outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
         mv.stats.success.add(time.monotonic_ns() - start)

@@ -507,3 +507,17 @@ async def test_an_execution_past_its_timeout_fails_its_batch_and_the_queue_and_r
         await b.submit(x(1))  # this batcher is done; its owner replaces it
     model.release.set()
     await b.close()
+
+
+async def test_a_model_failure_keeps_its_cause_and_logs_its_traceback(
+    executor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def model(inputs: Arrays) -> Arrays:
+        raise ZeroDivisionError("the model's own bug")
+
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    with pytest.raises(ModelExecutionError, match="the model's own bug") as info:
+        await b.submit(x(1))
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    assert "ZeroDivisionError" in caplog.text and "Traceback" in caplog.text
+    await b.close()

@@ -152,3 +152,14 @@ def test_sampling_keeps_about_the_sample_rate() -> None:
         monitor.observe({"v": np.zeros((1, 1), np.float32)})
     rows = monitor.tick(now=0.0)[1]
     assert 350 < rows < 650
+
+
+def test_sampling_stops_when_nobody_ticks_the_monitor() -> None:
+    """A dead or stalled watch must not make the request path hold every sampled input."""
+    features = drift.profile(np.random.default_rng(0).normal(size=(500, 2)), ["a", "b"])
+    monitor = drift.DriftMonitor("x", features, drift.DriftConfig(sample_rate=1.0, min_rows=1))
+    row = {"x": np.zeros((1, 2))}
+    for _ in range(drift.MAX_PENDING + 500):
+        monitor.observe(row)
+    _, rows = monitor.tick()
+    assert rows == drift.MAX_PENDING

@@ -116,8 +116,10 @@ class InferenceReplica:
         try:
             addresses = await self.servers.start()
         except BaseException:  # a port that cannot be bound: stop whatever did start
-            await self.servers.stop()
-            await self._release()
+            try:
+                await self.servers.stop()
+            finally:
+                await self._release()
             raise
         self.service.start_watch(parsed.watch_repository)
         log.info("replica pid %d serving %s", os.getpid(), describe(addresses, parsed.host))
@@ -132,18 +134,27 @@ class InferenceReplica:
 
     async def __del__(self) -> None:
         """Serve awaits this on scale-down, rollout and shutdown (within graceful_shutdown_timeout_s)."""
-        await self.servers.stop()
-        await self._release()
+        try:
+            await self.servers.stop()
+        finally:  # the models, the metrics pusher and tracing are released even if stopping failed
+            await self._release()
 
     async def _read_live(self) -> list[dict[str, Any]]:
         """Every replica's snapshot, for the operator page (GCS reads, off the event loop)."""
         return await asyncio.to_thread(self._live.read_all)
 
     async def _release(self) -> None:
-        self._live.close()
-        await self.service.close()
-        self._metrics.close()
-        tracing.shutdown()
+        """Release everything the replica started; each part is released even if another fails."""
+        try:
+            self._live.close()
+        finally:
+            try:
+                await self.service.close()
+            finally:
+                try:
+                    self._metrics.close()
+                finally:
+                    tracing.shutdown()
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -24,6 +24,7 @@ half report interval, at a cost that depends on the number of series, not on the
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -31,6 +32,8 @@ import ray
 from ray.util import metrics as ray_metrics
 
 from serving.telemetry.metrics import SPECS, AggregatedMetrics, Key
+
+log = logging.getLogger(__name__)
 
 
 def le_label(bound: float) -> str:
@@ -90,8 +93,20 @@ class RayMetrics(AggregatedMetrics):
             self._objs[name].set(value, tags=dict(labels))
 
     def _push_every(self, every_s: float) -> None:
+        """Push until closed. A failed push (a Ray error) is logged and the next one tries again:
+        the thread must not die, or every ray_serving_* series would freeze and rate alerts go quiet."""
+        failing = False
         while not self._closed.wait(every_s):
-            self.push()
+            try:
+                self.push()
+            except Exception:
+                if not failing:
+                    log.exception("pushing metrics to Ray failed; retrying every %.1fs", every_s)
+                failing = True
+            else:
+                if failing:
+                    log.info("pushing metrics to Ray works again")
+                failing = False
 
     def close(self) -> None:
         """Push what is left and stop the pushing thread."""

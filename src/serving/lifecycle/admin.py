@@ -33,7 +33,7 @@ class ModelAdmin:
             routing = self.registry.routing.get(name) or ModelRouting()
             versions = []
             for mv in reversed(self.registry.versions(name)):
-                fresh = self._lineage(mv.directory) if mv.directory is not None else mv.lineage
+                fresh, lineage_error = self._lineage(mv.directory) if mv.directory is not None else (mv.lineage, "")
                 lineage = fresh.model_dump(mode="json", exclude_none=True) if fresh is not None else None
                 if lineage is not None and "profile" in lineage:
                     lineage["profile"] = {k: v for k, v in lineage["profile"].items() if k != "features"} | {
@@ -48,18 +48,20 @@ class ModelAdmin:
                         "weight": routing.weights.get(mv.version, 0),
                         "shadow": routing.shadow == mv.version,
                         "lineage": lineage,
+                        "lineage_error": lineage_error or None,
                     }
                 )
             out.append({"name": name, "versions": versions, **routing.model_dump(mode="json")})
         return out
 
     @staticmethod
-    def _lineage(directory: Path) -> Lineage | None:
-        """The lineage on disk now (``serving evaluate`` adds to it while the version serves)."""
+    def _lineage(directory: Path) -> tuple[Lineage | None, str]:
+        """The lineage on disk now (``serving evaluate`` adds to it while the version serves),
+        and why it cannot be read when it cannot ("" otherwise)."""
         try:
-            return read_lineage(directory)
-        except ConfigError:
-            return None
+            return read_lineage(directory), ""
+        except ConfigError as exc:
+            return None, exc.message
 
     def gates_missed(self, name: str, version: int, alias: str) -> list[str]:
         """The release gates of the model that ``version`` misses to become ``alias``.
@@ -70,7 +72,7 @@ class ModelAdmin:
         entry = load_model_entry(self.registry.entry(name).path)  # model.yaml as it is now: gates may change
         current = (self.registry.routing.get(name) or ModelRouting()).aliases.get(alias)
         candidate = read_lineage(entry.version_dir(version))
-        base = self._lineage(entry.version_dir(current)) if current is not None and current != version else None
+        base = self._lineage(entry.version_dir(current))[0] if current is not None and current != version else None
         return check_gates(entry.config.gates, candidate, base, current)
 
     def _ready(self, name: str, version: int) -> None:

@@ -108,6 +108,11 @@ def psi(expected: list[float] | Array, counts: Array) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+MAX_PENDING = 10_000
+"""Sampled requests held between two ticks at most: while the watch is not ticking (its task
+died, the loop is stalled) sampling stops instead of holding every request's input."""
+
+
 class DriftMonitor:
     """One served version's window: :meth:`observe` on the request path (sampling, a copy),
     :meth:`tick` once a second elsewhere (binning, sliding the window, PSI per feature)."""
@@ -128,7 +133,7 @@ class DriftMonitor:
     def observe(self, arrays: dict[str, Array]) -> None:
         """On the request path: keep a reference to a sampled request's input (no copy: inputs
         are never written after decoding); everything else happens in :meth:`tick`."""
-        if self._rng.random() < self.config.sample_rate:
+        if self._rng.random() < self.config.sample_rate and len(self._pending) < MAX_PENDING:
             values = arrays.get(self.input_name)
             if values is not None:
                 self._pending.append(values)  # list.append is atomic under the GIL

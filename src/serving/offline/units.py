@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -43,6 +44,7 @@ class RollingWriter:
     def __init__(self, fs: pafs.FileSystem, stem: str, rows_per_file: int) -> None:
         self.fs, self.stem, self.rows_per_file = fs, stem, rows_per_file
         self._writer: pq.ParquetWriter | None = None
+        self._stream: Any = None  # ParquetWriter does not close a stream it was handed
         self._rows = 0
         self._files = 0
         self.paths: list[str] = []
@@ -54,7 +56,8 @@ class RollingWriter:
                 path = f"{self.stem}-{self._files:03d}.parquet"
                 self.paths.append(path)
                 self.fs.create_dir(os.path.dirname(path), recursive=True)
-                self._writer = pq.ParquetWriter(self.fs.open_output_stream(path), table.schema)
+                self._stream = self.fs.open_output_stream(path)
+                self._writer = pq.ParquetWriter(self._stream, table.schema)
                 self._files += 1
             assert self._writer is not None
             take = min(table.num_rows, self.rows_per_file - self._rows)
@@ -63,10 +66,16 @@ class RollingWriter:
             table = table.slice(take)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self._rows = 0
+        """Finish the current file (and its stream, even if finishing it failed)."""
+        writer, stream = self._writer, self._stream
+        self._writer = self._stream = None
+        self._rows = 0
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if stream is not None:
+                stream.close()
 
 
 class UnitScorer:
@@ -97,19 +106,21 @@ class UnitScorer:
         scored = failed = 0
         errors: list[pa.Table] = []
         writer = RollingWriter(self.out_fs, f"{self.staging}/{unit.output}", self.rows_per_file)
-        with self.in_fs.open_input_file(unit.path) as f:
-            reader = pq.ParquetFile(f)
-            for rb in reader.iter_batches(batch_size=self.batch_size, row_groups=list(unit.row_groups)):
-                result = self.scorer.score(self._complete(pa.Table.from_batches([rb]), unit.partitions))
-                if result.scored.num_rows:
-                    writer.write(_without(result.scored, unit.partitions))
-                    scored += result.scored.num_rows
-                if result.errors.num_rows:
-                    errors.append(_without(result.errors, unit.partitions))
-                    failed += result.errors.num_rows
-                if progress is not None:
-                    progress(result.scored.num_rows, result.errors.num_rows)
-        writer.close()
+        try:
+            with self.in_fs.open_input_file(unit.path) as f:
+                reader = pq.ParquetFile(f)
+                for rb in reader.iter_batches(batch_size=self.batch_size, row_groups=list(unit.row_groups)):
+                    result = self.scorer.score(self._complete(pa.Table.from_batches([rb]), unit.partitions))
+                    if result.scored.num_rows:
+                        writer.write(_without(result.scored, unit.partitions))
+                        scored += result.scored.num_rows
+                    if result.errors.num_rows:
+                        errors.append(_without(result.errors, unit.partitions))
+                        failed += result.errors.num_rows
+                    if progress is not None:
+                        progress(result.scored.num_rows, result.errors.num_rows)
+        finally:  # a unit that fails part-way leaves no open file (it is retried whole)
+            writer.close()
         written = [os.path.relpath(p, self.staging) for p in writer.paths]
         if errors:
             path = f"{self.staging}/{ERRORS_DIR}/{unit.output}{ERRORS_SUFFIX}"

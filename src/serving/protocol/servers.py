@@ -186,8 +186,9 @@ class ReplicaServers:
         # The private ports (this replica's own health probes, 127.0.0.1) stay plain text.
         private_grpc = self._grpc.add_insecure_port("127.0.0.1:0")
         shared = listening_socket(self.host, self.http_port, reuse_port=True)
+        self._sockets = [shared]  # closed by stop(), even when the next bind fails
         private = listening_socket("127.0.0.1", 0, reuse_port=False)
-        self._sockets = [shared, private]
+        self._sockets.append(private)
         options: dict[str, Any] = dict(
             http=BoundedHttpToolsProtocol,
             lifespan="off",

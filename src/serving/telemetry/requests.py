@@ -31,9 +31,10 @@ def new_request_id() -> str:
 
 
 def client_request_id(given: str | None) -> str:
-    """The client's request id when it is a sane one (at most 128 printable characters, so it
-    can be echoed in a header and written to logs), else a new one."""
-    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+    """The client's request id when it is a sane one, else a new one: at most ``MAX_REQUEST_ID``
+    visible ASCII characters (letters, digits and punctuation; no spaces, controls or non-ASCII),
+    so it can be echoed in a header and written to logs and traces as it came."""
+    if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable() and " " not in given:
         return given
     return new_request_id()
 
