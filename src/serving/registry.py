@@ -40,6 +40,14 @@ from serving.types import BatchStat, ModelStats
 log = logging.getLogger(__name__)
 
 
+WORKER_STOP_S = 5.0
+"""How long closing a version waits for its worker thread to finish what it runs."""
+
+
+def _nothing() -> None:
+    """Queued behind a worker's work: its completion says the thread is free."""
+
+
 class VersionState(str, enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
@@ -207,10 +215,15 @@ class ModelVersion:
         if self._executor is None or self.state is not VersionState.READY:
             return False
         try:
-            self._executor.submit(work)
+            self._executor.submit(self._while_serving, work)
         except RuntimeError:  # shut down
             return False
         return True
+
+    def _while_serving(self, work: Callable[[], None]) -> None:
+        """Queued work runs only while the version serves: a close skips what is still queued."""
+        if self.state is VersionState.READY:
+            work()
 
     async def drain(self, timeout_s: float) -> None:
         """Wait until the requests already given to this version are answered (at most ``timeout_s``)."""
@@ -229,9 +242,37 @@ class ModelVersion:
             self.metrics.set(READY, self.labels, 0)
         if self.batcher is not None:
             await self.batcher.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        self.loaded.unload()
+        if await self._stop_worker():
+            self.loaded.unload()
+
+    async def _stop_worker(self) -> bool:
+        """Stop the worker thread without ever blocking the event loop on it: an execution still
+        running there (its requests were already answered by the batcher's close) is interrupted
+        where the runtime can be, and waited for up to ``WORKER_STOP_S``. False when the thread is
+        still stuck (a hang): it is abandoned, and the model it uses is left to the garbage
+        collector rather than freed under it."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return True
+        try:
+            idle = asyncio.wrap_future(executor.submit(_nothing))  # runs once the thread is free
+        except RuntimeError:  # already shut down (a reload abandoned it)
+            return True
+        executor.shutdown(wait=False)
+        interrupt = self.loaded.interrupt
+        if interrupt is not None:
+            interrupt()
+        try:
+            await asyncio.wait_for(idle, WORKER_STOP_S)
+        except TimeoutError:
+            log.error(
+                "model %s version %d: its worker thread is still running after %gs (a hung model?); abandoned",
+                self.name,
+                self.version,
+                WORKER_STOP_S,
+            )
+            return False
+        return True
 
 
 class ModelRegistry:

@@ -1,0 +1,79 @@
+"""Closing a version (an unload, a reload, shutdown) never blocks the event loop on its worker
+thread, even when that thread is stuck in a model that cannot be interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.config import ModelConfig
+from serving.errors import ModelNotReadyError
+from serving.loaded_model import LoadedModel
+from serving.registry import ModelVersion, VersionState
+from serving.types import TensorSpec
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+class StuckModel:
+    """A model whose executions block until ``release`` is set (a hang no runtime can interrupt)."""
+
+    platform = "python"
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.unloaded = False
+
+    def load(self) -> None:
+        pass
+
+    def predict(self, inputs: Arrays, outputs: list[str]) -> Arrays:
+        self.entered.set()
+        self.release.wait(30)
+        return {"y": inputs["x"]}
+
+    def unload(self) -> None:
+        self.unloaded = True
+
+    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        return (TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 4)),)
+
+
+def stuck_version(model: StuckModel) -> ModelVersion:
+    config = ModelConfig.model_validate(
+        {"platform": "onnx", "max_batch_size": 4, "instance": {"warmup": False, "execution_timeout_s": None}}
+    )
+    mv = ModelVersion(LoadedModel("stuck", 1, config, model))
+    mv.load()
+    return mv
+
+
+async def test_closing_a_version_whose_worker_is_stuck_never_blocks_the_loop() -> None:
+    model = StuckModel()
+    mv = stuck_version(model)
+    request = asyncio.ensure_future(mv.batcher.submit({"x": np.zeros((1, 4), np.float32)}))  # type: ignore[union-attr]
+    await asyncio.to_thread(model.entered.wait, 10)
+    releaser = threading.Timer(2.0, model.release.set)  # the stuck thread ends by itself after 2 s
+    releaser.start()
+    try:
+        closing = asyncio.ensure_future(mv.close())
+        ticks = 0
+        while not closing.done():  # the loop keeps running while the version closes
+            await asyncio.sleep(0.01)
+            ticks += 1
+            if ticks == 20:
+                break
+        assert ticks == 20 and not closing.done()
+        with pytest.raises(ModelNotReadyError, match="unloaded"):
+            await request  # answered at once, not after the stuck execution
+        await closing
+        assert mv.state is VersionState.UNAVAILABLE and model.unloaded  # freed once the thread let go
+    finally:
+        releaser.cancel()
+        model.release.set()
