@@ -20,6 +20,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -371,6 +372,14 @@ class ReplicasConfig(_Strict):
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
+NO_FILE_CHECKS = {"check_files": False}
+"""Validation context for settings written for other machines (``configs/serve.yaml`` names a
+cluster's paths): everything is validated but whether the named files exist here."""
+
+
+def _check_files(info: ValidationInfo) -> bool:
+    return not (isinstance(info.context, dict) and info.context.get("check_files") is False)
+
 
 class TlsConfig(_Strict):
     """TLS on the HTTP and gRPC ports (PEM files, readable on every node)."""
@@ -382,9 +391,9 @@ class TlsConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _files_exist(self) -> TlsConfig:
+    def _files_exist(self, info: ValidationInfo) -> TlsConfig:
         for what, path in (("tls.cert", self.cert), ("tls.key", self.key), ("tls.client_ca", self.client_ca)):
-            if path is not None and not path.is_file():
+            if path is not None and _check_files(info) and not path.is_file():
                 raise ValueError(f"{what}: {path} does not exist")
         return self
 
@@ -409,10 +418,10 @@ class CorsConfig(_Strict):
         return bool(self.allow_origins)
 
 
-class ServerSettings(BaseSettings):
-    """Server-wide settings: init arguments > ``SERVING_*`` env > YAML file > defaults."""
-
-    model_config = SettingsConfigDict(env_prefix="SERVING_", env_nested_delimiter="__", extra="forbid", frozen=True)
+class ServerConfig(_Strict):
+    """Every server-wide setting and the checks between them: the one settings model of every
+    entry point (``serving serve`` reads it as :class:`ServerSettings`; ``serve run`` /
+    ``serve deploy`` validate ``build_app``'s arguments against it)."""
 
     repository: Path = Field(default=Path("model_repository"), description="Model repository root.")
     host: str = Field(default="127.0.0.1", description="Address the HTTP front end binds.")
@@ -465,7 +474,7 @@ class ServerSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _keys_or_loopback(self) -> ServerSettings:
+    def _keys_or_loopback(self, info: ValidationInfo) -> ServerConfig:
         if self.api_keys is None and not self.insecure and self.host not in LOOPBACK:
             raise ValueError(
                 f"host {self.host} without API keys would serve anyone who can reach it: pass --api-keys FILE "
@@ -473,15 +482,21 @@ class ServerSettings(BaseSettings):
             )
         if self.protect_health and self.api_keys is None:
             raise ValueError("protect_health needs API keys (api_keys): without keys there is nothing to check")
-        if self.api_keys is not None and not self.api_keys.is_file():
+        if self.api_keys is not None and _check_files(info) and not self.api_keys.is_file():
             raise ValueError(f"API keys file {self.api_keys} does not exist (create one with `serving keys create`)")
         return self
 
     @model_validator(mode="after")
-    def _ports_differ(self) -> ServerSettings:
+    def _ports_differ(self) -> ServerConfig:
         if len({self.http_port, self.grpc_port, self.metrics_port}) < 3:
             raise ValueError("http_port, grpc_port and metrics_port must differ")
         return self
+
+
+class ServerSettings(BaseSettings, ServerConfig):
+    """:class:`ServerConfig` from its sources: init arguments > ``SERVING_*`` env > YAML file > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     @classmethod
     def settings_customise_sources(

@@ -8,8 +8,8 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from serving.config import ReplicasConfig
-from serving.deploy.app import REPLICA_ENV, AppArgs, build_app, deployment_options
+from serving.config import NO_FILE_CHECKS, ReplicasConfig, ServerSettings
+from serving.deploy.app import REPLICA_ENV, AppArgs, build_app, deployment_options, parse_app_args
 from serving.deploy.server import preload_modules
 from serving.errors import ConfigError
 from serving.repository import scan_repository
@@ -24,7 +24,8 @@ def test_serve_yaml_is_a_valid_ray_serve_config_without_proxies() -> None:
     assert schema.proxy_location == "Disabled"
     (app,) = schema.applications
     assert app.import_path == "serving.deploy.app:build_app"
-    AppArgs.model_validate(app.args)  # the args are ours, and typo-free
+    args = parse_app_args(app.args, NO_FILE_CHECKS)  # ours, typo-free, and passing the server's checks
+    assert args.host == "0.0.0.0" and args.api_keys is not None
 
 
 def test_fixed_replicas_from_settings_and_model_resources(tmp_path: Path) -> None:
@@ -60,11 +61,11 @@ def test_autoscaling_replicas_use_the_in_flight_policy(tmp_path: Path) -> None:
 
 
 def test_build_app_rejects_bad_args_and_repositories(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="repositry"):
+    with pytest.raises(ConfigError, match="repositry"):
         build_app({"repositry": str(tmp_path)})
-    with pytest.raises(ValueError, match=r"replicas.max|must be >="):
+    with pytest.raises(ConfigError, match=r"replicas.max|must be >="):
         build_app({"repository": str(tmp_path), "replicas": {"min": 3, "max": 2}})
-    with pytest.raises(ValueError, match="surge_percent"):
+    with pytest.raises(ConfigError, match="surge_percent"):
         build_app({"repository": str(tmp_path), "replicas": {"surge_percent": 150}})
     with pytest.raises(ConfigError, match="does not exist"):
         build_app({"repository": str(tmp_path / "missing")})
@@ -90,3 +91,30 @@ def test_grpc_limits_reach_the_server_options() -> None:
     )
     with pytest.raises(ValueError):
         ServerSettings(grpc_max_concurrent_streams=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [
+        ({"host": "0.0.0.0"}, "without API keys would serve anyone"),
+        ({"protect_health": True}, "protect_health needs API keys"),
+        ({"http_port": 8001}, "must differ"),
+        ({"api_keys": "/nowhere/keys.yaml"}, "does not exist"),
+        ({"drain_secnds": 3}, "drain_secnds"),
+    ],
+)
+def test_serve_run_and_serve_deploy_apply_the_servers_own_checks(
+    tmp_path: Path, args: dict[str, object], refusal: str
+) -> None:
+    """``serve run serving.deploy.app:build_app`` and ``serve deploy configs/serve.yaml`` go
+    through build_app: the same settings model as ``serving serve``, with the same refusals."""
+    add_model(tmp_path, "a", versions=(1,))
+    with pytest.raises(ConfigError, match=refusal):
+        build_app({"repository": str(tmp_path), **args})
+    with pytest.raises(Exception, match=refusal):
+        ServerSettings(repository=tmp_path, **args)  # type: ignore[arg-type]
+
+
+def test_the_app_takes_every_server_setting() -> None:
+    """One settings model: nothing a server setting can say is missing from the application's arguments."""
+    assert set(ServerSettings.model_fields) <= set(AppArgs.model_fields)

@@ -16,18 +16,18 @@ import asyncio
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
 from serving.auth import Authenticator
-from serving.config import DRAIN_SECONDS, MAX_REQUEST_BYTES, CorsConfig, ReplicasConfig, TlsConfig
+from serving.config import ReplicasConfig, ServerConfig, format_validation_error
 from serving.deploy.autoscaling import IN_FLIGHT, QUEUED
 from serving.deploy.live_stats import LiveStatsPublisher
 from serving.deploy.ray_metrics import RayMetrics
+from serving.errors import ConfigError
 from serving.protocol.servers import ReplicaServers, describe
 from serving.repository import ModelEntry, scan_repository
 from serving.service import LocalInferenceService
@@ -48,31 +48,30 @@ REPLICA_ENV = {
 }
 
 
-class AppArgs(BaseModel):
-    """Arguments of :func:`build_app` (``serve run serving.deploy.app:build_app repository=...``)."""
+class AppArgs(ServerConfig):
+    """Arguments of :func:`build_app` (``serve run serving.deploy.app:build_app repository=...``,
+    ``configs/serve.yaml``): the server's one settings model, with its checks (no API keys on a
+    non-loopback host is refused here as by ``serving serve``), plus how replicas get their
+    environment. Validated from the arguments alone: no ``SERVING_*`` variables or settings file
+    are read, so every replica serves exactly what the deployer resolved."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    repository: Path = Field(description="Model repository root, readable on every node.")
-    host: str = "127.0.0.1"
-    http_port: int = Field(default=8000, ge=1, le=65535)
-    grpc_port: int = Field(default=8001, ge=1, le=65535)
-    max_request_bytes: PositiveInt = MAX_REQUEST_BYTES
-    grpc_max_concurrent_streams: PositiveInt = 256
-    drain_seconds: float = Field(default=DRAIN_SECONDS, ge=0)
-    replicas: ReplicasConfig = ReplicasConfig()
-    server_name: str = "serving"
-    log_format: Literal["json", "text"] = "json"
-    cors: CorsConfig = CorsConfig()
-    api_keys: Path | None = Field(default=None, description="API keys file, readable at this path on every node.")
-    tls: TlsConfig | None = None
-    protect_health: bool = False
-    state_dir: Path | None = Field(default=None, description="Shared lifecycle state (default <repository>/_serving).")
-    watch_repository: bool = True
     inherit_env: bool = Field(
         default=False,
         description="The replicas inherit this process's environment (a local Ray started here): no runtime_env.",
     )
+
+
+def parse_app_args(args: dict[str, Any], context: dict[str, Any] | None = None) -> AppArgs:
+    """Validate :func:`build_app`'s arguments (``context``: ``config.NO_FILE_CHECKS`` for a config
+    written for other machines).
+
+    Raises:
+        ConfigError: an unknown key, a bad value, or a combination the server refuses.
+    """
+    try:
+        return AppArgs.model_validate(args, context=context)
+    except ValidationError as exc:
+        raise ConfigError(f"serving application arguments: {format_validation_error(exc)}") from exc
 
 
 # Serve's access log would log nothing (no request passes through Serve), so it is off.
@@ -81,7 +80,7 @@ class InferenceReplica:
     """Loads and warms the models, then listens; reports health and load; drains on stop."""
 
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
-        parsed = AppArgs.model_validate(args)
+        parsed = parse_app_args(args)
         # The event loop (I/O, refusals) and the model's worker thread share the GIL: a thread
         # waiting for it gets it after at most this long (CPython's default, 5 ms, starved the
         # model under a refusal storm: bench/results/overload.md).
@@ -164,7 +163,7 @@ def build_app(args: dict[str, Any]) -> Application:
         ConfigError: the repository or a model.yaml is invalid (checked here, before
             any replica starts, so a typo fails ``serve run`` at once).
     """
-    parsed = AppArgs.model_validate(args)
+    parsed = parse_app_args(args)
     options = deployment_options(
         scan_repository(parsed.repository), parsed.replicas, parsed.drain_seconds, parsed.inherit_env
     )

@@ -85,25 +85,13 @@ def deploy(settings: ServerSettings) -> None:
     ``replicas.surge_percent`` > 0 the replacements load and listen before the old replicas
     drain, so the ports never go unanswered. Returns once the application is running.
     """
+    paths = {"repository": settings.repository, "api_keys": settings.api_keys, "state_dir": settings.state_dir}
     app = build_app(
         {
-            "repository": str(settings.repository),
-            "host": settings.host,
-            "http_port": settings.http_port,
-            "grpc_port": settings.grpc_port,
-            "max_request_bytes": settings.max_request_bytes,
-            "grpc_max_concurrent_streams": settings.grpc_max_concurrent_streams,
-            "drain_seconds": settings.drain_seconds,
-            "replicas": settings.replicas.model_dump(),
-            "server_name": settings.server_name,
-            "log_format": settings.log_format,
-            "cors": settings.cors.model_dump(),
-            "api_keys": str(settings.api_keys.resolve()) if settings.api_keys is not None else None,
-            "protect_health": settings.protect_health,
+            **settings.model_dump(mode="json"),  # the same settings model: every field, every check
+            **{k: str(v.resolve()) if v is not None else None for k, v in paths.items()},  # as replicas see them
             "tls": {k: str(v.resolve()) for k, v in settings.tls if v is not None} if settings.tls else None,
             "inherit_env": not settings.ray_address,
-            "state_dir": str(settings.state_dir.resolve()) if settings.state_dir is not None else None,
-            "watch_repository": settings.watch_repository,
         }
     )
     # serve.run waits with a 1 s poll (CLIENT_POLLING_INTERVAL_S): ~1 s of a ~6 s start. Deploy
