@@ -44,6 +44,7 @@ MAX_HEADER_BYTES = 64 * 1024
 
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"
+TEXT = b"text/plain; charset=utf-8"
 
 
 class Answer:
@@ -247,6 +248,10 @@ class HttpApp:
             if parts[2:] == ["api", "stats"]:
                 self._check(headers, all_models="the server's statistics")
             return await self._ui(parts[2:], scope["path"])
+        if len(parts) == 3 and parts[:2] == ["", "-"] and parts[2] in ("healthz", "routes"):
+            _expect(method, "GET")
+            self._check_health(headers)
+            return self._serve_proxy_health(parts[2])
         if len(parts) < 2 or parts[0] != "" or parts[1] != "v2":
             raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
         rest = parts[2:]
@@ -364,6 +369,19 @@ class HttpApp:
             raise ModelNotFoundError(f"no route {path[:200]!r}")
         body, content_type = asset
         return Answer(body, content_type=content_type, headers=[(b"cache-control", b"no-cache")])
+
+    def _serve_proxy_health(self, route: str) -> Answer:
+        """Ray Serve's proxy health routes, answered as its proxy answers them, because
+        orchestrators built for Serve probe them on the HTTP port: KubeRay's worker readiness
+        probe runs ``wget -T 2 -q -O- http://localhost:8000/-/healthz | grep success``. Healthy
+        only while this replica is ready (every model has a ready version) and not draining."""
+        if self.draining:
+            return Answer(b"This node is being drained.", 503, TEXT)
+        if not self.service.ready():
+            return Answer(b"Not ready: a model has no ready version yet.", 503, TEXT)
+        if route == "healthz":
+            return Answer(b"success", content_type=TEXT)
+        return _json({"/": self.service.server_name})  # route prefix -> application, as Serve lists them
 
     async def _live_stats(self) -> dict[str, Any]:
         snapshots = await self.live() if self.live is not None else [self.service.live_snapshot()]
