@@ -13,7 +13,7 @@ from pathlib import Path
 
 from serving import cli_lifecycle
 from serving.config import ServerSettings, load_settings
-from serving.errors import ConfigError
+from serving.errors import ConfigError, ServingError
 
 LIFECYCLE_COMMANDS = (
     "models",
@@ -228,7 +228,11 @@ def _runs(args: argparse.Namespace) -> int:
     from serving.offline.manifest import read_runs
     from serving.offline.plan import output_location
 
-    fs, path = output_location(args.output)
+    try:
+        fs, path = output_location(args.output)
+    except ServingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     runs = read_runs(fs, path)
     if not runs:
         print(f"error: no runs recorded in {args.output} (no {args.output}/_runs/)", file=sys.stderr)

@@ -84,6 +84,7 @@ def prepare(job: ScoreJob) -> Prepared:
     Raises:
         ModelNotFoundError, ConfigError, InvalidInputError: a bad invocation.
     """
+    output_location(job.output)  # an output that cannot be published fails before anything is read
     entry, version = resolve_version(job.repository, job.model)
     inputs = resolve_inputs(job.inputs)
     schema = with_partitions(inputs)
@@ -161,7 +162,21 @@ def with_partitions(inputs: InputSet) -> pa.Schema:
 
 
 def output_location(output: str) -> tuple[pafs.FileSystem, str]:
+    """Where a job's output goes: a local (or mounted) filesystem path, or ``file://``.
+
+    Raises:
+        InvalidInputError: an object store (``s3://``, ``gs://`` ...): publishing a result there
+            safely needs what object stores lack (an atomic folder rename, a lock that works
+            there), so it is refused rather than half-done. Inputs may come from object stores.
+    """
     if "://" in output:
+        scheme = output.split("://", 1)[0].lower()
+        if scheme != "file":
+            raise InvalidInputError(
+                f"--output {output[:200]!r}: outputs on {scheme[:20]}:// are not supported; a result is published "
+                "by renaming a folder under a lock, which object stores do not offer. Write to a local or mounted "
+                "folder and copy it (e.g. `aws s3 sync`); inputs may be read from object stores."
+            )
         fs, path = pafs.FileSystem.from_uri(output)
         return fs, str(path)
     return pafs.LocalFileSystem(), os.path.abspath(output)

@@ -1,10 +1,12 @@
 """A job writes into a staging folder beside its output; only a result whose rows all add up is
 published, with ``_SUCCESS`` in it (the marker Spark and Hadoop tools wait for).
 
-On a local filesystem an existing output is replaced by exchanging the two folders in one
+Outputs live on local (or mounted) filesystems only (``plan.output_location`` refuses object
+stores). An existing output is replaced by exchanging the two folders in one
 ``renameat2(RENAME_EXCHANGE)`` call: a reader, or a run killed at any moment, sees the previous
-output or the new one, never a mix and never none. Elsewhere (object stores) the old output is
-moved aside, then the new one moved in (copy + delete there).
+output or the new one, never a mix and never none. Where the filesystem cannot exchange, the old
+output is renamed to ``<staging>.old`` and the new one renamed in; a run killed between the two
+leaves no output but the ``.old`` one, which the next run puts back before anything else.
 """
 
 from __future__ import annotations
@@ -37,17 +39,23 @@ def new_staging(fs: pafs.FileSystem, out_path: str) -> str:
 
 
 def remove_stale_staging(fs: pafs.FileSystem, out_path: str) -> list[str]:
-    """Delete the staging folders of runs that were killed (call while holding the output's lock)."""
+    """Clean up after runs that were killed (call while holding the output's lock): a previous
+    output set aside (``.old``) is put back if no output took its place, else deleted; staging
+    folders are deleted. Returns what was deleted."""
     prefix = staging_prefix(out_path)
     parent = prefix.rpartition("/")[0]
-    stale = [
+    found = [
         i.path
         for i in fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
         if i.type == pafs.FileType.Directory and i.path.startswith(prefix)
     ]
-    for path in stale:
+    for old in (p for p in found if p.endswith(".old")):
+        if fs.get_file_info(out_path).type == pafs.FileType.NotFound:
+            fs.move(old, out_path)  # killed between setting the output aside and moving the new one in
+            found.remove(old)
+    for path in found:
         fs.delete_dir(path)
-    return stale
+    return found
 
 
 def carry_over(fs: pafs.FileSystem, out_path: str, staging: str, rel_paths: list[str]) -> None:
