@@ -43,8 +43,30 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, server: S
         time.sleep(0.25)
 
 
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
+
+
+class Backoff:
+    """What the README tells clients to do after a failed call: wait before the next one, doubling
+    from 50 ms up to 1 s while calls keep failing (a tight retry loop against a channel in grpc's
+    reconnect back-off only counts failures the server never sees)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._delay = 0.0
+
+    def failed(self) -> None:
+        self._delay = min(max(2 * self._delay, RETRY_FIRST_S), RETRY_MAX_S)
+        self._stop.wait(self._delay)
+
+    def succeeded(self) -> None:
+        self._delay = 0.0
+
+
 class Load:
-    """Client threads sending until stopped; every outcome is counted."""
+    """Client threads sending until stopped; every outcome is counted. After a failure a client
+    backs off before its next call, as real clients do (``Backoff``)."""
 
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
@@ -74,12 +96,15 @@ class Load:
             inp = tgrpc.InferInput("x", [1, width], "FP32")
             inp.set_data_from_numpy(np.full((1, width), 0.5, np.float32))
             deadline = time.monotonic() + 120
+            backoff = Backoff(self._stop)
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     result = client.infer(model, [inp], model_version=version, client_timeout=30)
                     self._record(True, "grpc", result.get_response().model_version)
+                    backoff.succeeded()
                 except Exception as exc:  # every failure is counted, none expected
                     self._record(False, f"grpc: {exc}")
+                    backoff.failed()
             client.close()
 
         self._start(run)
@@ -92,6 +117,7 @@ class Load:
         def run() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
             deadline = time.monotonic() + 120
+            backoff = Backoff(self._stop)
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     conn.request("POST", path, body, {"Content-Type": "application/json"})
@@ -99,9 +125,11 @@ class Load:
                     raw = response.read()
                     answered = json.loads(raw).get("model_version", "") if response.status == 200 else ""
                     self._record(response.status == 200, f"http: status {response.status}", answered)
+                    backoff.succeeded() if response.status == 200 else backoff.failed()
                 except Exception as exc:
                     self._record(False, f"http: {exc!r}")
                     conn.close()
+                    backoff.failed()
             conn.close()
 
         self._start(run)

@@ -218,6 +218,7 @@ def test_losing_the_worker_node_keeps_the_head_serving_and_a_returning_node_gets
         load.grpc(server)
         load.http_keepalive(server)
         time.sleep(2)
+        before = dict(load.outcomes)
         lost_at = time.monotonic()
         kill_node(worker)
         statuses = [new_connection_request(server) for _ in range(20)]  # the head's replica answers
@@ -235,11 +236,19 @@ def test_losing_the_worker_node_keeps_the_head_serving_and_a_returning_node_gets
         if returning is not None:
             returning.stop()
     assert code == 0, server.log()
-    assert statuses == [200] * 20
-    assert load.outcomes["ok"] > 0
+    failed = load.outcomes["failed"]
+    window = max(load.last_failure - lost_at, 0.0) if failed else 0.0
     print(
-        f"worker node SIGKILLed under load: {load.outcomes['failed']} of {load.outcomes['ok'] + load.outcomes['failed']} "
-        f"requests failed ({list(load.kinds)[:2]}); 20 new connections served {served_after_loss:.1f} s after the loss; "
-        f"a replica ran on the returning node {replaced:.1f} s after it joined"
+        f"worker node SIGKILLed under load: {failed} of {load.outcomes['ok'] + failed} requests failed "
+        f"({list(load.kinds)[:2]}), the last {window:.1f} s after the loss; 20 new connections served "
+        f"{served_after_loss:.1f} s after the loss; a replica ran on the returning node {replaced:.1f} s after it joined"
     )
-    assert load.outcomes["failed"] <= 8, load.kinds
+    # What the server controls, bounded (the count of failures is the clients' business: it
+    # depends on how they retry while grpc backs off reconnecting): new connections are served
+    # within 30 s of the loss, every failure is a lost connection (none a hang: the client's
+    # deadline is 30 s), the failures stop within 30 s, and the clients go on being served.
+    assert statuses == [200] * 20 and served_after_loss < 30, served_after_loss
+    connection = ("UNAVAILABLE", "Connection", "RemoteDisconnected", "Stream removed", "Socket closed")
+    assert all(any(c in kind for c in connection) for kind in load.kinds), load.kinds
+    assert "DEADLINE_EXCEEDED" not in str(load.kinds) and window < 30, (window, load.kinds)
+    assert load.outcomes["ok"] > before.get("ok", 0)
