@@ -91,6 +91,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         server.stop()
         return 2
+    except ServingError as exc:  # the replicas failed to start: a reason, not a traceback
+        print(f"error: {exc.message}", file=sys.stderr)
+        server.stop()
+        return 1
     except BaseException:
         server.stop()
         raise

@@ -12,6 +12,7 @@ from typing import Any
 
 from serving.admin_client import AdminClient, AdminClientError
 from serving.errors import ServingError
+from serving.identity import current_user
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
@@ -151,13 +152,11 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _audit_tool(args: argparse.Namespace, action: str, details: dict[str, Any]) -> None:
     """Tools that change a version's lineage leave a line in the server's audit log too."""
-    import getpass
-
     from serving.lifecycle.store import LifecycleStore
 
     model, _, version = args.version.partition(":")
     store = LifecycleStore(args.state_dir or args.repository / "_serving")
-    store.record(model, who=getpass.getuser(), action=action, details={"version": int(version), **details})
+    store.record(model, who=current_user(), action=action, details={"version": int(version), **details})
 
 
 def run(func: Any, args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ one place, ``serving.protocol.status``. Nothing here knows about HTTP or gRPC.
     ├── ConflictError (CONFLICT)    an operator change the current state forbids
     │   └── GateError (CONFLICT)    a promote refused by a release gate
     ├── ModelExecutionError (INTERNAL)
+    ├── StartupError (INTERNAL)     the replicas could not start (reported by the CLI, not a request)
     └── ConfigError (INVALID_INPUT)   a model.yaml or settings file that does not validate
         └── FileReadError (INVALID_INPUT)  a file that exists but could not be read: may pass
 """
@@ -139,3 +140,7 @@ class ConfigError(ServingError):
 class FileReadError(ConfigError):
     """A file exists but could not be read (permissions, a folder where a file belongs, an I/O
     error): unlike invalid content this may pass, so a version that failed so is retried."""
+
+
+class StartupError(ServingError):
+    """The server's replicas could not start (a port taken, a replica's constructor failed)."""

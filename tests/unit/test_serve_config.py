@@ -10,7 +10,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serving.config import NO_FILE_CHECKS, ReplicasConfig, ServerSettings
 from serving.deploy.app import REPLICA_ENV, AppArgs, build_app, deployment_options, parse_app_args
-from serving.deploy.server import preload_modules
+from serving.deploy.server import failure_reason, preload_modules
 from serving.errors import ConfigError
 from serving.repository import scan_repository
 
@@ -118,3 +118,19 @@ def test_serve_run_and_serve_deploy_apply_the_servers_own_checks(
 def test_the_app_takes_every_server_setting() -> None:
     """One settings model: nothing a server setting can say is missing from the application's arguments."""
     assert set(ServerSettings.model_fields) <= set(AppArgs.model_fields)
+
+
+def test_a_failed_deploy_is_reported_by_its_reason_not_serves_traceback() -> None:
+    message = (
+        "Deploying app 'serving' failed with exception:\nTraceback (most recent call last):\n"
+        '  File "/ray/serve/_private/replica.py", line 9, in initialize\n    await self._user_callable()\n'
+        "serving.errors.ConfigError: /models/digits/model.yaml: platform: Input should be 'onnx'\n"
+    )
+    assert (
+        failure_reason(message)
+        == "serving.errors.ConfigError: /models/digits/model.yaml: platform: Input should be 'onnx'"
+    )
+    assert failure_reason("The deployment failed to start 3 times in a row.") == (
+        "The deployment failed to start 3 times in a row."
+    )
+    assert "Ray logs" in failure_reason("")

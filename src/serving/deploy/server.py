@@ -14,7 +14,7 @@ from ray import serve
 from serving.config import ServerSettings
 from serving.deploy.app import APP_NAME, REPLICA_ENV, build_app
 from serving.deploy.ray_start import init_ray
-from serving.errors import ConfigError
+from serving.errors import ConfigError, StartupError
 from serving.repository import ModelEntry, scan_repository
 from serving.runtime import RUNTIME_MODULES
 
@@ -104,8 +104,8 @@ def wait_running(name: str, poll_s: float = 0.25) -> None:
     """Return once every replica of the application is up (loaded, warmed, listening).
 
     Raises:
-        RuntimeError: the deployment failed (Serve's message says why: a replica's
-            constructor raised, a port could not be bound, ...).
+        StartupError: the deployment failed; the message is the reason Serve reports (a
+            replica's constructor raised, a port could not be bound, ...), without Serve's traceback.
     """
     while True:
         app = serve.status().applications.get(name)
@@ -113,8 +113,21 @@ def wait_running(name: str, poll_s: float = 0.25) -> None:
         if status == "RUNNING":
             return
         if status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"application {name} {status}: {app.message if app else ''}")
+            log.debug("application %s %s: %s", name, status, app.message if app else "")
+            raise StartupError(f"the replicas could not start ({status}): {failure_reason(app.message if app else '')}")
         time.sleep(poll_s)
+
+
+def failure_reason(message: str) -> str:
+    """The reason in a Serve status message: the exception line of the traceback it may hold
+    (the whole report stays in Ray's logs, and in the console with --verbose)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no reason given (see the Ray logs under /tmp/ray/session_latest/logs/serve/)"
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "~")) and ("Error" in line or "Exception" in line):
+            return line
+    return lines[-1]
 
 
 def stop() -> None:

@@ -10,7 +10,6 @@ column mapping, so its features are exactly what the model's input holds online.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serving.errors import InvalidInputError
+from serving.identity import current_user
 from serving.lifecycle.drift import as_matrix, feature_names, profile
 from serving.lifecycle.evaluation import classification_metrics, regression_metrics
 from serving.lifecycle.lineage import (
@@ -72,7 +72,7 @@ def record_lineage(
     artifact = entry.config.platform.artifact
     update: dict[str, Any] = {
         "artifact": ArtifactRecord(file=artifact, sha256=file_sha256(entry.version_dir(version) / artifact)),
-        "created_by": created_by or lineage.created_by or getpass.getuser(),
+        "created_by": created_by or lineage.created_by or current_user(),
         "created_at": lineage.created_at or _now(),
     }
     if training_data:
