@@ -172,7 +172,7 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
     """Replace the file atomically (a server reading it sees the old or the new one), mode 0600."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
         f.flush()
         os.fsync(f.fileno())

@@ -123,7 +123,7 @@ def _lineage(args: argparse.Namespace) -> int:
         created_by=args.created_by,
         params=params,
     )
-    print(path.read_text(), end="")
+    print(path.read_text(encoding="utf-8"), end="")
     _audit_tool(args, "lineage", {"training_data": args.training_data, "code_revision": args.code_revision})
     return 0
 

@@ -82,7 +82,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def _config(path: Path, doc: dict[str, Any]) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    (path / "model.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (path / "model.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
 
 def build_digits(root: Path) -> None:

@@ -108,7 +108,9 @@ def write_lineage(version_dir: Path, lineage: Lineage) -> Path:
     """Write (replace) the version's lineage.yaml atomically."""
     path = version_dir / LINEAGE_FILE
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(lineage.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    tmp.write_text(
+        yaml.safe_dump(lineage.model_dump(mode="json", exclude_none=True), sort_keys=False), encoding="utf-8"
+    )
     os.replace(tmp, path)
     return path
 

@@ -130,7 +130,7 @@ class LifecycleStore:
         before the rename, and the rename before we return (after a crash, the old or the new
         file, never an empty one)."""
         tmp = self.state_path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "w") as out:
+        with open(tmp, "w", encoding="utf-8") as out:
             out.write(state.model_dump_json(indent=1))
             out.flush()
             os.fsync(out.fileno())
@@ -149,7 +149,7 @@ class LifecycleStore:
 
     def _append(self, **fields: Any) -> None:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "unix": round(time.time(), 3), **fields}
-        with open(self.audit_path, "a") as audit:
+        with open(self.audit_path, "a", encoding="utf-8") as audit:
             audit.write(json.dumps(entry, separators=(",", ":")) + "\n")
             audit.flush()
             os.fsync(audit.fileno())
