@@ -228,6 +228,20 @@ async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(executor: 
     assert threads[-1] != loop_thread
 
 
+def inline_batcher(model: Any, executor: Any, **kw: Any) -> DynamicBatcher:
+    """Batches of 1 row at once, inline below 5 ms, under a 5 s execution timeout."""
+    return DynamicBatcher(
+        model,
+        max_batch_size=4,
+        max_queue_delay_s=0,
+        max_queue_size=8,
+        executor=executor,
+        inline_below_s=0.005,
+        execution_timeout_s=5.0,
+        **kw,
+    )
+
+
 async def test_a_model_that_cannot_be_interrupted_never_runs_inline_under_an_execution_timeout(
     executor: Any,
 ) -> None:
@@ -238,15 +252,7 @@ async def test_a_model_that_cannot_be_interrupted_never_runs_inline_under_an_exe
         threads.append(threading.current_thread().name)
         return {"y": inputs["x"]}
 
-    b = DynamicBatcher(
-        model,
-        max_batch_size=4,
-        max_queue_delay_s=0,
-        max_queue_size=8,
-        executor=executor,
-        inline_below_s=0.005,
-        execution_timeout_s=5.0,
-    )
+    b = inline_batcher(model, executor)
     for _ in range(5):
         await b.submit(x(1))
     loop_thread = threading.current_thread().name
@@ -269,16 +275,7 @@ async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_
             raise RuntimeError("terminated")
         return {"y": inputs["x"] * 2}
 
-    b = DynamicBatcher(
-        model,
-        max_batch_size=4,
-        max_queue_delay_s=0,
-        max_queue_size=8,
-        executor=executor,
-        inline_below_s=0.005,
-        execution_timeout_s=5.0,
-        interrupt=interrupted.set,
-    )
+    b = inline_batcher(model, executor, interrupt=interrupted.set)
     for _ in range(3):
         await b.submit(x(1))
     assert threads == ["worker", "loop", "loop"]
