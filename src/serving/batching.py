@@ -501,10 +501,10 @@ class DynamicBatcher:
         execution timeout applies; outputs of a cut run are never used, so the re-run is safe)."""
         if self._interrupt is None:  # only without an execution timeout: nothing is bounded
             return self._compute(items, rows)
-        if WATCHDOG.parked:
-            WATCHDOG.wake()
         cuts = self._cuts
         started = self.inline_since = time.monotonic()
+        if WATCHDOG.parked:  # after publishing the start: a watchdog parking now sees one or the other
+            WATCHDOG.wake()
         try:
             return self._compute(items, rows)
         except Exception:
