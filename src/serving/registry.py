@@ -367,7 +367,7 @@ class ModelRegistry:
         else:
             reason = f"unexpected error while loading: {type(exc).__name__}: {exc}"
         mv.state, mv.reason = VersionState.UNAVAILABLE, reason
-        mv.retry = isinstance(exc, FileReadError | OSError) or not isinstance(exc, ServingError)
+        mv.retry = isinstance(exc, FileReadError) or not isinstance(exc, ServingError)  # OSError included
         self.metrics.set(READY, mv.labels, 0)
         log.error(
             "model %s version %d failed to load: %s%s",
