@@ -31,6 +31,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench loadtests docs
 	$(BIN)/ruff format --check src tests bench loadtests docs
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format src tests bench loadtests docs

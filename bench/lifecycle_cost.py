@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from serving.control.tools import profile_version
 from serving.demo import build_demo_dataset, build_digits
-from serving.lifecycle.tools import profile_version
 from serving.service import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
 

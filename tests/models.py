@@ -167,7 +167,7 @@ def profile_add(root: Path, version: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from serving.lifecycle.tools import profile_version
+    from serving.control.tools import profile_version
 
     data = root / "_training" / "add.parquet"
     data.parent.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from serving.lifecycle.tools import record_lineage
+    from serving.control.tools import record_lineage
 
     params = dict(p.partition("=")[::2] for p in args.param)
     path = record_lineage(
@@ -129,7 +129,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from serving.lifecycle.tools import evaluate
+    from serving.control.tools import evaluate
 
     record = evaluate(args.repository, args.version, args.data, args.label, task=args.task, executor=args.executor)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record.metrics.items()))
@@ -140,7 +140,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from serving.lifecycle.tools import profile_version
+    from serving.control.tools import profile_version
 
     record = profile_version(args.repository, args.version, args.data)
     print(
@@ -152,7 +152,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _audit_tool(args: argparse.Namespace, action: str, details: dict[str, Any]) -> None:
     """Tools that change a version's lineage leave a line in the server's audit log too."""
-    from serving.lifecycle.store import LifecycleStore
+    from serving.control.store import LifecycleStore
 
     model, _, version = args.version.partition(":")
     store = LifecycleStore(args.state_dir or args.repository / "_serving")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
 import logging
 import time
 from collections.abc import Mapping
@@ -20,12 +19,12 @@ import numpy as np
 
 from serving import codecs
 from serving.codecs import shape_matches
+from serving.control.admin import ModelAdmin
+from serving.control.reconcile import Reconciler, startup_stamps
+from serving.control.shadow import ShadowRunner
+from serving.control.store import LifecycleStore
 from serving.errors import InvalidInputError, ModelNotFoundError, ModelNotReadyError, ServingError
-from serving.lifecycle.admin import ModelAdmin
 from serving.lifecycle.lineage import Lineage
-from serving.lifecycle.reconcile import Reconciler, startup_stamps
-from serving.lifecycle.shadow import ShadowRunner
-from serving.lifecycle.store import LifecycleStore
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, VersionState
 from serving.repository import scan_repository
@@ -41,11 +40,8 @@ from serving.types import (
     Tensor,
     TensorSpec,
 )
+from serving.version import SERVER_VERSION
 
-try:
-    SERVER_VERSION = importlib.metadata.version("serving")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree without installing
-    SERVER_VERSION = "0+unknown"
 log = logging.getLogger(__name__)
 EXTENSIONS = (
     "binary_tensor_data",

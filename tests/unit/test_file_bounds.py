@@ -11,10 +11,10 @@ import pytest
 
 from serving.auth import read_keys
 from serving.config import load_model_config
+from serving.control.store import LifecycleStore
 from serving.errors import ConfigError, FileReadError
 from serving.files import MAX_CONFIG_BYTES
 from serving.lifecycle.lineage import file_sha256, read_lineage
-from serving.lifecycle.store import LifecycleStore
 
 DEEP = 100_000
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from serving.control.store import LifecycleStore
 from serving.errors import ConfigError, ModelNotFoundError
 from serving.lifecycle import routing as r
-from serving.lifecycle.store import LifecycleStore
 
 
 def test_changes_are_kept_audited_and_seen_by_another_reader(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from serving.control.tools import evaluate, record_lineage
 from serving.errors import GateError
 from serving.lifecycle.lineage import read_lineage
-from serving.lifecycle.tools import evaluate, record_lineage
 from serving.offline import job
 from serving.offline.plan import ScoreJob
 from serving.service import LocalInferenceService

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from serving.deploy.ray_start import RAY_ALLOCATOR_ENV, allocator_env
+from serving.ray_start import RAY_ALLOCATOR_ENV, allocator_env
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from ray import serve
 
 from serving.config import ServerSettings
 from serving.deploy.app import APP_NAME, REPLICA_ENV, build_app
-from serving.deploy.ray_start import init_ray
 from serving.errors import ConfigError, StartupError
+from serving.ray_start import init_ray
 from serving.repository import ModelEntry, scan_repository
 from serving.runtime import RUNTIME_MODULES
 

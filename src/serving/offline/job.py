@@ -31,7 +31,7 @@ from serving.offline.progress import Progress
 from serving.offline.publish import carry_over, new_staging, publish, remove_stale_staging, set_aside
 from serving.offline.scorer import artifact_sha256
 from serving.offline.units import UnitResult
-from serving.service import SERVER_VERSION
+from serving.version import SERVER_VERSION
 
 __all__ = ["JobFailedError", "JobResult", "ScoreJob", "choose_executor", "run"]
 
@@ -210,8 +210,8 @@ def _run_on_ray(
 ) -> tuple[list[UnitResult], dict[str, int], float]:
     import ray.exceptions
 
-    from serving.deploy.ray_start import init_ray
     from serving.offline.ray_executor import run_ray
+    from serving.ray_start import init_ray
 
     began = time.monotonic()
     init_ray(job.address, quiet=not job.verbose)

@@ -8,8 +8,8 @@ import dataclasses
 from typing import Any
 from urllib.parse import parse_qs
 
+from serving.control.admin import ModelAdmin
 from serving.errors import InvalidInputError, UnsupportedDatatypeError
-from serving.lifecycle.admin import ModelAdmin
 from serving.protocol.rest_v2 import json_object
 from serving.service import InferenceService
 

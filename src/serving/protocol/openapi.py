@@ -8,7 +8,7 @@ import json
 from functools import cache
 from typing import Any
 
-from serving.service import SERVER_VERSION
+from serving.version import SERVER_VERSION
 
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES", "BF16"]  # fmt: skip

@@ -9,13 +9,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from serving.control.reconcile import LoadReport, Reconciler
+from serving.control.store import LifecycleStore
 from serving.errors import ConfigError, GateError, InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from serving.lifecycle import routing as r
 from serving.lifecycle.gates import check_gates
 from serving.lifecycle.lineage import Lineage, read_lineage
-from serving.lifecycle.reconcile import LoadReport, Reconciler
 from serving.lifecycle.routing import ModelRouting
-from serving.lifecycle.store import LifecycleStore
 from serving.registry import ModelRegistry, VersionState
 from serving.repository import load_model_entry
 

@@ -18,10 +18,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.control.store import LifecycleState, LifecycleStore
 from serving.errors import ConfigError, ServingError
 from serving.lifecycle.lineage import LINEAGE_FILE
 from serving.lifecycle.routing import ModelRouting
-from serving.lifecycle.store import LifecycleState, LifecycleStore
 from serving.registry import ModelRegistry, ModelVersion, VersionState
 from serving.repository import ModelEntry, load_model_entry
 
