@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.config import TorchOptions
+from serving.config.model import TorchOptions
 from serving.demo import build_demo_repository, digits_data
 from serving.runtime.torchscript import TorchScriptModel
 from serving.service import LocalInferenceService

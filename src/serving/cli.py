@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from serving import cli_lifecycle
-from serving.config import ServerSettings, load_settings
+from serving.config.server import ServerSettings, load_settings
 from serving.errors import ConfigError, ServingError
 
 LIFECYCLE_COMMANDS = (

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from serving.codecs import numpy_dtype
-from serving.config import ModelConfig, TensorConfig
+from serving.config.model import ModelConfig, TensorConfig
 from serving.errors import ConfigError, ServingError
 from serving.runtime import Model
 from serving.runtime.base import Interruptible

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.batching import DynamicBatcher
-from serving.config import ModelConfig
+from serving.config.model import ModelConfig
 from serving.errors import FileReadError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.lifecycle.drift import DriftMonitor
 from serving.lifecycle.lineage import Lineage, verify_artifact

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.config import ModelConfig, load_model_config
+from serving.config.model import ModelConfig, load_model_config
 from serving.errors import ConfigError
 
 

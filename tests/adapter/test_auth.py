@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from serving import auth
-from serving.config import MAX_REQUEST_BYTES
+from serving.config.server import MAX_REQUEST_BYTES
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb import inference_pb2_grpc
 from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from serving.config import MAX_REQUEST_BYTES
+from serving.config.server import MAX_REQUEST_BYTES
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import build_http_app

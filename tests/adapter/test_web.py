@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from serving.config import MAX_REQUEST_BYTES, CorsConfig
+from serving.config.server import MAX_REQUEST_BYTES, CorsConfig
 from serving.protocol.http import build_http_app
 from serving.service import LocalInferenceService
 from serving.telemetry.metrics import AggregatedMetrics

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import ModelConfig, Platform, VersionPolicy, load_model_config, load_settings
+from serving.config.model import ModelConfig, Platform, VersionPolicy, load_model_config
+from serving.config.server import load_settings
 from serving.errors import ConfigError
 
 
@@ -42,6 +43,34 @@ def test_invalid_model_yaml_names_file_and_key(tmp_path: Path, text: str, expect
         load_model_config(path)
     assert str(path) in info.value.message
     assert expected in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "allowed"),
+    [
+        ("platform: onnx\nmax_bach_size: 8\n", "max_bach_size", ["max_batch_size", "platform", "inputs"]),
+        ("platform: onnx\ndynamic_batching: {max_wait_ms: 1}\n", "dynamic_batching.max_wait_ms", ["max_queue_size"]),
+        (
+            "platform: onnx\ninputs: [{name: x, datatype: FP32, shape: [4], dims: [4]}]\n",
+            "inputs.0.dims",
+            ["datatype", "name", "shape"],
+        ),
+    ],
+)
+def test_a_typo_names_the_keys_allowed_where_it_stands(tmp_path: Path, text: str, key: str, allowed: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_model_config(write(tmp_path / "model.yaml", text))
+    assert f"{key}: unknown key (typo?); allowed here: " in info.value.message
+    listed = info.value.message.split("allowed here: ")[1].split(", ")
+    assert set(allowed) <= set(listed)
+    assert key.rsplit(".", 1)[-1] not in listed
+
+
+def test_a_settings_typo_names_the_allowed_settings(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path / "serve.yaml", "http_prot: 9000\n"))
+    assert "http_prot: unknown key (typo?); allowed here: " in info.value.message
+    assert "http_port" in info.value.message.split("allowed here: ")[1].split(", ")
 
 
 def test_platform_aliases() -> None:

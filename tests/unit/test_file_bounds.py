@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from serving.auth import read_keys
-from serving.config import load_model_config
+from serving.config.model import load_model_config
 from serving.control.store import LifecycleStore
 from serving.errors import ConfigError, FileReadError
 from serving.files import MAX_CONFIG_BYTES

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serving.config import NO_FILE_CHECKS
+from serving.config.server import NO_FILE_CHECKS
 from serving.deploy.app import REPLICA_ENV, parse_app_args
 
 ROOT = Path(__file__).parents[2]

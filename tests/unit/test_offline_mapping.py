@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from serving.config import BatchConfig, ColumnSource
+from serving.config.model import BatchConfig, ColumnSource
 from serving.errors import InvalidInputError
 from serving.offline.mapping import extract_inputs, parse_mapping, plan_columns, tensor_column
 from serving.types import TensorSpec

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.config import ModelConfig
+from serving.config.model import ModelConfig
 from serving.errors import ModelNotFoundError, ModelNotReadyError
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, ModelVersion, VersionState

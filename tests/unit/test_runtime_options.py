@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.config import ModelConfig, OnnxOptions, TorchOptions
+from serving.config.model import ModelConfig, OnnxOptions, TorchOptions
 from serving.registry import ModelRegistry
 from serving.repository import scan_repository
 from serving.runtime.onnx import OnnxModel, choose_providers

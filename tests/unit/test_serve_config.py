@@ -8,7 +8,7 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from serving.config import NO_FILE_CHECKS, ReplicasConfig, ServerSettings
+from serving.config.server import NO_FILE_CHECKS, ReplicasConfig, ServerSettings
 from serving.deploy.app import REPLICA_ENV, AppArgs, build_app, deployment_options, parse_app_args
 from serving.deploy.server import failure_reason, preload_modules
 from serving.errors import ConfigError
@@ -80,7 +80,7 @@ def test_local_ray_workers_preload_the_replica_and_only_the_frameworks_in_use(tm
 
 
 def test_grpc_limits_reach_the_server_options() -> None:
-    from serving.config import ServerSettings
+    from serving.config.server import ServerSettings
     from serving.protocol.servers import grpc_server_options
 
     options = dict(grpc_server_options(1 << 20, 7))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.config import ModelConfig
+from serving.config.model import ModelConfig
 from serving.errors import ModelNotReadyError
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelVersion, VersionState

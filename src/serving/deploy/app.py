@@ -23,7 +23,8 @@ from ray import serve
 from ray.serve import Application
 
 from serving.auth import Authenticator
-from serving.config import ReplicasConfig, ServerConfig, format_validation_error
+from serving.config.server import ReplicasConfig, ServerConfig
+from serving.config.strict import format_validation_error
 from serving.deploy.autoscaling import IN_FLIGHT, QUEUED
 from serving.deploy.live_stats import LiveStatsPublisher
 from serving.deploy.ray_metrics import RayMetrics
@@ -62,7 +63,7 @@ class AppArgs(ServerConfig):
 
 
 def parse_app_args(args: dict[str, Any], context: dict[str, Any] | None = None) -> AppArgs:
-    """Validate :func:`build_app`'s arguments (``context``: ``config.NO_FILE_CHECKS`` for a config
+    """Validate :func:`build_app`'s arguments (``context``: ``config.server.NO_FILE_CHECKS`` for a config
     written for other machines).
 
     Raises:
@@ -71,7 +72,7 @@ def parse_app_args(args: dict[str, Any], context: dict[str, Any] | None = None) 
     try:
         return AppArgs.model_validate(args, context=context)
     except ValidationError as exc:
-        raise ConfigError(f"serving application arguments: {format_validation_error(exc)}") from exc
+        raise ConfigError(f"serving application arguments: {format_validation_error(exc, AppArgs)}") from exc
 
 
 # Serve's access log would log nothing (no request passes through Serve), so it is off.

@@ -11,7 +11,7 @@ import time
 import ray
 from ray import serve
 
-from serving.config import ServerSettings
+from serving.config.server import ServerSettings
 from serving.deploy.app import APP_NAME, REPLICA_ENV, build_app
 from serving.errors import ConfigError, StartupError
 from serving.ray_start import init_ray

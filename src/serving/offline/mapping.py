@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from serving import codecs
 from serving.codecs import numpy_dtype
-from serving.config import BatchConfig, ColumnSource
+from serving.config.model import BatchConfig, ColumnSource
 from serving.errors import InvalidInputError
 from serving.types import TensorSpec
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from serving.config import BatchConfig, ColumnSource
+from serving.config.model import BatchConfig, ColumnSource
 from serving.errors import InvalidInputError
 from serving.offline.inputs import InputSet, resolve_inputs
 from serving.offline.mapping import ColumnPlan, plan_columns

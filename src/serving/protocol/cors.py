@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from serving.config import CorsConfig
+from serving.config.server import CorsConfig
 
 EXPOSE = b"inference-header-content-length, x-request-id, retry-after"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from serving import web
 from serving.auth import Authenticator, Principal
-from serving.config import MAX_REQUEST_BYTES, CorsConfig
+from serving.config.server import MAX_REQUEST_BYTES, CorsConfig
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, PayloadTooLargeError, ServingError
 from serving.protocol import admin_json, openapi, rest_v2, triton
 from serving.protocol.cors import CorsPolicy

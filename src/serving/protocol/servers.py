@@ -25,7 +25,7 @@ import grpc
 import uvicorn
 
 from serving.auth import Authenticator
-from serving.config import CorsConfig, TlsConfig
+from serving.config.server import CorsConfig, TlsConfig
 from serving.protocol.bounded_http import BoundedHttpToolsProtocol
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import MAX_HEADER_BYTES, HttpApp, LiveSource

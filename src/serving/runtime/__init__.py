@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serving.config import ModelConfig, Platform
+from serving.config.model import ModelConfig, Platform
 from serving.runtime.base import Arrays, Model
 
 __all__ = ["RUNTIME_MODULES", "Arrays", "Model", "create_model"]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from serving.config import OnnxOptions
+from serving.config.model import OnnxOptions
 from serving.errors import InvalidInputError, ModelExecutionError, ModelNotReadyError
 from serving.runtime.base import Arrays
 from serving.types import TensorSpec

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.config import TorchOptions
+from serving.config.model import TorchOptions
 from serving.errors import ModelExecutionError, ModelNotReadyError
 from serving.runtime.base import Arrays
 from serving.types import TensorSpec
