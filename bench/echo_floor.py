@@ -18,7 +18,7 @@ from serving.protocol.grpc_v2 import SERVICE_NAME as SERVICE
 from serving.protocol.grpc_v2 import from_core
 from serving.protocol.servers import grpc_server_options
 from serving.protocol.triton import config_json
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
 
 

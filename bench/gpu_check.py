@@ -29,7 +29,7 @@ import torch
 from serving.config.model import TorchOptions
 from serving.demo import build_demo_repository, digits_data
 from serving.runtime.torchscript import TorchScriptModel
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
 
 warnings.simplefilter("ignore", DeprecationWarning)

@@ -31,7 +31,7 @@ import yaml
 
 from serving.control.tools import profile_version
 from serving.demo import build_demo_dataset, build_digits
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
 
 

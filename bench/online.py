@@ -62,7 +62,7 @@ def in_process_service(repo: Path, model: str, features: int, concurrency: int, 
 
     from serving.protocol import grpc_v2
     from serving.protocol._pb import inference_pb2 as pb
-    from serving.service import LocalInferenceService
+    from serving.service.local import LocalInferenceService
 
     class Context:
         def set_code(self, code: object) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from serving import codecs
 from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import build_http_app
-from serving.service import InferenceService
+from serving.service.api import InferenceService
 
 MAX_REQUEST_BYTES = 1 << 20
 """The body limit the adapter tests configure."""

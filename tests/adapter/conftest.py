@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from serving.protocol._pb import inference_pb2_grpc
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 
 from adapter_support import http_client_for, start_grpc
 from models import build_test_repository

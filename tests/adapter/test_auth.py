@@ -18,7 +18,7 @@ from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb import inference_pb2_grpc
 from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import build_http_app
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 

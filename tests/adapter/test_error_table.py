@@ -10,7 +10,7 @@ from serving.errors import ErrorKind, ServingError
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
 from serving.protocol.status import STATUS
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, InferenceResponse
 
 from adapter_support import http_client_for, start_grpc

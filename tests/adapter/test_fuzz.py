@@ -23,7 +23,7 @@ from serving.config.server import MAX_REQUEST_BYTES
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import build_http_app
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 
 from models import add_model, identity_model
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving import codecs
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 
 from adapter_support import identity_values, start_grpc
 from models import IDENTITY_TYPES, spin_model
@@ -168,19 +168,19 @@ async def test_calls_cancelled_mid_flight_leave_nothing_in_flight(tmp_path: Path
             for _ in range(3):
                 calls = [stub.ModelInfer(request) for _ in range(200)]
                 for _ in range(500):  # until the server is working on them
-                    if service.load()[0] >= 10:
+                    if service.in_flight_and_queued()[0] >= 10:
                         break
                     await asyncio.sleep(0.002)
-                assert service.load()[0] >= 10
+                assert service.in_flight_and_queued()[0] >= 10
                 for call in calls:
                     call.cancel()
                 ends = await asyncio.gather(*(_code_of(c) for c in calls))
                 assert ends.count("cancelled") > 100
                 for _ in range(500):  # the server hears of each cancellation shortly after the client
-                    if service.load()[0] == 0:
+                    if service.in_flight_and_queued()[0] == 0:
                         break
                     await asyncio.sleep(0.01)
-                assert service.load() == (0, 0)
+                assert service.in_flight_and_queued() == (0, 0)
             answer = await stub.ModelInfer(request)  # and serves on
             assert answer.model_name == "spin"
     finally:

@@ -16,7 +16,7 @@ from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb import inference_pb2_grpc
 from serving.protocol.bounded_http import MAX_HEAD_BYTES
 from serving.protocol.servers import ReplicaServers, ServerAddresses
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 
 GOOD = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}).encode()
 

@@ -18,7 +18,7 @@ import pytest
 from serving.lifecycle.lineage import ArtifactRecord, Lineage, file_sha256, write_lineage
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb import inference_pb2_grpc
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.telemetry import metrics as m
 
 from adapter_support import http_client_for, start_grpc

@@ -10,7 +10,7 @@ import pytest
 from test_grpc import infer_req
 
 from serving.protocol._pb import inference_pb2_grpc
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.telemetry.metrics import (
     BATCH_SIZE,
     COMPUTE_SECONDS,

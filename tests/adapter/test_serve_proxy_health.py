@@ -14,7 +14,7 @@ import pytest
 
 from serving.errors import ServingError
 from serving.protocol.servers import ReplicaServers
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 
 from models import add_model
 

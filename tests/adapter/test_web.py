@@ -10,7 +10,7 @@ import pytest
 
 from serving.config.server import MAX_REQUEST_BYTES, CorsConfig
 from serving.protocol.http import build_http_app
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.telemetry.metrics import AggregatedMetrics
 
 ALLOWED = "https://app.example.com"

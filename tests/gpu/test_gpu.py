@@ -66,7 +66,7 @@ def test_onnx_on_cuda_matches_cpu(repo: Path) -> None:
 
 
 def test_concurrent_requests_are_batched_on_the_gpu(repo: Path) -> None:
-    from serving.service import LocalInferenceService
+    from serving.service.local import LocalInferenceService
     from serving.types import InferenceRequest, Tensor
 
     x, _ = digits_data()

@@ -14,7 +14,7 @@ import yaml
 
 from serving.errors import ModelNotReadyError
 from serving.registry import VersionState
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
 
 from models import add_model, slow_model, spin_model

@@ -19,7 +19,7 @@ from serving.errors import GateError
 from serving.lifecycle.lineage import read_lineage
 from serving.offline import job
 from serving.offline.plan import ScoreJob
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 
 W = np.array([[1.0], [2.0], [-1.0], [0.5]], np.float32)
 

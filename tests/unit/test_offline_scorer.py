@@ -187,7 +187,7 @@ def test_online_and_offline_answer_with_the_declared_output_dtypes(tmp_path: Pat
     """model.yaml declares FP64 for a model that computes FP32: both paths give float64."""
     import asyncio
 
-    from serving.service import LocalInferenceService
+    from serving.service.local import LocalInferenceService
     from serving.types import InferenceRequest, Tensor
 
     add_model(tmp_path, "wide", versions=(1,), outputs=[{"name": "y", "datatype": "FP64", "shape": [4]}])

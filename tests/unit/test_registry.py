@@ -11,7 +11,7 @@ from serving.errors import ModelNotFoundError, ModelNotReadyError
 from serving.loaded_model import LoadedModel
 from serving.registry import ModelRegistry, ModelVersion, VersionState
 from serving.repository import scan_repository
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.types import TensorSpec
 
 from models import add_model

@@ -106,7 +106,7 @@ def test_metadata_reports_the_device_and_warmup_sizes_are_configurable(demo: Pat
     import yaml
 
     from serving.protocol.triton import config_json
-    from serving.service import LocalInferenceService
+    from serving.service.local import LocalInferenceService
 
     root = tmp_path / "repo"
     shutil.copytree(demo, root)

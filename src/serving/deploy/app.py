@@ -31,7 +31,7 @@ from serving.deploy.ray_metrics import RayMetrics
 from serving.errors import ConfigError
 from serving.protocol.servers import ReplicaServers, describe
 from serving.repository import ModelEntry, scan_repository
-from serving.service import LocalInferenceService
+from serving.service.local import LocalInferenceService
 from serving.telemetry import logs, tracing
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class InferenceReplica:
         await self.servers.probe()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        in_flight, queued = self.service.load()
+        in_flight, queued = self.service.in_flight_and_queued()
         return {IN_FLIGHT: float(in_flight), QUEUED: float(queued)}
 
     async def __del__(self) -> None:

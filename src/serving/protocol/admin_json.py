@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 from serving.control.admin import ModelAdmin
 from serving.errors import InvalidInputError, UnsupportedDatatypeError
 from serving.protocol.rest_v2 import json_object
-from serving.service import InferenceService
+from serving.service.api import InferenceService
 
 ACTIONS = ("promote", "rollback", "traffic", "shadow")
 FIELDS = {

@@ -27,7 +27,7 @@ from serving.protocol import admin_json
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.status import REFUSAL_PACE_S, grpc_code
 from serving.protocol.triton import config_json, stats_json
-from serving.service import InferenceService
+from serving.service.api import InferenceService
 from serving.telemetry.requests import client_request_id
 from serving.types import InferenceRequest, InferenceResponse, Parameters, RequestedOutput, Tensor
 

@@ -25,7 +25,7 @@ from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, Pay
 from serving.protocol import admin_json, openapi, rest_v2, triton
 from serving.protocol.cors import CorsPolicy
 from serving.protocol.status import REFUSAL_PACE_S, RETRY_AFTER_S, grpc_code, http_status
-from serving.service import InferenceService
+from serving.service.api import InferenceService
 from serving.telemetry import live
 from serving.telemetry.requests import client_request_id
 

@@ -29,7 +29,7 @@ from serving.config.server import CorsConfig, TlsConfig
 from serving.protocol.bounded_http import BoundedHttpToolsProtocol
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import MAX_HEADER_BYTES, HttpApp, LiveSource
-from serving.service import InferenceService
+from serving.service.api import InferenceService
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,39 @@
+""":class:`InferenceService`: what the HTTP and gRPC adapters need, the Triton extensions included."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from serving.control.admin import ModelAdmin
+from serving.telemetry.requests import RequestTracker
+from serving.types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelDescription,
+    ModelMetadata,
+    ModelStats,
+    ModelVersionState,
+)
+
+
+class InferenceService(Protocol):
+    """What the HTTP and gRPC adapters need; the Triton extensions included."""
+
+    server_name: str
+    admin: ModelAdmin | None
+
+    def live(self) -> bool: ...
+    def ready(self) -> bool: ...
+    def server_metadata(self) -> dict[str, Any]: ...
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata: ...
+    def model_ready(self, name: str, version: str = "") -> bool: ...
+    def model_config(self, name: str, version: str = "") -> ModelDescription: ...
+    def statistics(self, name: str = "", version: str = "") -> list[ModelStats]: ...
+    def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]: ...
+    def live_snapshot(self) -> dict[str, Any]: ...
+    def admit(self, name: str, version: str = "") -> None: ...
+    async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+    def track(
+        self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
+    ) -> RequestTracker: ...
