@@ -246,3 +246,52 @@ class Authenticator:
         if record is None or not secret or not record.matches(secret):
             raise UnauthenticatedError("unknown API key")
         return Principal(record.name, record.models, record.admin)
+
+
+@dataclass(slots=True)
+class AccessPolicy:
+    """Who may call what, the one check both transports make (they pass the ``authorization``
+    header or metadata value; ``anonymous`` names the caller when keys are off).
+
+    Without keys (``auth`` None) everything is open. With keys: inference, metadata and
+    statistics need a key allowed the model (server-wide listings: every model); operator
+    commands need an admin key; health is open unless ``protect_health``, and then takes any
+    valid key or this replica's own ``probe_token``.
+    """
+
+    auth: Authenticator | None = None
+    protect_health: bool = False
+    probe_token: str | None = None
+
+    def check(self, authorization: str | None, *, model: str = "", all_models: str = "") -> Principal | None:
+        """The caller's principal (None with keys off), allowed ``model`` or, naming ``all_models``,
+        every model.
+
+        Raises:
+            UnauthenticatedError, PermissionDeniedError.
+        """
+        if self.auth is None:
+            return None
+        principal = self.auth.authenticate(authorization)
+        if model:
+            principal.check_model(model)
+        if all_models:
+            principal.check_all_models(all_models)
+        return principal
+
+    def check_health(self, authorization: str | None) -> None:
+        """Raises UnauthenticatedError when health is protected and neither a key nor the probe token came."""
+        if self.protect_health and self.auth is not None:
+            self.auth.check_health(authorization, self.probe_token)
+
+    def check_admin(self, authorization: str | None, what: str, anonymous: str) -> str:
+        """Who is asking, for the audit log: the admin key's name, or ``anonymous`` with keys off.
+
+        Raises:
+            UnauthenticatedError, PermissionDeniedError: not an admin key.
+        """
+        principal = self.check(authorization)
+        if principal is None:
+            return anonymous
+        principal.check_admin(what)
+        return principal.name

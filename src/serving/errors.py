@@ -10,7 +10,8 @@ one place, ``serving.protocol.status``. Nothing here knows about HTTP or gRPC.
     ├── ModelNotReadyError (UNAVAILABLE)
     ├── QueueFullError (OVERLOADED)
     ├── DeadlineExceededError (DEADLINE_EXCEEDED)
-    ├── UnsupportedDatatypeError (UNIMPLEMENTED)
+    ├── UnsupportedError (UNIMPLEMENTED)  a feature or extension this server does not implement
+    │   └── UnsupportedDatatypeError     a datatype it does not implement (BF16)
     ├── UnauthenticatedError (UNAUTHENTICATED)     no API key, or an unknown one
     ├── PermissionDeniedError (PERMISSION_DENIED)  a key used outside what it may do
     ├── ConflictError (CONFLICT)    an operator change the current state forbids
@@ -96,10 +97,14 @@ class DeadlineExceededError(ServingError):
     kind = ErrorKind.DEADLINE_EXCEEDED
 
 
-class UnsupportedDatatypeError(ServingError):
-    """A datatype or feature this server does not implement."""
+class UnsupportedError(ServingError):
+    """A feature, extension or operation this server does not implement."""
 
     kind = ErrorKind.UNIMPLEMENTED
+
+
+class UnsupportedDatatypeError(UnsupportedError):
+    """A datatype this server does not implement."""
 
 
 class UnauthenticatedError(ServingError):

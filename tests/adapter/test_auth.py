@@ -39,9 +39,9 @@ async def secured(
     service: LocalInferenceService, keys: tuple[Path, dict[str, str]]
 ) -> AsyncIterator[tuple[httpx.AsyncClient, inference_pb2_grpc.GRPCInferenceServiceStub]]:
     authenticator = auth.Authenticator(keys[0])
-    app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator)
+    app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator, admin=service.admin)
     server = grpc.aio.server()
-    adapter = GrpcAdapter(service, authenticator)
+    adapter = GrpcAdapter(service, authenticator, admin=service.admin)
     add_inference_service(adapter, server)
     add_health_service(adapter, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -160,7 +160,7 @@ async def test_health_can_require_a_key_and_the_replicas_own_probe_token_passes(
     service: LocalInferenceService, keys: tuple[Path, dict[str, str]]
 ) -> None:
     authenticator = auth.Authenticator(keys[0])
-    app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator)
+    app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator, admin=service.admin)
     app.protect_health, app.probe_token = True, "probe-secret"
     server = grpc.aio.server()
     adapter = GrpcAdapter(service, authenticator, protect_health=True, probe_token="probe-secret")

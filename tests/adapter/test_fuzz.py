@@ -142,13 +142,13 @@ class Harness:
     def __init__(self, repository: Path) -> None:
         self.loop = asyncio.new_event_loop()
         self.service = LocalInferenceService.from_repository(repository)
-        self.app = build_http_app(self.service, max_request_bytes=MAX_REQUEST_BYTES)
+        self.app = build_http_app(self.service, max_request_bytes=MAX_REQUEST_BYTES, admin=self.service.admin)
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://fuzz")
         self.server, self.channel = self.run(self._start_grpc())
 
     async def _start_grpc(self) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
         server = grpc.aio.server()
-        adapter = GrpcAdapter(self.service)
+        adapter = GrpcAdapter(self.service, admin=self.service.admin)
         add_inference_service(adapter, server)
         add_health_service(adapter, server)
         port = server.add_insecure_port("127.0.0.1:0")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from serving.control.reconcile import LoadReport, Reconciler
 from serving.control.store import LifecycleStore
@@ -20,7 +20,26 @@ from serving.registry import ModelRegistry, VersionState
 from serving.repository import load_model_entry
 
 
+class OperatorCommands(Protocol):
+    """The operator's port, what the adapters' ``/v2/admin/...`` routes and Triton's repository
+    load/unload call (``who``: the caller, for the audit log). Apart from the data plane: a
+    server built without one answers those routes UNIMPLEMENTED."""
+
+    def overview(self) -> list[dict[str, Any]]: ...
+    async def promote(self, name: str, version: int, alias: str, who: str, force: bool = False) -> dict[str, Any]: ...
+    async def rollback(self, name: str, alias: str, who: str) -> dict[str, Any]: ...
+    async def traffic(
+        self, name: str, weights: Mapping[int, int], sticky_header: str | None, who: str
+    ) -> dict[str, Any]: ...
+    async def shadow(self, name: str, version: int | None, who: str) -> dict[str, Any]: ...
+    async def load(self, name: str, version: int | None, who: str) -> LoadReport: ...
+    async def unload(self, name: str, version: int | None, who: str) -> LoadReport: ...
+    async def audit(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+
 class ModelAdmin:
+    """:class:`OperatorCommands` over this process's registry, the shared store and the reconciler."""
+
     def __init__(self, registry: ModelRegistry, store: LifecycleStore, reconciler: Reconciler) -> None:
         self.registry = registry
         self.store = store

@@ -109,6 +109,7 @@ class InferenceReplica:
             tls=parsed.tls,
             grpc_max_concurrent_streams=parsed.grpc_max_concurrent_streams,
             protect_health=parsed.protect_health,
+            admin=self.service.admin,
         )
         self._live = LiveStatsPublisher(
             parsed.server_name, serve.get_replica_context().replica_id.unique_id, self.service.live_snapshot

@@ -1,5 +1,5 @@
 """The JSON bodies of the operator endpoints (``/v2/admin/...`` and Triton's repository
-load/unload), checked here once and turned into ``ModelAdmin`` calls; the gRPC load/unload
+load/unload), checked here once and turned into :class:`~serving.control.admin.OperatorCommands` calls; the gRPC load/unload
 parameters are read with the same rules."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ import dataclasses
 from typing import Any
 from urllib.parse import parse_qs
 
-from serving.control.admin import ModelAdmin
-from serving.errors import InvalidInputError, UnsupportedDatatypeError
+from serving.control.admin import OperatorCommands
+from serving.errors import InvalidInputError, UnsupportedError
 from serving.protocol.rest_v2 import json_object
-from serving.service.api import InferenceService
 
 ACTIONS = ("promote", "rollback", "traffic", "shadow")
 FIELDS = {
@@ -22,10 +21,11 @@ FIELDS = {
 }
 
 
-def admin(service: InferenceService) -> ModelAdmin:
-    if service.admin is None:
-        raise UnsupportedDatatypeError("this server does not manage its model repository (no model control)")
-    return service.admin
+def commands(admin: OperatorCommands | None) -> OperatorCommands:
+    """Raises UnsupportedError on a server built without operator commands."""
+    if admin is None:
+        raise UnsupportedError("this server does not manage its model repository (no model control)")
+    return admin
 
 
 def _object(body: bytes) -> dict[str, Any]:
@@ -55,19 +55,21 @@ def load_parameters(params: dict[str, Any]) -> int | None:
 
 
 async def repository_action(
-    service: InferenceService, action: str, model: str, body: bytes, who: str
+    admin: OperatorCommands | None, action: str, model: str, body: bytes, who: str
 ) -> dict[str, Any]:
     doc = _object(body)
     params = doc.get("parameters", {})
     if not isinstance(params, dict):
         raise InvalidInputError("'parameters' must be a JSON object")
     version = load_parameters(params)
-    ops = admin(service)
+    ops = commands(admin)
     report = await (ops.load if action == "load" else ops.unload)(model, version, who)
     return dataclasses.asdict(report)
 
 
-async def routing_action(service: InferenceService, action: str, model: str, body: bytes, who: str) -> dict[str, Any]:
+async def routing_action(
+    admin: OperatorCommands | None, action: str, model: str, body: bytes, who: str
+) -> dict[str, Any]:
     doc = _object(body)
     required, optional = FIELDS[action]
     missing = sorted(required - set(doc))
@@ -79,7 +81,7 @@ async def routing_action(service: InferenceService, action: str, model: str, bod
             + (f"; missing {missing}" if missing else "")
             + (f"; unknown {unknown}" if unknown else "")
         )
-    ops = admin(service)
+    ops = commands(admin)
     if action == "promote":
         force = doc.get("force", False)
         if not isinstance(force, bool):

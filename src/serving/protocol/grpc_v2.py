@@ -21,7 +21,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from serving import codecs
-from serving.auth import Authenticator
+from serving.auth import AccessPolicy, Authenticator
+from serving.control.admin import OperatorCommands
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, ServingError
 from serving.protocol import admin_json
 from serving.protocol._pb import inference_pb2 as pb
@@ -234,28 +235,18 @@ class GrpcAdapter:
         auth: Authenticator | None = None,
         protect_health: bool = False,
         probe_token: str | None = None,
+        admin: OperatorCommands | None = None,
     ) -> None:
         self.service = service
-        self.auth = auth
-        self.protect_health = protect_health
-        self.probe_token = probe_token
+        self.admin = admin
+        """Operator commands (RepositoryModelLoad/Unload); None answers them UNIMPLEMENTED."""
+        self.access = AccessPolicy(auth, protect_health, probe_token)
 
     def _check_health(self, context: Any) -> None:
-        """Health is open unless ``protect_health``: then any valid key, or this replica's own
-        probe token."""
-        if self.protect_health and self.auth is not None:
-            self.auth.check_health(_metadata(context).get("authorization"), self.probe_token)
+        self.access.check_health(_metadata(context).get("authorization"))
 
     def _check(self, context: Any, *, model: str = "", all_models: str = "") -> None:
-        """With API keys on: metadata ``authorization: Bearer <key>`` valid, and allowed this
-        model or every model (health RPCs stay open)."""
-        if self.auth is None:
-            return
-        principal = self.auth.authenticate(_metadata(context).get("authorization"))
-        if model:
-            principal.check_model(model)
-        if all_models:
-            principal.check_all_models(all_models)
+        self.access.check(_metadata(context).get("authorization"), model=model, all_models=all_models)
 
     async def _call(
         self,
@@ -403,18 +394,13 @@ class GrpcAdapter:
         return await self._call(request, context, pb.RepositoryIndexResponse(), run)
 
     def _admin(self, context: Any, what: str) -> str:
-        """With API keys on, an admin key; who is asking (for the audit log)."""
-        if self.auth is None:
-            return f"anonymous@{context.peer()}"
-        principal = self.auth.authenticate(_metadata(context).get("authorization"))
-        principal.check_admin(what)
-        return principal.name
+        return self.access.check_admin(_metadata(context).get("authorization"), what, f"anonymous@{context.peer()}")
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
         async def run(r: pb.RepositoryModelLoadRequest) -> pb.RepositoryModelLoadResponse:
             who = self._admin(context, "loading a model")
             version = admin_json.load_parameters(_repository_parameters(r.parameters))
-            await admin_json.admin(self.service).load(r.model_name, version, who)
+            await admin_json.commands(self.admin).load(r.model_name, version, who)
             return pb.RepositoryModelLoadResponse()
 
         return await self._call(request, context, pb.RepositoryModelLoadResponse(), run)
@@ -423,7 +409,7 @@ class GrpcAdapter:
         async def run(r: pb.RepositoryModelUnloadRequest) -> pb.RepositoryModelUnloadResponse:
             who = self._admin(context, "unloading a model")
             version = admin_json.load_parameters(_repository_parameters(r.parameters))
-            await admin_json.admin(self.service).unload(r.model_name, version, who)
+            await admin_json.commands(self.admin).unload(r.model_name, version, who)
             return pb.RepositoryModelUnloadResponse()
 
         return await self._call(request, context, pb.RepositoryModelUnloadResponse(), run)

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from serving import web
-from serving.auth import Authenticator, Principal
+from serving.auth import AccessPolicy, Authenticator
 from serving.config.server import MAX_REQUEST_BYTES, CorsConfig
+from serving.control.admin import OperatorCommands
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, PayloadTooLargeError, ServingError
 from serving.protocol import admin_json, openapi, rest_v2, triton
 from serving.protocol.cors import CorsPolicy
@@ -138,11 +139,12 @@ class HttpApp:
         auth: Authenticator | None = None,
         protect_health: bool = False,
         probe_token: str | None = None,
+        admin: OperatorCommands | None = None,
     ) -> None:
         self.service = service
-        self.auth = auth
-        self.protect_health = protect_health
-        self.probe_token = probe_token
+        self.admin = admin
+        """Operator commands (``/v2/admin/...``, repository load/unload); None answers them 501."""
+        self.access = AccessPolicy(auth, protect_health, probe_token)
         self.max_request_bytes = max_request_bytes
         self.cors = CorsPolicy(cors) if cors is not None and cors.enabled else None
         self.live = live
@@ -307,37 +309,36 @@ class HttpApp:
             _expect(method, "POST")
             who = self._admin(headers, scope, f"{rest[3]}ing a model")
             body = await self._read_body(receive, headers)
-            return _json(await admin_json.repository_action(self.service, rest[3], rest[2], body, who))
+            return _json(await admin_json.repository_action(self.admin, rest[3], rest[2], body, who))
         elif rest and rest[0] == "admin":
             return await self._admin_route(rest[1:], method, scope, receive, headers)
         raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
 
-    def _check(self, headers: Headers, *, model: str = "", all_models: str = "") -> Principal | None:
-        """With API keys on: a valid key, allowed this model or every model (health, the page's
-        static files and the OpenAPI document stay open)."""
-        if self.auth is None:
-            return None
-        principal = self.auth.authenticate(headers.authorization)
-        if model:
-            principal.check_model(model)
-        if all_models:
-            principal.check_all_models(all_models)
-        return principal
+    @property
+    def protect_health(self) -> bool:
+        return self.access.protect_health
+
+    @protect_health.setter
+    def protect_health(self, value: bool) -> None:
+        self.access.protect_health = value
+
+    @property
+    def probe_token(self) -> str | None:
+        return self.access.probe_token
+
+    @probe_token.setter
+    def probe_token(self, value: str | None) -> None:
+        self.access.probe_token = value
+
+    def _check(self, headers: Headers, *, model: str = "", all_models: str = "") -> None:
+        self.access.check(headers.authorization, model=model, all_models=all_models)
 
     def _check_health(self, headers: Headers) -> None:
-        """Health is open unless ``protect_health``: then any valid key, or this replica's own
-        probe token (the private probe ports)."""
-        if self.protect_health and self.auth is not None:
-            self.auth.check_health(headers.authorization, self.probe_token)
+        self.access.check_health(headers.authorization)
 
     def _admin(self, headers: Headers, scope: Scope, what: str) -> str:
-        """With API keys on, an admin key; who is asking (for the audit log)."""
-        principal = self._check(headers)
-        if principal is None:
-            client = scope.get("client")
-            return f"anonymous@{client[0]}" if client else "anonymous"
-        principal.check_admin(what)
-        return principal.name
+        client = scope.get("client")
+        return self.access.check_admin(headers.authorization, what, f"anonymous@{client[0]}" if client else "anonymous")
 
     async def _admin_route(
         self, rest: list[str], method: str, scope: Scope, receive: Receive, headers: Headers
@@ -346,17 +347,17 @@ class HttpApp:
         if rest == ["models"]:
             _expect(method, "GET")
             self._admin(headers, scope, "reading the model lifecycle state")
-            return _json({"models": admin_json.admin(self.service).overview()})
+            return _json({"models": admin_json.commands(self.admin).overview()})
         if rest == ["audit"]:
             _expect(method, "GET")
             self._admin(headers, scope, "reading the audit log")
             limit = admin_json.query_int(scope.get("query_string", b""), "limit", 100)
-            return _json({"entries": await admin_json.admin(self.service).audit(limit)})
+            return _json({"entries": await admin_json.commands(self.admin).audit(limit)})
         if len(rest) == 3 and rest[0] == "models" and rest[2] in admin_json.ACTIONS:
             _expect(method, "POST")
             who = self._admin(headers, scope, f"{rest[2]} on a model")
             body = await self._read_body(receive, headers)
-            return _json(await admin_json.routing_action(self.service, rest[2], rest[1], body, who))
+            return _json(await admin_json.routing_action(self.admin, rest[2], rest[1], body, who))
         raise ModelNotFoundError(f"no route {scope['path'][:200]!r}")
 
     async def _ui(self, rest: list[str], path: str) -> Answer:
@@ -486,6 +487,7 @@ def build_http_app(
     cors: CorsConfig | None = None,
     live: LiveSource | None = None,
     auth: Authenticator | None = None,
+    admin: OperatorCommands | None = None,
 ) -> HttpApp:
-    """The REST front end of ``service``."""
-    return HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live, auth=auth)
+    """The REST front end of ``service`` (and of ``admin``'s operator commands)."""
+    return HttpApp(service, max_request_bytes=max_request_bytes, cors=cors, live=live, auth=auth, admin=admin)

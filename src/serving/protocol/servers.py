@@ -26,6 +26,7 @@ import uvicorn
 
 from serving.auth import Authenticator
 from serving.config.server import CorsConfig, TlsConfig
+from serving.control.admin import OperatorCommands
 from serving.protocol.bounded_http import BoundedHttpToolsProtocol
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
 from serving.protocol.http import MAX_HEADER_BYTES, HttpApp, LiveSource
@@ -141,6 +142,7 @@ class ReplicaServers:
         tls: TlsConfig | None = None,
         grpc_max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS,
         protect_health: bool = False,
+        admin: OperatorCommands | None = None,
     ) -> None:
         self.service = service
         # Health with keys on: this replica's probes show a random token only it knows.
@@ -158,9 +160,10 @@ class ReplicaServers:
             auth=auth,
             protect_health=protect_health,
             probe_token=self._probe_token,
+            admin=admin,
         )
         self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes, grpc_max_concurrent_streams))
-        adapter = GrpcAdapter(service, auth, protect_health, self._probe_token)
+        adapter = GrpcAdapter(service, auth, protect_health, self._probe_token, admin)
         add_inference_service(adapter, self._grpc)
         add_health_service(adapter, self._grpc)
         self._uvicorn: _Uvicorn | None = None

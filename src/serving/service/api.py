@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from serving.control.admin import ModelAdmin
 from serving.telemetry.requests import RequestTracker
 from serving.types import (
     InferenceRequest,
@@ -21,7 +20,6 @@ class InferenceService(Protocol):
     """What the HTTP and gRPC adapters need; the Triton extensions included."""
 
     server_name: str
-    admin: ModelAdmin | None
 
     def live(self) -> bool: ...
     def ready(self) -> bool: ...
