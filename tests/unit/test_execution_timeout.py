@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from serving.errors import ModelNotReadyError
-from serving.registry import VersionState
+from serving.registry.lane import VersionState
 from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
 

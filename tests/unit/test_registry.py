@@ -9,7 +9,8 @@ import pytest
 from serving.config.model import ModelConfig
 from serving.errors import ModelNotFoundError, ModelNotReadyError
 from serving.loaded_model import LoadedModel
-from serving.registry import ModelRegistry, ModelVersion, VersionState
+from serving.registry.lane import ModelVersion, VersionState
+from serving.registry.versions import ModelRegistry
 from serving.repository import scan_repository
 from serving.service.local import LocalInferenceService
 from serving.types import TensorSpec

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from serving.config.model import ModelConfig, OnnxOptions, TorchOptions
-from serving.registry import ModelRegistry
+from serving.registry.versions import ModelRegistry
 from serving.repository import scan_repository
 from serving.runtime.onnx import OnnxModel, choose_providers
 from serving.runtime.torchscript import TorchScriptModel

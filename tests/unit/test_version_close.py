@@ -13,7 +13,7 @@ import pytest
 from serving.config.model import ModelConfig
 from serving.errors import ModelNotReadyError
 from serving.loaded_model import LoadedModel
-from serving.registry import ModelVersion, VersionState
+from serving.registry.lane import ModelVersion, VersionState
 from serving.types import TensorSpec
 
 Arrays = dict[str, np.ndarray[Any, Any]]

@@ -16,7 +16,8 @@ from serving.lifecycle import routing as r
 from serving.lifecycle.gates import check_gates
 from serving.lifecycle.lineage import Lineage, read_lineage
 from serving.lifecycle.routing import ModelRouting
-from serving.registry import ModelRegistry, VersionState
+from serving.registry.lane import VersionState
+from serving.registry.versions import ModelRegistry
 from serving.repository import load_model_entry
 
 

@@ -22,7 +22,8 @@ from serving.control.store import LifecycleState, LifecycleStore
 from serving.errors import ConfigError, ServingError
 from serving.lifecycle.lineage import LINEAGE_FILE
 from serving.lifecycle.routing import ModelRouting
-from serving.registry import ModelRegistry, ModelVersion, VersionState
+from serving.registry.lane import ModelVersion, VersionState
+from serving.registry.versions import ModelRegistry
 from serving.repository import ModelEntry, load_model_entry
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from serving.telemetry.metrics import (
 )
 
 if TYPE_CHECKING:
-    from serving.registry import ModelVersion
+    from serving.registry.lane import ModelVersion
 
 log = logging.getLogger(__name__)
 

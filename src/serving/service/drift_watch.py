@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from serving.registry import ModelRegistry, VersionState
+from serving.registry.lane import VersionState
+from serving.registry.versions import ModelRegistry
 from serving.telemetry.metrics import DRIFT_PSI, DRIFT_ROWS
 
 log = logging.getLogger(__name__)

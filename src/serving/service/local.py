@@ -17,7 +17,8 @@ from serving.control.reconcile import Reconciler, startup_stamps
 from serving.control.shadow import ShadowRunner
 from serving.control.store import LifecycleStore
 from serving.errors import ServingError
-from serving.registry import ModelRegistry, VersionState
+from serving.registry.lane import VersionState
+from serving.registry.versions import ModelRegistry
 from serving.repository import scan_repository
 from serving.service import metadata
 from serving.service.checks import check_inputs, check_outputs, request_deadline

@@ -9,7 +9,8 @@ from typing import Any
 from serving.errors import ModelNotReadyError
 from serving.lifecycle.lineage import Lineage
 from serving.loaded_model import LoadedModel
-from serving.registry import ModelRegistry, VersionState
+from serving.registry.lane import VersionState
+from serving.registry.versions import ModelRegistry
 from serving.types import ModelDescription, ModelMetadata, ModelStats, ModelVersionState, TensorSpec
 from serving.version import SERVER_VERSION
 

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from serving.errors import ModelNotFoundError
-from serving.registry import ModelRegistry, VersionState
+from serving.registry.lane import VersionState
+from serving.registry.versions import ModelRegistry
 from serving.telemetry.metrics import UNKNOWN, AggregatedMetrics
 from serving.telemetry.requests import InFlight, RequestTracker
 

@@ -1,0 +1,263 @@
+"""One served version's lane: its loaded model, state, batcher, worker thread and statistics;
+loading, draining and closing it without blocking the event loop. A version whose execution
+hangs is reloaded by :mod:`serving.registry.hang`."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.batching import DynamicBatcher
+from serving.config.model import ModelConfig
+from serving.lifecycle.drift import DriftMonitor
+from serving.lifecycle.lineage import Lineage, verify_artifact
+from serving.loaded_model import LoadedModel
+from serving.registry.hang import HangRecovery
+from serving.runtime import Model
+from serving.telemetry.metrics import (
+    BATCH_SIZE,
+    COMPUTE_SECONDS,
+    DEADLINE_DROPPED,
+    LOAD_SECONDS,
+    QUEUE_CAPACITY,
+    QUEUE_DEPTH,
+    QUEUE_SECONDS,
+    READY,
+    Metrics,
+    NullMetrics,
+)
+from serving.types import BatchStat, ModelStats
+
+log = logging.getLogger(__name__)
+
+
+WORKER_STOP_S = 5.0
+"""How long closing a version waits for its worker thread to finish what it runs."""
+
+
+def _nothing() -> None:
+    """Queued behind a worker's work: its completion says the thread is free."""
+
+
+class VersionState(str, enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ModelVersion:
+    """One served version: its loaded model plus the serving lane (state, batcher, statistics)."""
+
+    loaded: LoadedModel
+    state: VersionState = VersionState.LOADING
+    reason: str = ""
+    load_seconds: float = 0.0
+    batcher: DynamicBatcher | None = None
+    metrics: Metrics = field(default_factory=NullMetrics)
+    make_model: Callable[[], Model] | None = None
+    """A fresh instance of the artifact's runtime (reloading a version that hung)."""
+    directory: Path | None = None
+    """The version folder (its lineage.yaml is checked at load)."""
+    lineage: Lineage | None = None
+    drift: DriftMonitor | None = None
+    """Watches live inputs against the version's training profile (when it has one)."""
+    active: int = 0
+    """Requests submitted to this version and not answered yet (an unload waits for them)."""
+    retry: bool = False
+    """Its load failed in a way that may pass (a file that could not be read): the repository
+    watch tries again, backing off."""
+    stats: ModelStats = field(init=False)
+    labels: dict[str, str] = field(init=False)
+    _executor: ThreadPoolExecutor | None = None
+    _hang: HangRecovery = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = ModelStats(self.name, str(self.version))
+        self.labels = {"model": self.name, "version": str(self.version)}
+        self._hang = HangRecovery(self)
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def version(self) -> int:
+        return self.loaded.version
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.loaded.config
+
+    def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
+        s = self.stats
+        m = self.metrics
+        for q in queue_ns:
+            s.queue.add(q)
+            m.observe(QUEUE_SECONDS, self.labels, q / 1e9)
+        if self.batcher is not None:
+            m.set(QUEUE_DEPTH, self.labels, self.batcher.queue_depth)
+        if not ok:
+            return
+        m.observe(COMPUTE_SECONDS, self.labels, (input_ns + infer_ns + output_ns) / 1e9)
+        m.observe(BATCH_SIZE, self.labels, rows)
+        s.execution_count += 1
+        s.inference_count += rows
+        s.compute_input.add(input_ns, len(queue_ns))
+        s.compute_infer.add(infer_ns, len(queue_ns))
+        s.compute_output.add(output_ns, len(queue_ns))
+        b = s.batch_stats.get(rows)
+        if b is None:
+            b = s.batch_stats[rows] = BatchStat(rows)
+        b.compute_input.add(input_ns)
+        b.compute_infer.add(infer_ns)
+        b.compute_output.add(output_ns)
+
+    def on_deadline_dropped(self, queued_ns: int) -> None:
+        self.stats.deadline_dropped += 1
+        self.stats.queue.add(queued_ns)
+        self.metrics.inc(DEADLINE_DROPPED, self.labels)
+
+    def load(self) -> None:
+        """Check the artifact against its lineage, open the model and start its batcher (online serving).
+
+        Raises:
+            ConfigError: lineage that is invalid or does not match the artifact.
+            ModelNotReadyError: the artifact cannot be loaded.
+        """
+        start = time.monotonic()
+        self.open()
+        self.start(time.monotonic() - start)
+
+    def open(self) -> None:
+        """The slow part of :meth:`load` (hashing, loading, warm-up): may run on a worker thread."""
+        if self.directory is not None:
+            self.lineage = verify_artifact(self.directory, self.config.platform.artifact)
+        self.loaded.open()
+
+    def start(self, load_seconds: float) -> None:
+        """Start serving an opened model (on the event loop's thread)."""
+        profile = self.lineage.profile if self.lineage is not None else None
+        if profile is not None and self.config.drift.enabled:
+            self.drift = DriftMonitor(profile.input, profile.features, self.config.drift)
+        self._start_lane()
+        self.load_seconds = load_seconds
+        self.state = VersionState.READY
+        self.metrics.set(LOAD_SECONDS, self.labels, self.load_seconds)
+        self.metrics.set(QUEUE_CAPACITY, self.labels, self.config.dynamic_batching.max_queue_size)
+        self.metrics.set(QUEUE_DEPTH, self.labels, 0)
+        self.metrics.set(READY, self.labels, 1)
+
+    def _start_lane(self) -> None:
+        """A worker thread and a batcher for ``self.loaded``."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
+        batching = self.config.dynamic_batching
+        self.batcher = DynamicBatcher(
+            self.loaded.predict,
+            max_batch_size=self.loaded.max_batch_size,
+            max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
+            adaptive_delay=batching.adaptive,
+            max_queue_size=batching.max_queue_size,
+            executor=self._executor,
+            observer=self,
+            inline_below_s=self.config.instance.inline_below_ms / 1000.0,
+            trace_attributes={"serving.model": self.name, "serving.version": str(self.version)},
+            execution_timeout_s=self.config.instance.execution_timeout_s,
+            interrupt=self.loaded.interrupt,
+        )
+
+    def on_hung(self, seconds: float) -> None:
+        """A batch ran past ``execution_timeout_s`` (the batcher's observer call): the version is
+        unavailable until a fresh instance is loaded and warmed (:mod:`serving.registry.hang`)."""
+        self.state = VersionState.UNAVAILABLE
+        self.reason = f"an execution exceeded execution_timeout_s={seconds:g}; reloading"
+        self.metrics.set(READY, self.labels, 0)
+        log.error("model %s version %d hung (execution over %gs): reloading it", self.name, self.version, seconds)
+        self._hang.reload()
+
+    async def abandon_lane(self) -> None:
+        """Close the batcher (what it holds is answered) and leave the worker thread, stuck in the
+        model, to finish on its own: abandoned, not joined."""
+        old_batcher, old_executor = self.batcher, self._executor
+        if old_batcher is not None:
+            await old_batcher.close()
+        if old_executor is not None:
+            old_executor.shutdown(wait=False)
+
+    def serve(self, fresh: LoadedModel) -> None:
+        """Serve ``fresh``, an opened instance of this version, on a new worker thread and batcher."""
+        self.loaded = fresh
+        self._start_lane()
+        self.state, self.reason = VersionState.READY, ""
+        self.metrics.set(READY, self.labels, 1)
+
+    def submit_off_loop(self, work: Callable[[], None]) -> bool:
+        """Queue ``work`` on this version's worker thread (shadow copies: never on the event
+        loop); False when the version is not serving."""
+        if self._executor is None or self.state is not VersionState.READY:
+            return False
+        try:
+            self._executor.submit(self._while_serving, work)
+        except RuntimeError:  # shut down
+            return False
+        return True
+
+    def _while_serving(self, work: Callable[[], None]) -> None:
+        """Queued work runs only while the version serves: a close skips what is still queued."""
+        if self.state is VersionState.READY:
+            work()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until the requests already given to this version are answered (at most ``timeout_s``)."""
+        until = time.monotonic() + timeout_s
+        while self.active and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+
+    async def close(self, report: bool = True) -> None:
+        """Stop serving; ``report=False`` for an instance being replaced (a reload), whose
+        successor already reports the version's readiness."""
+        self._hang.cancel()
+        self.state = VersionState.UNAVAILABLE
+        self.reason = "unloaded"
+        if report:
+            self.metrics.set(READY, self.labels, 0)
+        if self.batcher is not None:
+            await self.batcher.close()
+        if await self._stop_worker():
+            self.loaded.unload()
+
+    async def _stop_worker(self) -> bool:
+        """Stop the worker thread without ever blocking the event loop on it: an execution still
+        running there (its requests were already answered by the batcher's close) is interrupted
+        where the runtime can be, and waited for up to ``WORKER_STOP_S``. False when the thread is
+        still stuck (a hang): it is abandoned, and the model it uses is left to the garbage
+        collector rather than freed under it."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return True
+        try:
+            idle = asyncio.wrap_future(executor.submit(_nothing))  # runs once the thread is free
+        except RuntimeError:  # already shut down (a reload abandoned it)
+            return True
+        executor.shutdown(wait=False)
+        interrupt = self.loaded.interrupt
+        if interrupt is not None:
+            interrupt()
+        try:
+            await asyncio.wait_for(idle, WORKER_STOP_S)
+        except TimeoutError:
+            log.error(
+                "model %s version %d: its worker thread is still running after %gs (a hung model?); abandoned",
+                self.name,
+                self.version,
+                WORKER_STOP_S,
+            )
+            return False
+        return True
