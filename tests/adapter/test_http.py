@@ -235,4 +235,6 @@ async def test_unknown_model_metadata_and_readiness(http: httpx.AsyncClient) -> 
     for path in ("/v2/models/nope", "/v2/models/nope/ready", "/v2/models/nope/config", "/v2/models/nope/stats"):
         r = await http.get(path)
         assert r.status_code == 404, path
-        assert r.json() == {"error": "unknown model 'nope'"}
+        message = r.json()["error"]
+        assert message.startswith("unknown model 'nope'; served: "), message
+        assert {"'add'", "'identity'", "'slow'"} <= set(message.split("served: ")[1].split(", "))

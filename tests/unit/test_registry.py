@@ -91,3 +91,17 @@ def test_a_version_that_fails_to_load_is_unavailable_not_fatal(tmp_path: Path) -
     assert service.ready()  # every model has a ready version
     assert [r.state for r in service.repository_index()] == ["UNAVAILABLE", "READY"]
     assert [r.version for r in service.repository_index(ready_only=True)] == ["1"]
+
+
+def test_an_unknown_model_error_lists_the_served_names_up_to_a_bound() -> None:
+    registry = ModelRegistry()
+    names = [f"m{i:02d}" for i in range(25)]
+    for name in names:
+        registry.put(ModelVersion(LoadedModel(name, 1, config(), RecordingModel()), VersionState.UNAVAILABLE))
+    with pytest.raises(ModelNotFoundError) as info:
+        registry.get("digit")
+    listed, rest = info.value.message.split("; served: ")[1].rsplit(" and ", 1)
+    assert listed.split(", ") == [repr(n) for n in names[:20]]
+    assert rest == "5 more"
+    with pytest.raises(ModelNotFoundError, match=r"unknown model 'digit'; served: none"):
+        ModelRegistry().get("digit")

@@ -21,6 +21,9 @@ from serving.telemetry.metrics import READY, Metrics, NullMetrics
 
 log = logging.getLogger(__name__)
 
+LISTED = 20
+"""How many served model names an unknown-model error lists."""
+
 
 class ModelRegistry:
     """Every model version the server knows, loaded or not, and how requests pick one."""
@@ -142,7 +145,7 @@ class ModelRegistry:
         try:
             return self._newest_first[name]
         except KeyError:
-            raise ModelNotFoundError(f"unknown model {name!r}") from None
+            raise ModelNotFoundError(f"unknown model {name[:64]!r}; served: {self._served()}") from None
 
     def get(self, name: str, version: str = "", header: Callable[[str], str | None] | None = None) -> ModelVersion:
         """The version a request gets (:func:`serving.registry.choice.pick`).
@@ -156,6 +159,12 @@ class ModelRegistry:
     def shadow_of(self, name: str, primary: ModelVersion) -> ModelVersion | None:
         """The ready shadow version of a model, unless it is the one that answered."""
         return choice.shadow(self.routing.get(name), self._models.get(name, {}), primary)
+
+    def _served(self) -> str:
+        """The model names, as an unknown-model error lists them (at most ``LISTED``)."""
+        names = self.names()
+        shown = ", ".join(repr(n) for n in names[:LISTED]) or "none"
+        return shown + (f" and {len(names) - LISTED} more" if len(names) > LISTED else "")
 
     def all_versions(self) -> list[ModelVersion]:
         return [mv for name in self.names() for mv in self.versions(name)]
