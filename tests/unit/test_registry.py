@@ -8,7 +8,7 @@ import pytest
 
 from serving.config.model import ModelConfig
 from serving.errors import ModelNotFoundError, ModelNotReadyError
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.registry.lane import ModelVersion, VersionState
 from serving.registry.versions import ModelRegistry
 from serving.repository import scan_repository
@@ -59,7 +59,7 @@ def config(**extra: Any) -> ModelConfig:
 
 def test_warm_up_runs_batch_sizes_1_and_max_without_counting_them() -> None:
     model = RecordingModel()
-    mv = ModelVersion(LoadedModel("m", 1, config(), model))
+    mv = ModelVersion(ModelInstance("m", 1, config(), model))
     mv.load()
     assert model.calls == [{"x": (1, 1, 3), "s": (1, 1)}, {"x": (8, 1, 3), "s": (8, 1)}]
     assert mv.stats.inference_count == 0 and mv.stats.execution_count == 0
@@ -68,7 +68,7 @@ def test_warm_up_runs_batch_sizes_1_and_max_without_counting_them() -> None:
 
 def test_warm_up_can_be_turned_off() -> None:
     model = RecordingModel()
-    ModelVersion(LoadedModel("m", 1, config(instance={"warmup": False}), model)).load()
+    ModelVersion(ModelInstance("m", 1, config(instance={"warmup": False}), model)).load()
     assert model.calls == []
 
 
@@ -97,7 +97,7 @@ def test_an_unknown_model_error_lists_the_served_names_up_to_a_bound() -> None:
     registry = ModelRegistry()
     names = [f"m{i:02d}" for i in range(25)]
     for name in names:
-        registry.put(ModelVersion(LoadedModel(name, 1, config(), RecordingModel()), VersionState.UNAVAILABLE))
+        registry.put(ModelVersion(ModelInstance(name, 1, config(), RecordingModel()), VersionState.UNAVAILABLE))
     with pytest.raises(ModelNotFoundError) as info:
         registry.get("digit")
     listed, rest = info.value.message.split("; served: ")[1].rsplit(" and ", 1)

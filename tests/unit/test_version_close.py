@@ -12,7 +12,7 @@ import pytest
 
 from serving.config.model import ModelConfig
 from serving.errors import ModelNotReadyError
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.registry.lane import ModelVersion, VersionState
 from serving.types import TensorSpec
 
@@ -49,7 +49,7 @@ def stuck_version(model: StuckModel) -> ModelVersion:
     config = ModelConfig.model_validate(
         {"platform": "onnx", "max_batch_size": 4, "instance": {"warmup": False, "execution_timeout_s": None}}
     )
-    mv = ModelVersion(LoadedModel("stuck", 1, config, model))
+    mv = ModelVersion(ModelInstance("stuck", 1, config, model))
     mv.load()
     return mv
 

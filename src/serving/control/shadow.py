@@ -84,7 +84,7 @@ class ShadowRunner:
         labels = shadow.labels
         start = time.monotonic()
         try:
-            answer = shadow.loaded.predict(arrays)
+            answer = shadow.instance.predict(arrays)
         except ServingError:
             self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "failed"})
             return

@@ -18,7 +18,7 @@ import pyarrow as pa
 from serving.batching import split_outputs
 from serving.codecs import numpy_dtype
 from serving.errors import ModelNotFoundError, ServingError
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.offline.mapping import (
     ERROR_COLUMN,
     MODEL_NAME_COLUMN,
@@ -59,7 +59,7 @@ def resolve_version(repository: Path, spec: str) -> tuple[ModelEntry, int]:
 
 def open_version(
     entry: ModelEntry, version: int, *, device: str | None = None, threads: int | None = None, warmup: bool = True
-) -> LoadedModel:
+) -> ModelInstance:
     """Load one version for batch scoring (runtime options may be overridden).
 
     Raises:
@@ -70,7 +70,7 @@ def open_version(
         update={k: v for k, v in {"device": device, "num_threads": threads, "warmup": warmup}.items() if v is not None}
     )
     config = config.model_copy(update={"instance": instance})
-    loaded = LoadedModel(entry.name, version, config, create_model(config, entry.version_dir(version)))
+    loaded = ModelInstance(entry.name, version, config, create_model(config, entry.version_dir(version)))
     loaded.open()
     return loaded
 
@@ -92,7 +92,7 @@ class ScoredBatch:
 class Scorer:
     """Turns tables into (scored rows, failed rows with a reason); never drops a row."""
 
-    def __init__(self, mv: LoadedModel, plan: ColumnPlan) -> None:
+    def __init__(self, mv: ModelInstance, plan: ColumnPlan) -> None:
         self.mv = mv
         self.plan = plan
         self.output_names = [o.name for o in mv.outputs]

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.offline.manifest import ERRORS_DIR, ERRORS_SUFFIX
 from serving.offline.plan import Prepared, ScoreJob, WorkUnit
 from serving.offline.scorer import Scorer, open_version
@@ -142,7 +142,7 @@ class UnitScorer:
 
 def open_unit_scorer(
     job: ScoreJob, prepared: Prepared, out_fs: pafs.FileSystem, staging: str, threads: int | None
-) -> tuple[UnitScorer, LoadedModel]:
+) -> tuple[UnitScorer, ModelInstance]:
     """Load the job's model version (on the GPU when the job asks for GPUs) and a scorer of units
     around it; the caller unloads the model when done."""
     mv = open_version(prepared.entry, prepared.version, device="gpu" if job.num_gpus > 0 else None, threads=threads)

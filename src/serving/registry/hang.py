@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from serving.errors import ModelNotReadyError
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 
 if TYPE_CHECKING:
     from serving.registry.lane import ModelVersion
@@ -40,7 +40,7 @@ class HangRecovery:
         await mv.abandon_lane()
         if mv.make_model is None:
             raise ModelNotReadyError("no way to make a fresh instance of this model")
-        fresh = LoadedModel(mv.name, mv.version, mv.config, mv.make_model())
+        fresh = ModelInstance(mv.name, mv.version, mv.config, mv.make_model())
         await asyncio.to_thread(fresh.open)
         mv.serve(fresh)
         log.info("model %s version %d reloaded after a hang", mv.name, mv.version)

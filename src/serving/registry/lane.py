@@ -18,7 +18,7 @@ from serving.batching import DynamicBatcher
 from serving.config.model import ModelConfig
 from serving.lifecycle.drift import DriftMonitor
 from serving.lifecycle.lineage import Lineage, verify_artifact
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.registry.hang import HangRecovery
 from serving.runtime import Model
 from serving.telemetry.metrics import (
@@ -56,7 +56,7 @@ class VersionState(str, enum.Enum):
 class ModelVersion:
     """One served version: its loaded model plus the serving lane (state, batcher, statistics)."""
 
-    loaded: LoadedModel
+    instance: ModelInstance
     state: VersionState = VersionState.LOADING
     reason: str = ""
     load_seconds: float = 0.0
@@ -86,15 +86,15 @@ class ModelVersion:
 
     @property
     def name(self) -> str:
-        return self.loaded.name
+        return self.instance.name
 
     @property
     def version(self) -> int:
-        return self.loaded.version
+        return self.instance.version
 
     @property
     def config(self) -> ModelConfig:
-        return self.loaded.config
+        return self.instance.config
 
     def on_batch(self, rows: int, queue_ns: Any, input_ns: int, infer_ns: int, output_ns: int, ok: bool) -> None:
         s = self.stats
@@ -140,7 +140,7 @@ class ModelVersion:
         """The slow part of :meth:`load` (hashing, loading, warm-up): may run on a worker thread."""
         if self.directory is not None:
             self.lineage = verify_artifact(self.directory, self.config.platform.artifact)
-        self.loaded.open()
+        self.instance.open()
 
     def start(self, load_seconds: float) -> None:
         """Start serving an opened model (on the event loop's thread)."""
@@ -156,12 +156,12 @@ class ModelVersion:
         self.metrics.set(READY, self.labels, 1)
 
     def _start_lane(self) -> None:
-        """A worker thread and a batcher for ``self.loaded``."""
+        """A worker thread and a batcher for ``self.instance``."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
         batching = self.config.dynamic_batching
         self.batcher = DynamicBatcher(
-            self.loaded.predict,
-            max_batch_size=self.loaded.max_batch_size,
+            self.instance.predict,
+            max_batch_size=self.instance.max_batch_size,
             max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
             adaptive_delay=batching.adaptive,
             max_queue_size=batching.max_queue_size,
@@ -170,7 +170,7 @@ class ModelVersion:
             inline_below_s=self.config.instance.inline_below_ms / 1000.0,
             trace_attributes={"serving.model": self.name, "serving.version": str(self.version)},
             execution_timeout_s=self.config.instance.execution_timeout_s,
-            interrupt=self.loaded.interrupt,
+            interrupt=self.instance.interrupt,
         )
 
     def on_hung(self, seconds: float) -> None:
@@ -191,9 +191,9 @@ class ModelVersion:
         if old_executor is not None:
             old_executor.shutdown(wait=False)
 
-    def serve(self, fresh: LoadedModel) -> None:
+    def serve(self, fresh: ModelInstance) -> None:
         """Serve ``fresh``, an opened instance of this version, on a new worker thread and batcher."""
-        self.loaded = fresh
+        self.instance = fresh
         self._start_lane()
         self.state, self.reason = VersionState.READY, ""
         self.metrics.set(READY, self.labels, 1)
@@ -231,7 +231,7 @@ class ModelVersion:
         if self.batcher is not None:
             await self.batcher.close()
         if await self._stop_worker():
-            self.loaded.unload()
+            self.instance.unload()
 
     async def _stop_worker(self) -> bool:
         """Stop the worker thread without ever blocking the event loop on it: an execution still
@@ -247,7 +247,7 @@ class ModelVersion:
         except RuntimeError:  # already shut down (a reload abandoned it)
             return True
         executor.shutdown(wait=False)
-        interrupt = self.loaded.interrupt
+        interrupt = self.instance.interrupt
         if interrupt is not None:
             interrupt()
         try:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from serving.errors import FileReadError, ModelNotFoundError, ServingError
 from serving.lifecycle.routing import ModelRouting
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.registry import choice
 from serving.registry.lane import ModelVersion, VersionState
 from serving.repository import ModelEntry
@@ -41,7 +41,7 @@ class ModelRegistry:
         """A version of ``entry``, not loaded yet."""
         directory = entry.version_dir(version)
         return ModelVersion(
-            LoadedModel(entry.name, version, entry.config, create_model(entry.config, directory)),
+            ModelInstance(entry.name, version, entry.config, create_model(entry.config, directory)),
             metrics=self.metrics,
             make_model=functools.partial(create_model, entry.config, directory),
             directory=directory,
@@ -60,7 +60,7 @@ class ModelRegistry:
                         entry.name,
                         v,
                         mv.load_seconds,
-                        mv.loaded.model.device,
+                        mv.instance.model.device,
                     )
                 except Exception as exc:  # one version's failure, whatever it is, never stops the others
                     self._failed(mv, exc)
@@ -82,7 +82,7 @@ class ModelRegistry:
             if old is None or old.state is not VersionState.READY:
                 self.put(mv)
             else:
-                mv.loaded.unload()  # the serving instance stays; what the failed one opened is released now
+                mv.instance.unload()  # the serving instance stays; what the failed one opened is released now
             return mv
         old = self._models.get(entry.name, {}).get(version)
         self.put(mv)
@@ -97,7 +97,7 @@ class ModelRegistry:
         mv = self._models.get(name, {}).get(version)
         if mv is None or mv.reason == "unloaded":
             return
-        placeholder = ModelVersion(mv.loaded, VersionState.UNAVAILABLE, "unloaded", metrics=self.metrics)
+        placeholder = ModelVersion(mv.instance, VersionState.UNAVAILABLE, "unloaded", metrics=self.metrics)
         self.put(placeholder)
         await self._retire(mv, drain_s)
         self.metrics.forget(name, str(version))

@@ -11,7 +11,7 @@ import numpy as np
 from serving import codecs
 from serving.codecs import shape_matches
 from serving.errors import InvalidInputError
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.types import InferenceRequest, Tensor
 
 MAX_TIMEOUT_US = 24 * 3600 * 1_000_000
@@ -38,7 +38,7 @@ def request_deadline(request: InferenceRequest, start_ns: int) -> float | None:
     return deadline
 
 
-def check_inputs(mv: LoadedModel, tensors: list[Tensor]) -> dict[str, np.ndarray[Any, Any]]:
+def check_inputs(mv: ModelInstance, tensors: list[Tensor]) -> dict[str, np.ndarray[Any, Any]]:
     """Match request tensors to the model's declared inputs.
 
     Raises:
@@ -77,7 +77,7 @@ def check_inputs(mv: LoadedModel, tensors: list[Tensor]) -> dict[str, np.ndarray
     return arrays
 
 
-def check_outputs(mv: LoadedModel, request: InferenceRequest) -> list[str]:
+def check_outputs(mv: ModelInstance, request: InferenceRequest) -> list[str]:
     """The output names to return (all when the request names none).
 
     Raises:

@@ -134,7 +134,7 @@ class LocalInferenceService:
         Raises:
             ModelNotFoundError, ModelNotReadyError.
         """
-        return metadata.describe(self.registry.get(name, version).loaded)
+        return metadata.describe(self.registry.get(name, version).instance)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return metadata.model_ready(self.registry, name, version)
@@ -171,8 +171,8 @@ class LocalInferenceService:
         start = time.monotonic_ns()
         mv = self.registry.get(request.model_name, request.model_version, request.header)
         try:
-            arrays = check_inputs(mv.loaded, request.inputs)
-            wanted = check_outputs(mv.loaded, request)
+            arrays = check_inputs(mv.instance, request.inputs)
+            wanted = check_outputs(mv.instance, request)
             assert mv.batcher is not None
             mv.active += 1
             try:
@@ -190,7 +190,7 @@ class LocalInferenceService:
                 asyncio.get_running_loop().call_soon(self._shadows.send, shadow, arrays, results)
         except Exception:
             log.exception("drift sampling or the shadow hand-off failed for %s v%d", mv.name, mv.version)
-        datatypes = mv.loaded.output_datatypes
+        datatypes = mv.instance.output_datatypes
         outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
         mv.stats.success.add(time.monotonic_ns() - start)
         mv.stats.last_inference_ms = int(time.time() * 1000)

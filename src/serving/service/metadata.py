@@ -8,7 +8,7 @@ from typing import Any
 
 from serving.errors import ModelNotReadyError
 from serving.lifecycle.lineage import Lineage
-from serving.loaded_model import LoadedModel
+from serving.model_instance import ModelInstance
 from serving.registry.lane import VersionState
 from serving.registry.versions import ModelRegistry
 from serving.types import ModelDescription, ModelMetadata, ModelStats, ModelVersionState, TensorSpec
@@ -35,7 +35,7 @@ def model_metadata(registry: ModelRegistry, name: str, version: str = "") -> Mod
         ModelNotFoundError, ModelNotReadyError.
     """
     served = registry.get(name, version)
-    mv = served.loaded
+    mv = served.instance
     versions = tuple(str(v.version) for v in registry.versions(name) if v.state is VersionState.READY)
     return ModelMetadata(
         name=name,
@@ -97,7 +97,7 @@ def lineage_parameters(lineage: Lineage | None) -> dict[str, str]:
     return out
 
 
-def describe(mv: LoadedModel) -> ModelDescription:
+def describe(mv: ModelInstance) -> ModelDescription:
     """The served version's description (adapters turn it into Triton's config)."""
     policy = mv.config.version_policy
     if policy.all:

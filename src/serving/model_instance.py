@@ -1,4 +1,6 @@
-"""A model version loaded for use: the artifact in its runtime, the I/O contract and warm-up.
+"""One instance of a model version (Triton's word): the artifact in its runtime, the I/O contract
+resolved against model.yaml, and warm-up. It is made before it is opened; :meth:`ModelInstance.open`
+loads it.
 
 What online serving (``registry``, which adds a batcher, state and statistics) and offline
 scoring (``offline.scorer``) share.
@@ -26,8 +28,8 @@ WARMUP_MAX_ROWS = 1024
 
 
 @dataclass
-class LoadedModel:
-    """One version's model, opened: call :meth:`open` once, :meth:`predict`, then :meth:`unload`."""
+class ModelInstance:
+    """One instance of a version's model: call :meth:`open` once, :meth:`predict`, then :meth:`unload`."""
 
     name: str
     version: int
@@ -103,7 +105,7 @@ def _zeros(spec: TensorSpec, rows: int) -> np.ndarray[Any, Any]:
     return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
 
 
-def _resolve_io(mv: LoadedModel) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+def _resolve_io(mv: ModelInstance) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """Declared I/O wins; ONNX models may leave it out (read from the model, minus the batch dim)."""
     declared_in, declared_out = mv.config.inputs, mv.config.outputs
     model_in, model_out = mv.model.signature()
