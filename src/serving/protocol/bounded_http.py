@@ -14,7 +14,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serving.protocol.http import MAX_HEADER_BYTES
+from serving.protocol.http_messages import MAX_HEADER_BYTES
 
 MAX_HEAD_BYTES = MAX_HEADER_BYTES + 16 * 1024
 """Headers plus a request line of up to 16 KiB."""

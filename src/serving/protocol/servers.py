@@ -29,7 +29,9 @@ from serving.config.server import CorsConfig, TlsConfig
 from serving.control.admin import OperatorCommands
 from serving.protocol.bounded_http import BoundedHttpToolsProtocol
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
-from serving.protocol.http import MAX_HEADER_BYTES, HttpApp, LiveSource
+from serving.protocol.http import HttpApp
+from serving.protocol.http_messages import MAX_HEADER_BYTES
+from serving.protocol.http_operator import LiveSource
 from serving.service.api import InferenceService
 
 log = logging.getLogger(__name__)
