@@ -7,6 +7,7 @@ TRITONCLIENT := tritonclient==2.73.0
 DEMO_REPO ?= model_repository
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
 
 .PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-lifecycle bench-batch soak loadtest clean
 
@@ -25,7 +26,7 @@ $(DEMO_REPO)/.built: $(BIN)/.installed src/serving/demo.py
 	touch $@
 
 serve: $(DEMO_REPO)/.built
-	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench loadtests docs
@@ -96,9 +97,11 @@ rules: prometheus
 
 test: lint proto-check rules gpu-extra unit integration
 
-# Load test a running server (defaults: the one `make serve` starts). Report in loadtest-report/.
+# Load test a running server (defaults: the one `make serve` starts): a 60 s step load up to 16 users
+# (LOADTEST_ARGS changes it). Report in loadtest-report/.
 LOADTEST_ARGS ?= --model digits --shape step --users 16 --duration 60 --slo-p99-ms 500 --slo-error-ratio 0.01
 loadtest: $(BIN)/.installed
+	@echo "load test: $(LOADTEST_ARGS) against 127.0.0.1:$(HTTP_PORT) (HTTP) and :$(GRPC_PORT) (gRPC)"
 	$(PY) loadtests/run.py --host http://127.0.0.1:$(HTTP_PORT) --grpc-host 127.0.0.1:$(GRPC_PORT) $(LOADTEST_ARGS)
 
 bench: $(BIN)/.installed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -39,7 +40,7 @@ serving is ready: HTTP {scheme}://{host}:{http_port}  gRPC {host}:{grpc_port}{" 
   curl -s -X POST {scheme}://{host}:{http_port}/v2/models/digits/infer -H 'Content-Type: application/json' \\
     -d '{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,64],"data":[{",".join(["0.5"] * 64)}]}}]}}'
 
-  python -c "import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient('{host}:{grpc_port}'); \\
+  {shlex.quote(sys.executable)} -c "import numpy as np, tritonclient.grpc as g; c = g.InferenceServerClient('{host}:{grpc_port}'); \\
 i = g.InferInput('input', [1, 64], 'FP32'); i.set_data_from_numpy(np.full((1, 64), 0.5, np.float32)); \\
 print(c.infer('digits', [i]).as_numpy('label'))"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,21 @@ def _shadow(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> int:
     body = {"parameters": {"version": args.version}} if args.version else {}
     doc = _client(args).call("POST", f"/v2/repository/models/{args.model}/{args.command}", body, timeout_s=600)
-    return _show(doc)
+    print(load_summary(args.model, args.command, doc))
+    return 0
+
+
+def load_summary(model: str, command: str, report: dict[str, Any]) -> str:
+    """One line for what a load or unload did (the server's LoadReport)."""
+
+    def versions(key: str) -> str:
+        return ", ".join(f"v{v}" for v in report.get(key, ()))
+
+    parts = [f"{key} {versions(key)}" for key in ("loaded", "unloaded") if report.get(key)]
+    if report.get("kept"):
+        parts.append(f"kept {versions('kept')} (routing still points at them)")
+    parts += [f"v{v} failed: {why}" for v, why in report.get("failed", ())]
+    return f"{model}: " + ("; ".join(parts) if parts else f"nothing to {command}")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -156,7 +171,12 @@ def _audit_tool(args: argparse.Namespace, action: str, details: dict[str, Any]) 
 
     model, _, version = args.version.partition(":")
     store = LifecycleStore(args.state_dir or args.repository / "_serving")
-    store.record(model, who=current_user(), action=action, details={"version": int(version), **details})
+    store.record(
+        model,
+        who=f"{current_user()}@{socket.gethostname()} (serving {action})",
+        action=action,
+        details={"version": int(version), **details},
+    )
 
 
 def run(func: Any, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from serving.cli_lifecycle import load_summary
 from serving.control.tools import evaluate, record_lineage
 from serving.errors import GateError
 from serving.lifecycle.lineage import read_lineage
@@ -101,3 +102,29 @@ async def test_a_forced_promote_is_audited_with_the_gates_it_skipped(setup: tupl
         assert audit[-1]["who"] == "alice"
     finally:
         await svc.close()
+
+
+async def test_a_promote_without_evaluation_names_the_lineage_file_and_repository_the_server_read(
+    setup: tuple[Path, Path],
+) -> None:
+    repo, _ = setup
+    svc = LocalInferenceService.from_repository(repo)
+    try:
+        assert svc.admin is not None
+        with pytest.raises(GateError) as info:
+            await svc.admin.promote("linear", 1, "production", "alice")
+        root = repo.resolve()
+        assert f"no evaluation in {root / 'linear' / '1' / 'lineage.yaml'}" in info.value.message
+        assert f"serving evaluate linear:1 --repository {root} --data HOLDOUT --label COLUMN" in info.value.message
+    finally:
+        await svc.close()
+
+
+def test_load_and_unload_print_one_line() -> None:
+    assert load_summary("add", "load", {"loaded": [3], "unloaded": [1], "failed": [], "kept": []}) == (
+        "add: loaded v3; unloaded v1"
+    )
+    assert load_summary("add", "load", {"loaded": [], "failed": [[2, "sha256 mismatch"]], "kept": [1]}) == (
+        "add: kept v1 (routing still points at them); v2 failed: sha256 mismatch"
+    )
+    assert load_summary("add", "unload", {"loaded": [], "unloaded": []}) == "add: nothing to unload"

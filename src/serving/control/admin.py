@@ -93,7 +93,12 @@ class ModelAdmin:
         current = (self.registry.routing.get(name) or ModelRouting()).aliases.get(alias)
         candidate = read_lineage(entry.version_dir(version))
         base = self._lineage(entry.version_dir(current))[0] if current is not None and current != version else None
-        return check_gates(entry.config.gates, candidate, base, current)
+        root = self.reconciler.root.resolve()
+        no_evaluation = (
+            f"no evaluation in {entry.version_dir(version).resolve() / 'lineage.yaml'} (this server's repository is "
+            f"{root}): run `serving evaluate {name}:{version} --repository {root} --data HOLDOUT --label COLUMN` first"
+        )
+        return check_gates(entry.config.gates, candidate, base, current, no_evaluation)
 
     def _ready(self, name: str, version: int) -> None:
         for mv in self.registry.versions(name):

@@ -39,10 +39,20 @@ def check_port_free(host: str, port: int, what: str) -> None:
             sock.bind(address)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
+            flag, make_var = PORT_FLAGS[what]
             raise ConfigError(
-                f"{what} port {port} on {host} is already in use by another process; choose another port"
+                f"{what} port {port} on {host} is already in use by another process; choose another port: "
+                f"{flag} PORT (make serve {make_var}=PORT)"
             ) from None
         raise ConfigError(f"cannot bind {what} port {port} on {host}: {exc.strerror or exc}") from None
+
+
+PORT_FLAGS = {
+    "HTTP": ("--http-port", "HTTP_PORT"),
+    "gRPC": ("--grpc-port", "GRPC_PORT"),
+    "metrics": ("--metrics-port", "METRICS_PORT"),
+}
+"""The flag (and ``make serve`` variable) that moves each port, named when the port is taken."""
 
 
 def start(settings: ServerSettings) -> float:

@@ -39,14 +39,19 @@ class GatesConfig(BaseModel):
 
 
 def check_gates(
-    gates: GatesConfig, candidate: Lineage | None, current: Lineage | None, current_version: int | None
+    gates: GatesConfig,
+    candidate: Lineage | None,
+    current: Lineage | None,
+    current_version: int | None,
+    no_evaluation: str = "no evaluation: run `serving evaluate MODEL:VERSION --data HOLDOUT --label COLUMN` first",
 ) -> list[str]:
-    """Every gate the candidate misses, each naming the gate and the numbers (empty: it passes)."""
+    """Every gate the candidate misses, each naming the gate and the numbers (empty: it passes);
+    ``no_evaluation`` is what is said when the candidate has no evaluation."""
     evaluation = candidate.evaluation if candidate is not None else None
     needs_metrics = bool(gates.min or gates.max or gates.max_regression)
     if evaluation is None:
         if gates.require_evaluation or needs_metrics:
-            return ["no evaluation: run `serving evaluate MODEL:VERSION --data HOLDOUT --label COLUMN` first"]
+            return [no_evaluation]
         return []
     metrics = evaluation.metrics
     missed = []
