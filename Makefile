@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 TRITONCLIENT := tritonclient==2.73.0
 DEMO_REPO ?= model_repository
+DEMO_DATA ?= demo_data
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: serve test unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: serve test docs unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -25,7 +26,12 @@ $(DEMO_REPO)/.built: $(BIN)/.installed src/serving/demo.py
 	$(BIN)/serving demo-repo $(DEMO_REPO)
 	touch $@
 
-serve: $(DEMO_REPO)/.built
+# The demo digits as Parquet, for the first batch job and the lifecycle walkthrough (docs/).
+$(DEMO_DATA)/.built: $(BIN)/.installed src/serving/demo.py
+	$(BIN)/serving demo-data $(DEMO_DATA)
+	touch $@
+
+serve: $(DEMO_REPO)/.built $(DEMO_DATA)/.built
 	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 lint: $(BIN)/.installed
@@ -95,7 +101,11 @@ rules: prometheus
 	cd configs/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml
 	promtool check config configs/prometheus/prometheus.yml
 
-test: lint proto-check rules gpu-extra unit integration
+# The documentation site (docs/, mkdocs.yml): strict, so a broken link or anchor fails.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+test: lint proto-check rules gpu-extra docs unit integration
 
 # Load test a running server (defaults: the one `make serve` starts): a 60 s step load up to 16 users
 # (LOADTEST_ARGS changes it). Report in loadtest-report/.
@@ -125,4 +135,4 @@ bench-batch: $(BIN)/.installed
 	$(PY) bench/batch.py $(BENCH_BATCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_REPO) .proto-check .pytest_cache
+	rm -rf $(VENV) $(DEMO_REPO) $(DEMO_DATA) .proto-check .pytest_cache site

@@ -267,6 +267,14 @@ def _demo_repo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_data(args: argparse.Namespace) -> int:
+    from serving.demo import build_demo_dataset
+
+    build_demo_dataset(args.root)
+    print(f"demo Parquet dataset (digits, hive partition split=) written to {args.root}")
+    return 0
+
+
 def _positive_int(value: str) -> int:
     n = int(value)
     if n < 1:
@@ -372,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--reference", action="store_true", help="also build the benchmark's reference MLP")
     d.add_argument("--dataset", type=Path, help="also write the digits as a Parquet dataset here (for `score`)")
     d.set_defaults(func=_demo_repo)
+    dd = sub.add_parser("demo-data", help="write the demo digits as a Parquet dataset (for score, evaluate, profile)")
+    dd.add_argument("root", type=Path)
+    dd.set_defaults(func=_demo_data)
     cli_lifecycle.add_commands(sub)
     args = parser.parse_args(argv)
     quiet_logs = args.command in LIFECYCLE_COMMANDS or (args.command == "score" and not args.verbose)
