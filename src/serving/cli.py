@@ -87,17 +87,17 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_stop)
     try:
-        seconds = server.start(settings)
+        seconds = server.start(settings, verbose=args.verbose)
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        server.stop()
+        server.stop(local=server.starts_local_ray(settings))
         return 2
     except ServingError as exc:  # the replicas failed to start: a reason, not a traceback
         print(f"error: {exc.message}", file=sys.stderr)
-        server.stop()
+        server.stop(local=server.starts_local_ray(settings))
         return 1
     except BaseException:
-        server.stop()
+        server.stop(local=server.starts_local_ray(settings))
         raise
 
     def on_sighup(*_: object) -> None:
@@ -130,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
             _rolling_update(args, settings)
         print("stopping...", flush=True)
     finally:
-        server.stop()
+        server.stop(local=server.starts_local_ray(settings))
     print("stopped", flush=True)
     return 0
 
@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         "--api-keys", type=Path, help="API keys file (serving keys create): every request but health needs a key"
     )
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --api-keys")
+    s.add_argument("--verbose", action="store_true", help="Ray's and Serve's own INFO logs on the console too")
     s.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM) for the HTTP and gRPC ports")
     s.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
     s.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")

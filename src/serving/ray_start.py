@@ -18,6 +18,10 @@ import ray
 RAY_ALLOCATOR_ENV = {"RAY_JEMALLOC_CONF": "tcache:false", "RAY_JEMALLOC_PROFILE": "raylet,gcs_server"}
 
 
+TOKEN_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""Where Ray warns, at every local start, that token authentication is on (its default)."""
+
+
 @contextlib.contextmanager
 def allocator_env() -> Iterator[None]:
     """RAY_ALLOCATOR_ENV while Ray starts its processes, unless the user set either variable."""
@@ -39,17 +43,22 @@ def init_ray(
     metrics_port: int | None = None,
     preload: Sequence[str] = (),
     quiet: bool = False,
+    ray_info: bool = True,
 ) -> bool:
     """Start or join Ray unless this process already is connected; returns True when it connected.
 
     A local Ray runs without the dashboard, at the workers' normal priority (Ray lowers it by
     default), with its workers importing ``preload`` while they idle, and its raylet and GCS
     server without jemalloc's thread caches (RAY_ALLOCATOR_ENV). ``quiet`` keeps Ray's
-    own INFO logs and the workers' output off this process's terminal.
+    own INFO logs and the workers' output off this process's terminal; ``ray_info=False`` keeps
+    only Ray's INFO logs off (and its notice that a local Ray uses token authentication, Ray's
+    default, which stays on), the workers' output still shown.
     """
     if ray.is_initialized():
         return False
-    level = logging.ERROR if quiet else logging.INFO
+    level = logging.ERROR if quiet else (logging.INFO if ray_info else logging.WARNING)
+    if not ray_info or quiet:
+        logging.getLogger(TOKEN_AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=level, log_to_driver=not quiet)

@@ -190,6 +190,20 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocServer]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+    console = log.read_text(errors="replace")
+    assert "\nstopped" in console, console[-4000:]
+    noise = [line for line in console.split("\n") if any(marker in line for marker in RAY_NOISE)]
+    assert not noise, f"Ray's own lines on the console without --verbose: {noise}"
+
+
+RAY_NOISE = (
+    "Token authentication is enabled",
+    "Connecting to existing Serve app",
+    "graceful_shutdown failed",
+    "(ServeController pid=",
+    "INFO worker.py",
+)
+"""What Ray and Serve print at a start and a Ctrl-C, which make serve's console leaves out."""
 
 
 def run_shell(code: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -47,6 +47,8 @@ def check_port_free(host: str, port: int, what: str) -> None:
         raise ConfigError(f"cannot bind {what} port {port} on {host}: {exc.strerror or exc}") from None
 
 
+SERVE_LOGGER = "ray.serve"
+
 PORT_FLAGS = {
     "HTTP": ("--http-port", "HTTP_PORT"),
     "gRPC": ("--grpc-port", "GRPC_PORT"),
@@ -55,7 +57,7 @@ PORT_FLAGS = {
 """The flag (and ``make serve`` variable) that moves each port, named when the port is taken."""
 
 
-def start(settings: ServerSettings) -> float:
+def start(settings: ServerSettings, verbose: bool = False) -> float:
     """Start Ray (unless joining a cluster), Serve and the application; returns seconds taken.
 
     Returns once every replica has loaded its models and listens.
@@ -70,13 +72,18 @@ def start(settings: ServerSettings) -> float:
         check_port_free(settings.host, settings.http_port, "HTTP")
         check_port_free(settings.host, settings.grpc_port, "gRPC")
         check_port_free("127.0.0.1", settings.metrics_port, "metrics")
-    init_ray(
+    connected = init_ray(
         settings.ray_address,
         num_cpus=settings.num_cpus,
         metrics_port=settings.metrics_port,
         preload=preload_modules(entries),
+        ray_info=verbose,
     )
-    serve.start(proxy_location="Disabled")
+    if connected and starts_local_ray(settings):  # Ray's own line says so only with --verbose
+        log.info("Started a local Ray (%d CPUs; its own logs: --verbose)", settings.num_cpus or os.cpu_count() or 1)
+    if not verbose:  # Serve's own INFO lines, in this process and from its controller
+        logging.getLogger(SERVE_LOGGER).setLevel(logging.WARNING)
+    serve.start(proxy_location="Disabled", logging_config={"log_level": "INFO" if verbose else "WARNING"})
     deploy(settings)
     return time.monotonic() - began
 
@@ -140,11 +147,22 @@ def failure_reason(message: str) -> str:
     return lines[-1]
 
 
-def stop() -> None:
-    """Shut Serve down (every replica drains) and disconnect (a local Ray stops with its processes)."""
+def starts_local_ray(settings: ServerSettings) -> bool:
+    """No cluster named (``ray_address``, ``RAY_ADDRESS``): ``start`` runs a local Ray."""
+    return not (settings.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def stop(local: bool = True) -> None:
+    """Every replica drains and stops, then this process disconnects. A local Ray stops with its
+    processes: the application is deleted (the replicas drain) and Ray shut down, which stops
+    Serve's controller with it (``serve.shutdown()`` would have the controller kill itself while
+    Ray retries that call, and log the retry on Ctrl-C). On a cluster Serve is shut down."""
     if not ray.is_initialized():
         return
     try:
-        serve.shutdown()  # type: ignore[no-untyped-call]
+        if local:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
         ray.shutdown()
