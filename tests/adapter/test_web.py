@@ -3,6 +3,7 @@ no Ray): the same app the replicas serve."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -93,3 +94,31 @@ async def test_the_openapi_document_is_served_and_valid(web: httpx.AsyncClient) 
     doc = (await web.get("/v2/openapi.json")).json()
     validate(doc)
     assert doc["openapi"].startswith("3.1") and "/v2/models/{model}/versions/{version}/infer" in doc["paths"]
+
+
+async def test_the_stats_carry_the_last_minutes_when_asked(repository: object) -> None:
+    """A page opened after traffic draws what the history kept, without waiting for new requests."""
+    from pathlib import Path
+
+    assert isinstance(repository, Path)
+    svc = LocalInferenceService.from_repository(repository, metrics=AggregatedMetrics())
+    app = build_http_app(svc, max_request_bytes=MAX_REQUEST_BYTES)
+    app.operator_page.history.every_s = 0.05
+    app.start_background()
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            for _ in range(5):
+                assert (await client.post("/v2/models/add/infer", json=body)).status_code == 200
+            for _ in range(100):
+                doc = (await client.get("/ui/api/stats?history=1")).json()
+                seen = [sum(m["requests"] for m in h["models"] if m["model"] == "add") for h in doc["history"]]
+                if seen and seen[-1] >= 5:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen and seen[-1] >= 5, doc["history"]
+            assert seen == sorted(seen)  # totals, oldest first
+            assert "history" not in (await client.get("/ui/api/stats")).json()
+    finally:
+        await app.stop_background()
+        await svc.registry.close()

@@ -348,3 +348,25 @@ def test_the_stats_endpoint_sums_every_replica_whichever_answers(tmp_path: Path)
         print(f"stats answered by replicas {sorted(served)}: 40 requests counted by each")
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_a_page_opened_after_traffic_draws_the_last_minutes_at_once(
+    browser: Browser, web_server: ServerProcess
+) -> None:
+    load(web_server, 6.0)  # no page open meanwhile
+    stats = f"http://{web_server.http_url}/ui/api/stats?history=1"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the server keeps a summary every 5 s: two after the load
+        with urllib.request.urlopen(stats, timeout=10) as r:
+            history = json.loads(r.read())["history"]
+        if len(history) >= 3:
+            break
+        time.sleep(1)
+    page = OpenPage(browser, web_server)  # returns once the first answer is drawn
+    try:
+        drawn = page.page.evaluate("() => ({points: series.length, busy: series.some((p) => p.byScope[''].rate > 0)})")
+        assert drawn["points"] >= 2 and drawn["busy"], drawn
+        assert int(page.page.locator("#chart-throughput").get_attribute("data-points") or "0") >= 2
+        assert page.console_errors == []
+    finally:
+        page.close()

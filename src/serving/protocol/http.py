@@ -73,7 +73,7 @@ class HttpApp:
         self.cors = CorsPolicy(cors) if cors is not None and cors.enabled else None
         self.draining = False
         self.in_flight = 0
-        self._operator_page = OperatorPage(service, live)
+        self.operator_page = OperatorPage(service, live)
         self._admin_routes = AdminRoutes(admin, self.access, max_request_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -123,6 +123,13 @@ class HttpApp:
         finally:
             self.in_flight -= 1
 
+    def start_background(self) -> None:
+        """Start what runs beside the requests (the operator page's history); on the serving loop."""
+        self.operator_page.start_history()
+
+    async def stop_background(self) -> None:
+        await self.operator_page.stop_history()
+
     def _preflight(self, headers: Headers) -> Answer:
         """OPTIONS: a CORS preflight (204 for an allowed origin, 403 otherwise), or a plain
         OPTIONS without an origin (204 with ``Allow``)."""
@@ -141,7 +148,7 @@ class HttpApp:
             expect(method, "GET")
             if parts[2:] == ["api", "stats"]:
                 self._check(headers, all_models="the server's statistics")
-            return await self._operator_page.answer(parts[2:], scope["path"])
+            return await self.operator_page.answer(parts[2:], scope["path"], scope.get("query_string", b""))
         if len(parts) == 3 and parts[:2] == ["", "-"] and parts[2] in ("healthz", "routes"):
             expect(method, "GET")
             self._check_health(headers)

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from serving import web
 from serving.errors import ErrorKind, ModelNotFoundError
 from serving.protocol.http_messages import TEXT, Answer, json_answer
 from serving.protocol.status import grpc_code, http_status
 from serving.service.api import InferenceService
-from serving.telemetry import live
+from serving.telemetry import live as live_stats
+
+log = logging.getLogger(__name__)
 
 LiveSource = Callable[[], Awaitable[list[dict[str, Any]]]]
 """Every replica's ``live_snapshot()`` (the deploy layer reads them from Ray's GCS)."""
@@ -23,12 +28,40 @@ class OperatorPage:
     def __init__(self, service: InferenceService, live: LiveSource | None) -> None:
         self.service = service
         self.live = live
+        self.history = live_stats.History()
         self._assets = web.assets()
+        self._sampler: asyncio.Task[None] | None = None
 
-    async def answer(self, rest: list[str], path: str) -> Answer:
-        """``rest``: the path after ``/ui``."""
+    def start_history(self) -> None:
+        """Summarize every ``history.every_s`` from now on (on the running loop), so the page has
+        the last minutes as soon as it opens."""
+        if self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample())
+            self._sampler.add_done_callback(_report_death)
+
+    async def stop_history(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            await asyncio.gather(self._sampler, return_exceptions=True)
+
+    async def _sample(self) -> None:
+        while True:
+            try:
+                self.history.add(live_stats.summarize(await self._snapshots()))
+            except Exception:  # a missed sample leaves a gap in the chart; the next one is taken
+                log.exception("operator page: could not take a summary for the history")
+            await asyncio.sleep(self.history.every_s)
+
+    async def _snapshots(self) -> list[dict[str, Any]]:
+        return await self.live() if self.live is not None else [self.service.live_snapshot()]
+
+    async def answer(self, rest: list[str], path: str, query: bytes = b"") -> Answer:
+        """``rest``: the path after ``/ui``; ``?history=1`` on the stats adds the last minutes."""
         if rest == ["api", "stats"]:
-            return json_answer(await self._live_stats())
+            doc = await self._live_stats()
+            if parse_qs(query.decode("latin-1")).get("history") == ["1"]:
+                doc["history"] = self.history.items()
+            return json_answer(doc)
         name = rest[0] if len(rest) == 1 else ("index.html" if not rest else "")
         asset = self._assets.get(name)
         if asset is None:
@@ -37,8 +70,7 @@ class OperatorPage:
         return Answer(body, content_type=content_type, headers=[(b"cache-control", b"no-cache")])
 
     async def _live_stats(self) -> dict[str, Any]:
-        snapshots = await self.live() if self.live is not None else [self.service.live_snapshot()]
-        doc = live.summarize(snapshots)
+        doc = live_stats.summarize(await self._snapshots())
         for error in doc["errors"]:
             kind = ErrorKind(error["kind"])
             error["http_status"] = int(http_status(kind))
@@ -50,6 +82,11 @@ class OperatorPage:
                 d = self.service.model_config(row["model"], row["version"])
                 row.update(platform=d.platform, device=d.device, max_batch_size=d.max_batch_size)
         return doc
+
+
+def _report_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the operator page's history stopped: charts start empty", exc_info=task.exception())
 
 
 def serve_proxy_health(service: InferenceService, draining: bool, route: str) -> Answer:

@@ -216,6 +216,7 @@ class ReplicaServers:
             private_grpc_port=private_grpc,
         )
         self._probe_channel = grpc.aio.insecure_channel(f"127.0.0.1:{private_grpc}")
+        self.http_app.start_background()
         return self.addresses
 
     async def probe(self) -> None:
@@ -266,6 +267,7 @@ class ReplicaServers:
                 await self._private_uvicorn.shutdown()
         finally:
             await grpc_done
+            await self.http_app.stop_background()
             for sock in self._sockets:
                 sock.close()
             if self._probe_channel is not None:

@@ -118,3 +118,31 @@ def _add(a: list[float], b: list[float]) -> list[float]:
     if not a:
         return list(b)
     return [x + y for x, y in zip(a, b)]
+
+
+HISTORY_KEEP_S = 300.0
+"""How far back the operator page's charts reach when it opens."""
+HISTORY_EVERY_S = 5.0
+"""How often the history takes a summary (the page polls every second on its own)."""
+
+
+class History:
+    """The last HISTORY_KEEP_S of summaries (:func:`summarize`, errors left out), so that a page
+    opened after traffic draws the last minutes at once instead of waiting for new requests."""
+
+    def __init__(self, keep_s: float = HISTORY_KEEP_S, every_s: float = HISTORY_EVERY_S) -> None:
+        self.keep_s = keep_s
+        self.every_s = every_s
+        self._items: deque[dict[str, Any]] = deque()
+
+    def add(self, summary: dict[str, Any]) -> None:
+        """Keep ``summary`` (once ``every_s`` has passed since the last one kept)."""
+        t = float(summary["time"])
+        if self._items and t - float(self._items[-1]["time"]) < self.every_s * 0.9:
+            return
+        self._items.append({k: summary[k] for k in ("time", "latency_bounds", "models")})
+        while self._items and t - float(self._items[0]["time"]) > self.keep_s:
+            self._items.popleft()
+
+    def items(self) -> list[dict[str, Any]]:
+        return list(self._items)

@@ -1,6 +1,7 @@
 // serving operator page: polls /ui/api/stats (totals summed over every replica of the server),
 // derives rates, latency quantiles, error ratio and batch sizes from the differences between
-// polls, draws the last 5 minutes, and sends real V2 requests from the "try it" form.
+// polls, draws the last 5 minutes (the server's history of them first), and sends real V2
+// requests from the "try it" form.
 "use strict";
 
 const POLL_MS = 1000;
@@ -86,16 +87,32 @@ function derive(doc, old, dt, scope) {
   };
 }
 
-async function poll() {
+// The server keeps the last minutes (a summary every few seconds): drawn at once when the page
+// opens, so a page opened after traffic shows it without waiting for new requests.
+function seed(history) {
+  for (const doc of history) {
+    if (previous) {
+      const dt = Math.max(doc.time - previousAt, 0.001);
+      const byScope = {};
+      for (const scope of [""].concat(doc.models.map(key))) byScope[scope] = derive(doc, previous, dt, scope);
+      series.push({ t: doc.time, byScope });
+    }
+    previous = doc;
+    previousAt = doc.time;
+  }
+}
+
+async function poll(withHistory = false) {
   let doc;
   try {
-    const response = await api("/ui/api/stats");
+    const response = await api(withHistory ? "/ui/api/stats?history=1" : "/ui/api/stats");
     if (!response.ok) throw new Error("HTTP " + response.status);
     doc = await response.json();
   } catch (err) {
     $("updated").textContent = "stats unavailable: " + err.message;
     return;
   }
+  if (doc.history) seed(doc.history.filter((h) => h.time < doc.time));
   const t = doc.time;
   const dt = previous ? Math.max(t - previousAt, 0.001) : 1;
   scopes = [""].concat(doc.models.map(key));
@@ -405,7 +422,7 @@ async function start() {
   } catch (err) {
     $("server").textContent = "server metadata unavailable";
   }
-  await poll();
+  await poll(true);
   setInterval(poll, POLL_MS);
 }
 
