@@ -66,7 +66,7 @@ proto-check: $(BIN)/.installed
 # another: tritonclient's generated `inference.*` protobuf classes cannot share a process
 # with ours.
 unit: $(BIN)/.installed
-	$(BIN)/pytest tests/unit tests/adapter tests/gpu -q
+	$(BIN)/pytest tests/unit tests/adapter tests/gpu -q --durations=15
 
 # The GPU tests alone (they skip without CUDA; on a GPU host they run).
 gpu-test: $(BIN)/.installed
@@ -80,7 +80,7 @@ gpu-extra: $(BIN)/.installed
 	rm -f .gpu-extra.json
 
 integration: $(BIN)/.installed prometheus chromium
-	$(BIN)/pytest tests/integration -q
+	$(BIN)/pytest tests/integration -q --durations=15
 
 # Debian's prometheus package: promtool (rule tests) and prometheus (integration test).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
