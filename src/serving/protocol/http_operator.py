@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from serving import web
+from serving.background import BackgroundTask
 from serving.errors import ErrorKind, ModelNotFoundError
 from serving.protocol.http_messages import TEXT, Answer, json_answer
 from serving.protocol.status import grpc_code, http_status
@@ -30,19 +31,15 @@ class OperatorPage:
         self.live = live
         self.history = live_stats.History()
         self._assets = web.assets()
-        self._sampler: asyncio.Task[None] | None = None
+        self._sampler = BackgroundTask(self._sample, "the operator page's history: charts start empty")
 
     def start_history(self) -> None:
         """Summarize every ``history.every_s`` from now on (on the running loop), so the page has
         the last minutes as soon as it opens."""
-        if self._sampler is None:
-            self._sampler = asyncio.get_running_loop().create_task(self._sample())
-            self._sampler.add_done_callback(_report_death)
+        self._sampler.start()
 
     async def stop_history(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            await asyncio.gather(self._sampler, return_exceptions=True)
+        await self._sampler.stop()
 
     async def _sample(self) -> None:
         while True:
@@ -82,11 +79,6 @@ class OperatorPage:
                 d = self.service.model_config(row["model"], row["version"])
                 row.update(platform=d.platform, device=d.device, max_batch_size=d.max_batch_size)
         return doc
-
-
-def _report_death(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("the operator page's history stopped: charts start empty", exc_info=task.exception())
 
 
 def serve_proxy_health(service: InferenceService, draining: bool, route: str) -> Answer:

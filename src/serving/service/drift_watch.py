@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from serving.background import BackgroundTask
 from serving.registry.lane import VersionState
 from serving.registry.versions import ModelRegistry
 from serving.telemetry.metrics import DRIFT_PSI, DRIFT_ROWS
@@ -20,18 +21,14 @@ class DriftWatch:
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(self._watch, "the drift watch: PSI gauges stop updating")
 
     def start(self) -> None:
         """Start the watch on the running loop (once)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
-            self._task.add_done_callback(_report_death)
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self._task.stop()
 
     async def _watch(self) -> None:
         while True:
@@ -47,8 +44,3 @@ class DriftWatch:
                 self.registry.metrics.set(DRIFT_ROWS, mv.labels, rows)
                 for feature, value in scores.items():
                     self.registry.metrics.set(DRIFT_PSI, {**mv.labels, "feature": feature}, value)
-
-
-def _report_death(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("the drift watch died: PSI gauges stop updating", exc_info=task.exception())
