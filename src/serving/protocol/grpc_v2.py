@@ -240,6 +240,8 @@ class GrpcAdapter:
         self.service = service
         self.admin = admin
         """Operator commands (RepositoryModelLoad/Unload); None answers them UNIMPLEMENTED."""
+        self.in_flight = 0
+        """Calls whose handler is running (a stopping server cuts grpc's grace once none is)."""
         self.access = AccessPolicy(auth, protect_health, probe_token)
 
     def _check_health(self, context: Any) -> None:
@@ -257,6 +259,7 @@ class GrpcAdapter:
         on_error: Callable[[BaseException], None] | None = None,
         request_id: str = "",
     ) -> R:
+        self.in_flight += 1
         try:
             if isinstance(request, MalformedRequest):
                 raise InvalidInputError(f"malformed protobuf request: {request.error}")
@@ -267,6 +270,8 @@ class GrpcAdapter:
             if isinstance(exc, ServingError) and exc.kind is ErrorKind.OVERLOADED:
                 await asyncio.sleep(REFUSAL_PACE_S)
             return self._answer_error(exc, context, empty, request_id or _request_id(_metadata(context)))
+        finally:
+            self.in_flight -= 1
 
     @staticmethod
     def _answer_error(exc: Exception, context: Any, empty: R, request_id: str) -> R:

@@ -37,7 +37,8 @@ from serving.service.api import InferenceService
 log = logging.getLogger(__name__)
 
 QUIET_S = 0.5
-"""A draining HTTP side closes once no request has started for this long (and none is running)."""
+"""A draining server closes once no request has started for this long and none is running (HTTP),
+or no gRPC handler has run for this long (what grpc still holds is then cut)."""
 PROBE_TIMEOUT_S = 5.0
 BACKLOG = 2048
 
@@ -165,9 +166,9 @@ class ReplicaServers:
             admin=admin,
         )
         self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes, grpc_max_concurrent_streams))
-        adapter = GrpcAdapter(service, auth, protect_health, self._probe_token, admin)
-        add_inference_service(adapter, self._grpc)
-        add_health_service(adapter, self._grpc)
+        self._grpc_adapter = GrpcAdapter(service, auth, protect_health, self._probe_token, admin)
+        add_inference_service(self._grpc_adapter, self._grpc)
+        add_health_service(self._grpc_adapter, self._grpc)
         self._uvicorn: _Uvicorn | None = None
         self._private_uvicorn: _Uvicorn | None = None
         self._sockets: list[socket.socket] = []
@@ -256,7 +257,7 @@ class ReplicaServers:
     async def _stop(self) -> None:
         began = time.monotonic()
         self.http_app.draining = True
-        grpc_done = asyncio.ensure_future(self._grpc.stop(self.drain_seconds))
+        grpc_done = asyncio.ensure_future(self._stop_grpc())
         try:
             if self._uvicorn is not None and self._uvicorn.started:
                 for server in self._uvicorn.servers:
@@ -273,6 +274,28 @@ class ReplicaServers:
             if self._probe_channel is not None:
                 await self._probe_channel.close()
         log.info("servers stopped after %.2fs of draining", time.monotonic() - began)
+
+    async def _stop_grpc(self) -> None:
+        """grpc's stop refuses new calls at once and waits up to ``drain_seconds`` for the calls it
+        holds, those none of our handlers will run included (a unary call whose request message
+        has not arrived: a stalled client, or one caught by the shutdown). Once no handler of ours
+        has run for QUIET_S, what grpc still holds is cut, as the HTTP side's drain ends."""
+        stopping = asyncio.ensure_future(self._grpc.stop(self.drain_seconds))
+        try:
+            quiet_since: float | None = None
+            while not stopping.done():
+                if self._grpc_adapter.in_flight:
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= QUIET_S:
+                    await self._grpc.stop(None)
+                    break
+                await asyncio.wait({stopping}, timeout=0.05)
+            await stopping
+        finally:
+            if not stopping.done():  # this stop was cancelled: so is grpc's wait
+                stopping.cancel()
 
     async def _drain_http(self, deadline: float) -> None:
         """Serve the open connections (each answer closing its connection) until none is left,
