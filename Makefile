@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-$(DEMO_REPO)/.built: $(BIN)/.installed src/serving/demo.py
+$(DEMO_REPO)/.built: $(BIN)/.installed src/serving/demo.py $(wildcard src/serving/demo_models/*.py)
 	$(BIN)/serving demo-repo $(DEMO_REPO)
 	touch $@
 

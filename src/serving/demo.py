@@ -3,6 +3,11 @@
 * ``digits``: a classifier of scikit-learn's bundled 8x8 handwritten digits, exported to
   ONNX in two versions that differ (1: logistic regression, 2: a one-hidden-layer MLP).
 * ``digits_torch``: an MLP trained on the same data, exported as TorchScript.
+* ``digits_image``: a pipeline from image files to the digit: ``digits_decode`` (python: decode,
+  gray, 8x8, scaled like the dataset), ``digits`` (its routed version), ``digits_label`` (python:
+  the answer as text and its probability).
+* ``cancer``: scikit-learn's HistGradientBoostingClassifier on the bundled breast-cancer data,
+  30 named FP64 inputs (the dataset's feature names in snake_case), served with no code.
 * ``reference_mlp`` (benchmarks only): 784->1024->1024->10 float32 with seeded weights.
 """
 
@@ -182,6 +187,139 @@ def build_reference_mlp(root: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 1
     )
 
 
+def _python_model(root: Path, name: str, doc: dict[str, Any]) -> None:
+    """A python model whose code is one of ``serving.demo_models``."""
+    from importlib import resources
+
+    code = resources.files("serving.demo_models").joinpath(f"{name}.py").read_text(encoding="utf-8")
+    _write(root / name / "1" / "model.py", code.encode("utf-8"))
+    _config(root / name, {"platform": "python", **doc})
+
+
+def build_digits_image(root: Path) -> None:
+    """The image pipeline and its two python steps (``digits`` must be in the repository too)."""
+    bytes_input = [{"name": "image", "datatype": "BYTES", "shape": [1]}]
+    _python_model(
+        root,
+        "digits_decode",
+        {
+            "description": "image files (any size, RGB or grayscale) to the 64 features of sklearn's digits",
+            "max_batch_size": 64,
+            "inputs": bytes_input,
+            "outputs": [{"name": "pixels", "datatype": "FP32", "shape": [DIGITS_FEATURES]}],
+            "parameters": {"side": 8},
+        },
+    )
+    _python_model(
+        root,
+        "digits_label",
+        {
+            "description": "a digit's probabilities to its label (text) and that label's probability",
+            "max_batch_size": 64,
+            "inputs": [{"name": "probabilities", "datatype": "FP32", "shape": [DIGITS_CLASSES]}],
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [1]},
+                {"name": "probability", "datatype": "FP32", "shape": [1]},
+            ],
+            "labels": [str(i) for i in range(DIGITS_CLASSES)],
+        },
+    )
+    (root / "digits_image" / "1").mkdir(parents=True, exist_ok=True)
+    _config(
+        root / "digits_image",
+        {
+            "platform": "pipeline",
+            "description": "an image file (PNG, any size) to its digit: decode, classify, label",
+            "max_batch_size": 64,
+            "inputs": bytes_input,
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [1], "from": "post.label"},
+                {"name": "probability", "datatype": "FP32", "shape": [1], "from": "post.probability"},
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [DIGITS_CLASSES],
+                    "from": "classify.probabilities",
+                },
+            ],
+            "steps": [
+                {"name": "decode", "model": "digits_decode", "inputs": {"image": "image"}},
+                {"name": "classify", "model": "digits", "inputs": {"input": "decode.pixels"}},
+                {"name": "post", "model": "digits_label", "inputs": {"probabilities": "classify.probabilities"}},
+            ],
+            "batch": {"inputs": {"image": {"column": "png"}}, "passthrough": ["image_id"]},
+        },
+    )
+
+
+def snake_case(name: str) -> str:
+    """``mean radius`` -> ``mean_radius`` (the breast-cancer feature names as input names)."""
+    return "_".join(name.lower().replace("-", " ").split())
+
+
+def cancer_data() -> tuple[Any, np.ndarray[Any, Any]]:
+    """The bundled breast-cancer data as a DataFrame with snake_case columns, and text labels."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True)
+    frame = data.data.rename(columns=snake_case)
+    return frame, np.asarray(data.target_names)[data.target.to_numpy()]
+
+
+def build_cancer(root: Path) -> None:
+    import joblib
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    frame, labels = cancer_data()
+    model = HistGradientBoostingClassifier(max_iter=100, random_state=0).fit(frame, labels)
+    path = root / "cancer" / "1" / "model.joblib"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    _config(
+        root / "cancer",
+        {
+            "platform": "sklearn",
+            "description": "breast-cancer diagnosis (HistGradientBoostingClassifier): 30 named FP64 features",
+            "max_batch_size": 256,
+            "dynamic_batching": {"max_queue_delay_ms": 0, "max_queue_size": 1024},
+        },
+    )
+
+
+def png_bytes(pixels: np.ndarray[Any, Any], side: int = 8) -> bytes:
+    """A digit's 64 features (ink 1.0) as a grayscale PNG of ``side`` x ``side`` pixels (dark ink on white)."""
+    import io
+
+    from PIL import Image
+
+    gray = (255.0 - np.asarray(pixels, dtype=np.float32).reshape(8, 8) * 255.0).round().astype(np.uint8)
+    img = Image.fromarray(gray, mode="L")
+    if side != 8:
+        img = img.resize((side, side), Image.Resampling.NEAREST)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def build_image_dataset(path: Path, rows: int | None = None) -> Path:
+    """The digits as PNG files in one Parquet file: ``image_id``, ``png`` (binary), ``target``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x, y = digits_data()
+    n = len(x) if rows is None else rows
+    table = pa.table(
+        {
+            "image_id": np.arange(n, dtype=np.int64),
+            "png": pa.array([png_bytes(x[i]) for i in range(n)], pa.binary()),
+            "target": y[:n],
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
 def build_demo_dataset(root: Path, files: int = 3) -> Path:
     """The digits as Parquet for ``serving score``: ``image_id``, ``pixels`` (64 floats), ``target``,
     in ``files`` files under a hive partition ``split=train|test``."""
@@ -209,6 +347,8 @@ def build_demo_repository(root: Path, *, reference: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     build_digits(root)
     build_digits_torch(root)
+    build_digits_image(root)
+    build_cancer(root)
     if reference:
         build_reference_mlp(root)
     return root

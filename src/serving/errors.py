@@ -17,6 +17,7 @@ one place, ``serving.protocol.status``. Nothing here knows about HTTP or gRPC.
     ├── ConflictError (CONFLICT)    an operator change the current state forbids
     │   └── GateError (CONFLICT)    a promote refused by a release gate
     ├── ModelExecutionError (INTERNAL)
+    │   └── ModelOutputError (INTERNAL, message shown)  outputs that break the declared contract
     ├── StartupError (INTERNAL)     the replicas could not start (reported by the CLI, not a request)
     └── ConfigError (INVALID_INPUT)   a model.yaml or settings file that does not validate
         └── FileReadError (INVALID_INPUT)  a file that exists but could not be read: may pass
@@ -52,6 +53,9 @@ class ServingError(Exception):
     """Base class of every error the server reports to a client."""
 
     kind: ClassVar[ErrorKind] = ErrorKind.INTERNAL
+    shown: ClassVar[bool] = False
+    """An INTERNAL error's message is shown to the client only when set (it names files and
+    tensors, never data or a traceback); other kinds always show theirs."""
 
     def __init__(self, message: str) -> None:
         if len(message) > MAX_MESSAGE:  # messages quote what clients sent: never echo megabytes back
@@ -65,6 +69,11 @@ class InvalidInputError(ServingError):
     """The request is malformed or does not match the model's inputs."""
 
     kind = ErrorKind.INVALID_INPUT
+
+
+class InvalidInput(InvalidInputError):
+    """Raised by a user's ``model.py`` (public as ``serving.InvalidInput``): the request is
+    answered 400 / INVALID_ARGUMENT with this message."""
 
 
 class PayloadTooLargeError(InvalidInputError):
@@ -134,6 +143,13 @@ class ModelExecutionError(ServingError):
     """The model raised while running a batch."""
 
     kind = ErrorKind.INTERNAL
+
+
+class ModelOutputError(ModelExecutionError):
+    """A model answered with outputs that break what model.yaml declares (names, datatypes,
+    shapes, row counts): a bug in the model's code, named in the message the client sees."""
+
+    shown = True
 
 
 class ConfigError(ServingError):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from serving.codecs import numpy_dtype
-from serving.config.model import ModelConfig, TensorConfig
+from serving.config.model import ModelConfig, Platform, TensorConfig
 from serving.errors import ConfigError, ServingError
 from serving.runtime import Model
 from serving.runtime.base import Interruptible
@@ -61,8 +61,8 @@ class ModelInstance:
         self.model.load()
         self.inputs, self.outputs = _resolve_io(self)
         self.output_datatypes = {o.name: o.datatype for o in self.outputs}
-        if self.config.instance.warmup:
-            self.warm_up()
+        if self.config.instance.warmup and self.config.platform is not Platform.PIPELINE:
+            self.warm_up()  # a pipeline's steps are warmed up as models of their own
 
     def predict(self, arrays: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
         """Every declared output for one batch, as its declared datatype (a model.yaml may declare
@@ -90,8 +90,9 @@ class ModelInstance:
             arrays = {s.name: _zeros(s, rows) for s in self.inputs}
             try:
                 self.predict(arrays)
-            except ServingError as exc:
-                log.warning("warm-up of %s v%d at batch %d failed: %s", self.name, self.version, rows, exc.message)
+            except Exception as exc:  # a python model may refuse zeros (an empty image) in its own way
+                message = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+                log.warning("warm-up of %s v%d at batch %d failed: %s", self.name, self.version, rows, message)
                 return
 
     def unload(self) -> None:

@@ -1,7 +1,8 @@
 """The model repository on disk.
 
-Layout (Triton's): ``<root>/<model>/model.yaml`` and one folder per integer version,
-``<root>/<model>/<N>/model.onnx`` or ``model.pt``. The version policy in ``model.yaml``
+Layout (Triton's): ``<root>/<model>/model.yaml`` and one folder per integer version holding
+the platform's artifact (``<root>/<model>/<N>/model.onnx``, ``model.pt``, ``model.py``, ...; a
+pipeline's version folder may be empty). The version policy in ``model.yaml``
 chooses which versions are served.
 """
 
@@ -26,6 +27,10 @@ class ModelEntry:
 
     def version_dir(self, version: int) -> Path:
         return self.path / str(version)
+
+    def artifact(self, version: int) -> Path:
+        """The file that is the version: its artifact, or model.yaml for a pipeline (whose steps it lists)."""
+        return self.config.platform.artifact_in(self.version_dir(version)) or self.path / "model.yaml"
 
 
 def scan_repository(root: Path) -> list[ModelEntry]:
@@ -56,12 +61,11 @@ def load_model_entry(model_dir: Path) -> ModelEntry:
     available = sorted(
         int(v.name)
         for v in model_dir.iterdir()
-        if v.is_dir() and v.name.isdigit() and int(v.name) > 0 and (v / config.platform.artifact).is_file()
+        if v.name.isdigit() and int(v.name) > 0 and config.platform.has_version(v)
     )
     if not available:
-        raise ConfigError(
-            f"{model_dir}: no version folder holds {config.platform.artifact} (expected {model_dir}/1/{config.platform.artifact})"
-        )
+        what = config.platform.artifact
+        raise ConfigError(f"{model_dir}: no version folder holds {what} (expected {model_dir}/1/{what})")
     selected = config.version_policy.select(available)
     if not selected:
         raise ConfigError(f"{cfg_path}: version_policy selects none of the available versions {available}")

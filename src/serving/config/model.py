@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -30,12 +31,47 @@ class Platform(str, enum.Enum):
 
     ONNX = "onnxruntime_onnx"
     TORCHSCRIPT = "pytorch_libtorch"
+    PYTHON = "python"
+    SKLEARN = "sklearn"
+    XGBOOST = "xgboost"
+    LIGHTGBM = "lightgbm"
+    PIPELINE = "pipeline"
+
+    @property
+    def artifacts(self) -> tuple[str, ...]:
+        """The file names a version folder may hold, in order of preference (none for a pipeline,
+        whose version folder may be empty: its steps are in model.yaml)."""
+        return _ARTIFACTS[self]
 
     @property
     def artifact(self) -> str:
-        """The file name a version folder must hold."""
-        return "model.onnx" if self is Platform.ONNX else "model.pt"
+        """How the artifact is named in messages: its file name, or the choices."""
+        return " or ".join(self.artifacts) or "a version folder"
 
+    def artifact_in(self, version_dir: Path) -> Path | None:
+        """The artifact file this version folder holds (None: none; a pipeline's version has none)."""
+        for name in self.artifacts:
+            if (version_dir / name).is_file():
+                return version_dir / name
+        return None
+
+    def has_version(self, version_dir: Path) -> bool:
+        """Whether ``version_dir`` is a version of this platform: it holds an artifact (any folder, for a pipeline)."""
+        return version_dir.is_dir() and (not self.artifacts or self.artifact_in(version_dir) is not None)
+
+
+_ARTIFACTS = {
+    Platform.ONNX: ("model.onnx",),
+    Platform.TORCHSCRIPT: ("model.pt",),
+    Platform.PYTHON: ("model.py",),
+    Platform.SKLEARN: ("model.joblib", "model.pkl"),
+    Platform.XGBOOST: ("model.json", "model.ubj"),
+    Platform.LIGHTGBM: ("model.txt",),
+    Platform.PIPELINE: (),
+}
+
+TABULAR = frozenset({Platform.SKLEARN, Platform.XGBOOST, Platform.LIGHTGBM})
+"""Platforms that load a trained estimator and need no code (``runtime.tabular``)."""
 
 _PLATFORM_ALIASES = {
     "onnx": Platform.ONNX,
@@ -44,16 +80,30 @@ _PLATFORM_ALIASES = {
     "torchscript": Platform.TORCHSCRIPT,
     "pytorch_torchscript": Platform.TORCHSCRIPT,
     "pytorch_libtorch": Platform.TORCHSCRIPT,
+    "python": Platform.PYTHON,
+    "sklearn": Platform.SKLEARN,
+    "scikit-learn": Platform.SKLEARN,
+    "xgboost": Platform.XGBOOST,
+    "lightgbm": Platform.LIGHTGBM,
+    "pipeline": Platform.PIPELINE,
+    "ensemble": Platform.PIPELINE,
 }
 
 
 class TensorConfig(Strict):
     """A model input or output."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = Field(min_length=1, description="Tensor name as the model knows it.")
     datatype: str = Field(description="OIP datatype, e.g. FP32, INT64, BYTES.")
     shape: tuple[int, ...] = Field(
         description="Dimensions without the batch dimension when max_batch_size > 0; -1 = variable."
+    )
+    source: str | None = Field(
+        default=None,
+        alias="from",
+        description="A pipeline's output only: the step output it is, as STEP.OUTPUT.",
     )
 
     @field_validator("datatype")
@@ -230,10 +280,58 @@ class BatchConfig(Strict):
     )
 
 
+class PythonOptions(Strict):
+    """A ``platform: python`` version: the class its ``model.py`` defines, and what else it reads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    class_name: str = Field(
+        default="Model", alias="class", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="The class model.py defines."
+    )
+    files: tuple[str, ...] = Field(
+        default=(),
+        description="Other files of the version folder the code reads (weights, vocabularies): the lineage's "
+        "sha256 covers them with model.py.",
+    )
+
+    @field_validator("files")
+    @classmethod
+    def _inside(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not name or name.startswith("/") or ".." in Path(name).parts:
+                raise ValueError(f"{name!r}: files are paths inside the version folder")
+        return v
+
+
+class StepConfig(Strict):
+    """One step of a ``platform: pipeline`` model: a repository model, its inputs wired by name,
+    and when it runs."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="The step's name (errors and metrics use it).")
+    model: str = Field(
+        min_length=1,
+        description="MODEL (its routed version), MODEL:VERSION or MODEL@ALIAS (follows promotions).",
+    )
+    inputs: dict[str, str] = Field(
+        description="Step input -> where it comes from: a pipeline input's name, or STEP.OUTPUT of an earlier step."
+    )
+    when: str | None = Field(
+        default=None,
+        description="Run the step only for rows where this holds, e.g. 'max(small.probabilities) < 0.6' "
+        "(a comparison of an input or STEP.OUTPUT, optionally through max/min/sum, with a number or a string).",
+    )
+    otherwise: dict[str, str | float | int | bool] = Field(
+        default_factory=dict,
+        description="For rows the step skips: each output used later -> a value, or STEP.OUTPUT of another step.",
+    )
+
+
 class ModelConfig(Strict):
     """The schema of ``<repository>/<model>/model.yaml``."""
 
-    platform: Platform = Field(description="onnx or torchscript (Triton/OIP names accepted too).")
+    platform: Platform = Field(
+        description="onnx, torchscript, python, sklearn, xgboost, lightgbm or pipeline (Triton/OIP names accepted too)."
+    )
     max_batch_size: NonNegativeInt = Field(
         default=0, description="0: inputs carry no batch dimension and requests run one at a time."
     )
@@ -254,6 +352,18 @@ class ModelConfig(Strict):
         default_factory=lambda: DriftConfig(), description="Live input drift watch (for versions with a profile)."
     )
     description: str = ""
+    python: PythonOptions = Field(
+        default_factory=lambda: PythonOptions(), description="platform python: the class and the files it reads."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="platform python: free-form values handed to the model's constructor."
+    )
+    steps: tuple[StepConfig, ...] = Field(default=(), description="platform pipeline: its steps, in order.")
+
+    @property
+    def extra_files(self) -> tuple[str, ...]:
+        """Files besides the artifact that the version's lineage covers (a python model's ``files``)."""
+        return self.python.files if self.platform is Platform.PYTHON else ()
 
     @field_validator("platform", mode="before")
     @classmethod
@@ -266,8 +376,26 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _io_declared(self) -> ModelConfig:
-        if self.platform is Platform.TORCHSCRIPT and (not self.inputs or not self.outputs):
-            raise ValueError("torchscript models must declare inputs and outputs")
+        declares = {Platform.TORCHSCRIPT, Platform.PYTHON, Platform.PIPELINE}
+        if self.platform in declares and (not self.inputs or not self.outputs):
+            raise ValueError(f"platform {self.platform.value} models must declare inputs and outputs")
+        if self.platform in TABULAR | {Platform.PIPELINE} and not self.max_batch_size:
+            raise ValueError(f"platform {self.platform.value} models take batches of rows: set max_batch_size > 0")
+        if self.platform is Platform.PIPELINE:
+            if any(t.source is not None for t in self.inputs or ()):
+                raise ValueError("from: is for a pipeline's outputs, not its inputs")
+            if not self.steps:
+                raise ValueError("a pipeline needs steps")
+            unsourced = [t.name for t in self.outputs or () if t.source is None]
+            if unsourced:
+                raise ValueError(f"pipeline outputs {unsourced} need from: STEP.OUTPUT")
+            names = [s.name for s in self.steps]
+            if len(names) != len(set(names)):
+                raise ValueError(f"duplicate step names: {names}")
+        elif self.steps:
+            raise ValueError("steps are for platform pipeline")
+        elif any(t.source is not None for t in (*(self.inputs or ()), *(self.outputs or ()))):
+            raise ValueError("from: is for the outputs of platform pipeline")
         names = [t.name for t in self.inputs or ()]
         if len(names) != len(set(names)):
             raise ValueError(f"duplicate input names: {names}")

@@ -55,8 +55,9 @@ def _stamp(entry: ModelEntry, version: int) -> tuple[int, ...]:
     out = []
     for path in (
         entry.path / "model.yaml",
-        entry.version_dir(version) / entry.config.platform.artifact,
+        entry.artifact(version),
         entry.version_dir(version) / LINEAGE_FILE,
+        *(entry.version_dir(version) / f for f in entry.config.extra_files),
     ):
         try:
             out.append(os.stat(path).st_mtime_ns)

@@ -69,9 +69,16 @@ def record_lineage(
     """Write the artifact's sha256 (and what is given) into the version's lineage, keeping the
     evaluation and profile already there."""
     entry, version, lineage = _version(repository, spec)
-    artifact = entry.config.platform.artifact
+    directory = entry.version_dir(version)
+    artifact = entry.config.platform.artifact_in(directory)
+    if artifact is None:
+        raise InvalidInputError(f"{entry.name} is a {entry.config.platform.value}: it has no artifact to record")
     update: dict[str, Any] = {
-        "artifact": ArtifactRecord(file=artifact, sha256=file_sha256(entry.version_dir(version) / artifact)),
+        "artifact": ArtifactRecord(
+            file=artifact.name,
+            sha256=file_sha256(artifact),
+            files={f: file_sha256(directory / f) for f in entry.config.extra_files},
+        ),
         "created_by": created_by or lineage.created_by or current_user(),
         "created_at": lineage.created_at or _now(),
     }

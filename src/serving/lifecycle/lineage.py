@@ -43,6 +43,9 @@ class _Strict(BaseModel):
 class ArtifactRecord(_Strict):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="Other files the version reads (a python model's), name -> sha256."
+    )
 
 
 class DataRecord(_Strict):
@@ -131,23 +134,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_artifact(version_dir: Path, artifact: str) -> Lineage | None:
-    """Read the lineage and check the artifact's sha256 against it.
+def verify_artifact(version_dir: Path, artifact: str | None, extra_files: tuple[str, ...] = ()) -> Lineage | None:
+    """Read the lineage and check the artifact's sha256 (and the other files') against it.
 
     Raises:
-        ConfigError: invalid lineage, or an artifact whose sha256 differs from the recorded one.
+        ConfigError: invalid lineage, or a file whose sha256 differs from the recorded one.
     """
     lineage = read_lineage(version_dir)
     if lineage is None or lineage.artifact is None:
         return lineage
-    if lineage.artifact.file != artifact:
-        raise ConfigError(
-            f"{version_dir / LINEAGE_FILE}: artifact.file is {lineage.artifact.file!r}, the model loads {artifact!r}"
-        )
-    actual = file_sha256(version_dir / artifact)
-    if actual != lineage.artifact.sha256:
-        raise ConfigError(
-            f"artifact {artifact} sha256 {actual[:12]}... does not match lineage.yaml "
-            f"({lineage.artifact.sha256[:12]}...): refusing a changed or corrupted artifact"
-        )
+    record = lineage.artifact
+    if artifact is None or record.file != artifact:
+        loads = repr(artifact) if artifact is not None else "no artifact file"
+        raise ConfigError(f"{version_dir / LINEAGE_FILE}: artifact.file is {record.file!r}, the model loads {loads}")
+    _check(version_dir / artifact, record.sha256)
+    for name in extra_files:
+        if name not in record.files:
+            raise ConfigError(f"{version_dir / LINEAGE_FILE}: artifact.files has no sha256 for {name!r}")
+        _check(version_dir / name, record.files[name])
     return lineage
+
+
+def _check(path: Path, recorded: str) -> None:
+    actual = file_sha256(path)
+    if actual != recorded:
+        raise ConfigError(
+            f"artifact {path.name} sha256 {actual[:12]}... does not match lineage.yaml "
+            f"({recorded[:12]}...): refusing a changed or corrupted artifact"
+        )

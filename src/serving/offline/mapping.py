@@ -144,8 +144,10 @@ def _label_output(outputs: tuple[TensorSpec, ...], labels: tuple[str, ...] | Non
 
 
 def _bind(spec: TensorSpec, source: ColumnSource, schema: pa.Schema) -> InputBinding:
-    if spec.datatype in ("BYTES", "BF16"):
+    if spec.datatype == "BF16":
         raise InvalidInputError(f"input {spec.name!r}: datatype {spec.datatype} is not supported by batch scoring")
+    if spec.datatype == "BYTES":
+        return _bind_bytes(spec, source, schema)
     if any(d < 0 for d in spec.shape):
         raise InvalidInputError(
             f"input {spec.name!r} has a variable dimension {list(spec.shape)}; batch scoring needs a fixed "
@@ -176,6 +178,36 @@ def _bind(spec: TensorSpec, source: ColumnSource, schema: pa.Schema) -> InputBin
     else:
         _check_numeric(spec, col, typ, scalar=True)
     return InputBinding(spec, (col,), stacked=False)
+
+
+def _bind_bytes(spec: TensorSpec, source: ColumnSource, schema: pa.Schema) -> InputBinding:
+    """A BYTES input reads one binary (or string, as UTF-8) value per row from one column."""
+    if source.columns is not None or spec.shape not in ((), (1,)):
+        raise InvalidInputError(
+            f"input {spec.name!r} (BYTES, shape {list(spec.shape)}): batch scoring reads one binary or string "
+            "column into a BYTES input of shape [1]"
+        )
+    col = source.names[0]
+    if col not in schema.names:
+        raise InvalidInputError(f"input {spec.name!r}: column {col!r} is not in the data (columns: {schema.names})")
+    typ = schema.field(col).type
+    if not _is_binary(typ):
+        raise InvalidInputError(
+            f"column {col!r} has type {typ}; model input {spec.name!r} (BYTES) needs binary or string"
+        )
+    return InputBinding(spec, (col,), stacked=False)
+
+
+def _is_binary(typ: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+        or pa.types.is_fixed_size_binary(typ)
+        or pa.types.is_binary_view(typ)
+        or pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_string_view(typ)
+    )
 
 
 def _is_list(typ: pa.DataType) -> bool:
@@ -217,6 +249,9 @@ def extract_inputs(table: pa.Table, plan: ColumnPlan) -> tuple[dict[str, Array],
     errors = RowErrors(table.num_rows)
     arrays = {}
     for b in plan.inputs:
+        if b.tensor.datatype == "BYTES":
+            arrays[b.tensor.name] = _bytes_values(table.column(b.columns[0]), b, errors)
+            continue
         dtype = numpy_dtype(b.tensor.datatype)
         if b.stacked:
             arr = np.empty((table.num_rows, len(b.columns)), dtype=dtype)
@@ -228,6 +263,19 @@ def extract_inputs(table: pa.Table, plan: ColumnPlan) -> tuple[dict[str, Array],
             arr = _scalar_values(table.column(b.columns[0]), b.tensor, b.columns[0], dtype, errors)
         arrays[b.tensor.name] = arr.reshape((table.num_rows, *b.tensor.shape))
     return arrays, errors
+
+
+def _bytes_values(col: pa.ChunkedArray, b: InputBinding, errors: RowErrors) -> Array:
+    """One ``bytes`` per row (strings encoded as UTF-8); a null row is an error row holding b""."""
+    n = len(col)
+    if col.null_count:
+        errors.add(
+            col.is_null().to_numpy(zero_copy_only=False), f"input {b.tensor.name!r}: column {b.columns[0]!r} is null"
+        )
+    out = np.empty(n, dtype=np.object_)
+    for i, value in enumerate(col.to_pylist()):
+        out[i] = value.encode("utf-8") if isinstance(value, str) else (value or b"")
+    return out.reshape((n, *b.tensor.shape))
 
 
 def _scalar_values(col: pa.ChunkedArray, spec: TensorSpec, name: str, dtype: np.dtype[Any], errors: RowErrors) -> Array:
@@ -349,7 +397,10 @@ def output_columns(outputs: dict[str, Array], plan: ColumnPlan) -> dict[str, pa.
 
 
 def tensor_column(values: Array) -> pa.Array:
-    """``[rows]`` or ``[rows, 1]`` -> a scalar column; ``[rows, d1, d2...]`` -> nested fixed-size lists."""
+    """``[rows]`` or ``[rows, 1]`` -> a scalar column; ``[rows, d1, d2...]`` -> nested fixed-size lists.
+    BYTES values are a string column when every value is UTF-8 text, binary otherwise."""
+    if values.dtype == np.object_:
+        values = _text_or_binary(values)
     if values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1):
         return pa.array(values.reshape(len(values)))
     dims = values.shape[1:]
@@ -357,3 +408,14 @@ def tensor_column(values: Array) -> pa.Array:
     for d in reversed(dims):
         col = pa.FixedSizeListArray.from_arrays(col, int(d))
     return col
+
+
+def _text_or_binary(values: Array) -> Array:
+    """BYTES outputs as str where all of them are UTF-8 (a label reads as text), bytes otherwise."""
+    try:
+        decoded = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values.reshape(-1)]
+    except UnicodeDecodeError:
+        return values
+    out = np.empty(values.shape, dtype=np.object_)
+    out.reshape(-1)[:] = decoded
+    return out

@@ -17,7 +17,9 @@ import pyarrow as pa
 
 from serving.batching import split_outputs
 from serving.codecs import numpy_dtype
+from serving.config.model import Platform
 from serving.errors import ModelNotFoundError, ServingError
+from serving.lifecycle.lineage import file_sha256
 from serving.model_instance import ModelInstance
 from serving.offline.mapping import (
     ERROR_COLUMN,
@@ -27,8 +29,10 @@ from serving.offline.mapping import (
     extract_inputs,
     output_columns,
 )
+from serving.offline.pipeline_steps import ScoringPipeline
 from serving.repository import ModelEntry, load_model_entry
-from serving.runtime import create_model
+from serving.rows import failed_rows
+from serving.runtime import Model, create_model
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +74,30 @@ def open_version(
         update={k: v for k, v in {"device": device, "num_threads": threads, "warmup": warmup}.items() if v is not None}
     )
     config = config.model_copy(update={"instance": instance})
-    loaded = ModelInstance(entry.name, version, config, create_model(config, entry.version_dir(version)))
+    model: Model
+    if config.platform is Platform.PIPELINE:
+
+        def open_step(name: str, step_version: str) -> ModelInstance:
+            step_entry, number = resolve_version(entry.path.parent, f"{name}:{step_version}" if step_version else name)
+            return open_version(step_entry, number, device=device, threads=threads, warmup=warmup)
+
+        model = ScoringPipeline(entry.name, config, open_step)
+    else:
+        model = create_model(config, entry.version_dir(version))
+    loaded = ModelInstance(entry.name, version, config, model)
     loaded.open()
     return loaded
 
 
 def artifact_sha256(entry: ModelEntry, version: int) -> str:
-    digest = hashlib.sha256()
-    with (entry.version_dir(version) / entry.config.platform.artifact).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The artifact's sha256; with other files (a python model's), over each file's name and sha256."""
+    main = file_sha256(entry.artifact(version))
+    extra = entry.config.extra_files
+    if not extra:
+        return main
+    directory = entry.version_dir(version)
+    lines = [f"{entry.artifact(version).name} {main}", *(f"{f} {file_sha256(directory / f)}" for f in extra)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 @dataclass
@@ -104,35 +121,45 @@ class Scorer:
         if len(good) < table.num_rows:
             arrays = {k: v[good] for k, v in arrays.items()}
         outputs, failed = self._predict(arrays, len(good))
-        if failed:
+        if failed:  # outputs hold the other rows only, in order
             for i, reason in failed.items():
                 errors.reasons[good[i]] = reason
                 errors.bad[good[i]] = True
-            keep = np.setdiff1d(np.arange(len(good)), np.fromiter(failed, dtype=np.int64))
-            outputs = {k: v[keep] for k, v in outputs.items()}
-            good = good[keep]
+            good = np.setdiff1d(good, good[np.fromiter(failed, dtype=np.int64)])
         scored = self._scored_table(table, good, outputs)
         return ScoredBatch(scored, self._errors_table(table, errors.bad, errors.reasons))
 
     def _predict(self, arrays: dict[str, Array], n: int) -> tuple[dict[str, Array], dict[int, str]]:
-        """Run in chunks of max_batch_size; a chunk the model rejects is retried row by row."""
+        """Run in chunks of max_batch_size; a chunk the model rejects is retried row by row. The
+        outputs of the rows that did not fail, in order, and the failed rows with their reason
+        (a model's ``"_errors"`` among them)."""
         parts: list[dict[str, Array]] = []
         failed: dict[int, str] = {}
         batched = self.mv.max_batch_size > 0
         step = self.chunk_rows
+
+        def keep(out: dict[str, Array], start: int) -> None:
+            refused = failed_rows(out)
+            for i, message in refused.items():
+                failed[start + i] = f"model error: {message}"
+            if refused:
+                ok = np.setdiff1d(np.arange(len(next(iter(out.values())))), np.fromiter(refused, dtype=np.int64))
+                out = {k: v[ok] for k, v in out.items()}
+            parts.append(out)
+
         for start in range(0, n, step):
             chunk = {k: v[start : start + step] for k, v in arrays.items()}
             if not batched:
                 chunk = {k: v[0] for k, v in chunk.items()}
             try:
-                parts.append(self._run(chunk, batched))
+                keep(self._run(chunk, batched), start)
             except ServingError as exc:
                 if not batched or step == 1:
                     failed[start] = f"model error: {exc.message}"
                     continue
                 for i in range(start, min(start + step, n)):
                     try:
-                        parts.append(self._run({k: v[i : i + 1] for k, v in arrays.items()}, batched))
+                        keep(self._run({k: v[i : i + 1] for k, v in arrays.items()}, batched), i)
                     except ServingError as row_exc:
                         failed[i] = f"model error: {row_exc.message}"
         if not parts:

@@ -283,7 +283,8 @@ class GrpcAdapter:
         what = exc.message if isinstance(exc, ServingError) else "unhandled error in gRPC call"
         log.error("internal error (request id %s): %s", request_id, what, exc_info=exc)
         context.set_code(grpc.StatusCode.INTERNAL)
-        context.set_details(f"internal error (request id {request_id})")
+        shown = f": {exc.message}" if isinstance(exc, ServingError) and exc.shown else ""
+        context.set_details(f"internal error (request id {request_id}){shown}")
         return empty
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:

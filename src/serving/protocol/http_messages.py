@@ -50,7 +50,7 @@ def error_response(exc: ServingError, request_id: str) -> Answer:
     status = int(http_status(exc.kind))
     message = exc.message
     if exc.kind is ErrorKind.INTERNAL:
-        message = f"internal error (request id {request_id})"
+        message = f"internal error (request id {request_id})" + (f": {exc.message}" if exc.shown else "")
     answer = json_answer({"error": message}, status)
     if exc.kind is ErrorKind.OVERLOADED:
         answer.headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))

@@ -20,6 +20,7 @@ from serving.lifecycle.drift import DriftMonitor
 from serving.lifecycle.lineage import Lineage, verify_artifact
 from serving.model_instance import ModelInstance
 from serving.registry.hang import HangRecovery
+from serving.registry.steps import PipelineRunner
 from serving.runtime import Model
 from serving.telemetry.metrics import (
     BATCH_SIZE,
@@ -69,6 +70,8 @@ class ModelVersion:
     lineage: Lineage | None = None
     drift: DriftMonitor | None = None
     """Watches live inputs against the version's training profile (when it has one)."""
+    pipeline: PipelineRunner | None = None
+    """A pipeline version's runner (it has no batcher or worker of its own)."""
     active: int = 0
     """Requests submitted to this version and not answered yet (an unload waits for them)."""
     retry: bool = False
@@ -138,9 +141,12 @@ class ModelVersion:
 
     def open(self) -> None:
         """The slow part of :meth:`load` (hashing, loading, warm-up): may run on a worker thread."""
-        if self.directory is not None:
-            self.lineage = verify_artifact(self.directory, self.config.platform.artifact)
+        if self.directory is not None and self.pipeline is None:
+            artifact = self.config.platform.artifact_in(self.directory)
+            self.lineage = verify_artifact(self.directory, artifact.name if artifact else None, self.config.extra_files)
         self.instance.open()
+        if self.pipeline is not None:
+            self.pipeline.check()
 
     def start(self, load_seconds: float) -> None:
         """Start serving an opened model (on the event loop's thread)."""
@@ -156,7 +162,9 @@ class ModelVersion:
         self.metrics.set(READY, self.labels, 1)
 
     def _start_lane(self) -> None:
-        """A worker thread and a batcher for ``self.instance``."""
+        """A worker thread and a batcher for ``self.instance`` (none for a pipeline: its steps batch)."""
+        if self.pipeline is not None:
+            return
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
         batching = self.config.dynamic_batching
         self.batcher = DynamicBatcher(

@@ -10,11 +10,14 @@ import random
 import time
 from collections.abc import Callable
 
-from serving.errors import FileReadError, ModelNotFoundError, ServingError
+from serving.config.model import Platform
+from serving.errors import FileReadError, ModelNotFoundError, ModelNotReadyError, ServingError
 from serving.lifecycle.routing import ModelRouting
 from serving.model_instance import ModelInstance
+from serving.pipeline.model import PipelineModel
 from serving.registry import choice
 from serving.registry.lane import ModelVersion, VersionState
+from serving.registry.steps import PipelineRunner, RegistrySteps
 from serving.repository import ModelEntry
 from serving.runtime import create_model
 from serving.telemetry.metrics import READY, Metrics, NullMetrics
@@ -40,6 +43,12 @@ class ModelRegistry:
     def new_version(self, entry: ModelEntry, version: int) -> ModelVersion:
         """A version of ``entry``, not loaded yet."""
         directory = entry.version_dir(version)
+        if entry.config.platform is Platform.PIPELINE:
+            model = PipelineModel(entry.name, entry.config)
+            mv = ModelVersion(ModelInstance(entry.name, version, entry.config, model), metrics=self.metrics)
+            mv.directory = directory
+            mv.pipeline = PipelineRunner(model, RegistrySteps(self), self.metrics, mv.labels)
+            return mv
         return ModelVersion(
             ModelInstance(entry.name, version, entry.config, create_model(entry.config, directory)),
             metrics=self.metrics,
@@ -48,8 +57,9 @@ class ModelRegistry:
         )
 
     def load_entries(self, entries: list[ModelEntry]) -> None:
-        """Load the selected versions of each entry; a failure marks only that version."""
-        for entry in entries:
+        """Load the selected versions of each entry (pipelines last: their steps must be served);
+        a failure marks only that version."""
+        for entry in sorted(entries, key=lambda e: e.config.platform is Platform.PIPELINE):
             self._entries[entry.name] = entry
             for v in entry.selected:
                 mv = self.new_version(entry, v)
@@ -117,7 +127,13 @@ class ModelRegistry:
         else:
             reason = f"unexpected error while loading: {type(exc).__name__}: {exc}"
         mv.state, mv.reason = VersionState.UNAVAILABLE, reason
-        mv.retry = isinstance(exc, FileReadError) or not isinstance(exc, ServingError)  # OSError included
+        mv.retry = (
+            isinstance(exc, FileReadError)
+            or not isinstance(exc, ServingError)  # OSError included
+            or (
+                mv.pipeline is not None and isinstance(exc, ModelNotFoundError | ModelNotReadyError)
+            )  # a step not served yet
+        )
         self.metrics.set(READY, mv.labels, 0)
         log.error(
             "model %s version %d failed to load: %s%s",

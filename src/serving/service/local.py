@@ -20,6 +20,7 @@ from serving.errors import ServingError
 from serving.registry.lane import VersionState
 from serving.registry.versions import ModelRegistry
 from serving.repository import scan_repository
+from serving.rows import raise_for_failed_rows
 from serving.service import metadata
 from serving.service.checks import check_inputs, check_outputs, request_deadline
 from serving.service.drift_watch import DriftWatch
@@ -173,12 +174,17 @@ class LocalInferenceService:
         try:
             arrays = check_inputs(mv.instance, request.inputs)
             wanted = check_outputs(mv.instance, request)
-            assert mv.batcher is not None
             mv.active += 1
             try:
-                results = await mv.batcher.submit(arrays, request_deadline(request, start))
+                deadline = request_deadline(request, start)
+                if mv.pipeline is not None:
+                    results = await mv.pipeline.run(arrays, deadline)
+                else:
+                    assert mv.batcher is not None
+                    results = await mv.batcher.submit(arrays, deadline)
             finally:
                 mv.active -= 1
+            raise_for_failed_rows(results, mv.name)
         except ServingError:
             mv.stats.fail.add(time.monotonic_ns() - start)
             raise

@@ -151,6 +151,13 @@ DRIFT_ROWS = MetricSpec(
     "Sampled rows in the drift window the PSI is computed from.",
     ("model", "version"),
 )
+PIPELINE_STEP_SECONDS = MetricSpec(
+    "serving_pipeline_step_duration_seconds",
+    "histogram",
+    "Time one step of a pipeline took for one request (queue and model run of the step's model), seconds.",
+    ("model", "version", "step"),
+    LATENCY_BUCKETS,
+)
 SPECS = (
     REQUESTS,
     REQUEST_SECONDS,
@@ -171,6 +178,7 @@ SPECS = (
     SHADOW_SECONDS,
     DRIFT_PSI,
     DRIFT_ROWS,
+    PIPELINE_STEP_SECONDS,
 )
 
 

@@ -6,7 +6,8 @@ sampler comes from ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` (SDK defa
 parent-based always-on), the service name from ``OTEL_SERVICE_NAME`` (default ``serving``).
 
 Spans, per request: ``infer`` (SERVER, continues a W3C ``traceparent`` from HTTP headers or
-gRPC metadata) -> ``queue`` (waiting for its batch). Per model execution: ``batch``, a child
+gRPC metadata) -> ``queue`` (waiting for its batch); a pipeline's request has a ``pipeline.step`` span per step,
+with the step model's ``queue`` under it. Per model execution: ``batch``, a child
 of the first request it served with a link to every request span, then ``model.run``.
 Batch spans are recorded after the fact with their measured start and end times, so the
 batcher's hot path only captures the request's span context.
@@ -14,10 +15,11 @@ batcher's hot path only captures the request's span context.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -96,6 +98,17 @@ class RequestSpan:
             self._span.set_status(Status(StatusCode.ERROR, outcome))
         otel_context.detach(self._token)
         self._span.end()
+
+
+@contextlib.contextmanager
+def span(name: str, attributes: Mapping[str, Any]) -> Iterator[None]:
+    """A child span of the current one around a block (a pipeline step): spans started inside,
+    the step model's queue and batch spans included, nest under it. Nothing when tracing is off."""
+    if not _enabled or not trace.get_current_span().get_span_context().is_valid:
+        yield
+        return
+    with _tracer.start_as_current_span(name, attributes=dict(attributes)):
+        yield
 
 
 def current_span_context() -> SpanContext | None:
