@@ -9,6 +9,9 @@ import numpy as np
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from serving.control.store import LifecycleStore
+from serving.lifecycle.routing import promote
+
 # Every OIP datatype the identity model round-trips (BF16 has no numpy dtype).
 IDENTITY_TYPES: dict[str, int] = {
     "BOOL": TensorProto.BOOL,
@@ -194,4 +197,172 @@ def build_demo_and_test_repository(root: Path) -> Path:
     from serving.demo import build_demo_repository
 
     build_demo_repository(root)
+    build_model_kinds(root)
     return build_test_repository(root)
+
+
+# Python, tabular and pipeline models (issue 23). Each python model's code is written as a user
+# would write it; the values it receives decide what it does, so one model shows every rule.
+PY_RULES = """
+import time
+
+import numpy as np
+
+from serving import ROW_ERRORS, InvalidInput
+
+
+class Model:
+    def __init__(self, context):
+        self.offset = float(context.parameters.get("offset", 0.0))
+
+    def predict(self, inputs):
+        x = inputs["x"]
+        if (x == -1).any():
+            raise InvalidInput("x must not be -1")
+        if (x == 666).any():
+            raise RuntimeError("a bug in model.py, with a secret: hunter2")
+        if (x == 777).any():
+            return {"y": x.astype(np.int64)}
+        if (x == 888).any():
+            return {"y": x[:1]}
+        if (x == 999).any():
+            time.sleep(6)  # past execution_timeout_s: the version is reloaded
+        errors = ["13 is unlucky" if v == 13 else None for v in x[:, 0]]
+        return {"y": x + self.offset, ROW_ERRORS: errors}
+"""
+
+PY_VERSIONED = """
+import numpy as np
+
+ANSWER = {answer}
+
+
+class Model:
+    def __init__(self, context):
+        pass
+
+    def predict(self, inputs):
+        return {{"y": np.full_like(inputs["x"], ANSWER)}}
+"""
+
+PY_SMALL = """
+import numpy as np
+
+
+class Model:
+    def __init__(self, context):
+        pass
+
+    def predict(self, inputs):
+        x = inputs["x"]
+        return {"y": x, "confidence": x}
+"""
+
+PY_LARGE = """
+import numpy as np
+
+
+class Model:
+    def __init__(self, context):
+        self.calls = 0
+
+    def predict(self, inputs):
+        return {"y": inputs["x"] * 100.0}
+"""
+
+SCALAR_X = [{"name": "x", "datatype": "FP32", "shape": [1]}]
+SCALAR_Y = [{"name": "y", "datatype": "FP32", "shape": [1]}]
+
+
+def python_model(root: Path, name: str, code: str | dict[int, str], **config: Any) -> None:
+    """A ``platform: python`` model: ``code`` for version 1, or per version."""
+    versions = code if isinstance(code, dict) else {1: code}
+    for version, text in versions.items():
+        folder = root / name / str(version)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.py").write_text(text)
+    doc = {"platform": "python", "max_batch_size": 16, "inputs": SCALAR_X, "outputs": SCALAR_Y, **config}
+    _config(root / name, doc)
+
+
+def build_model_kinds(root: Path) -> Path:
+    """Python models (every error rule, two versions of one class, an import failure, a hang),
+    tabular models of each library, and pipelines (a branch, an alias step)."""
+    python_model(
+        root, "py_rules", PY_RULES, parameters={"offset": 0.5},
+        instance={"execution_timeout_s": 2.0},
+        dynamic_batching={"max_queue_delay_ms": 20},
+    )  # fmt: skip
+    python_model(root, "py_twins", {1: PY_VERSIONED.format(answer=1), 2: PY_VERSIONED.format(answer=2)},
+                 version_policy={"all": True})  # fmt: skip
+    python_model(
+        root, "py_broken", {1: PY_VERSIONED.format(answer=1), 2: "import no_such_module_anywhere\n"},
+        version_policy={"all": True},
+    )  # fmt: skip
+    python_model(root, "py_plus", {1: PY_VERSIONED.format(answer=1), 2: PY_VERSIONED.format(answer=2)},
+                 version_policy={"all": True}, gates={"require_evaluation": False})  # fmt: skip
+    python_model(
+        root, "py_small", PY_SMALL,
+        outputs=[*SCALAR_Y, {"name": "confidence", "datatype": "FP32", "shape": [1]}],
+    )  # fmt: skip
+    python_model(root, "py_large", PY_LARGE)
+    pipeline(
+        root, "branchy",
+        steps=[
+            {"name": "small", "model": "py_small", "inputs": {"x": "x"}},
+            {"name": "large", "model": "py_large", "inputs": {"x": "x"}, "when": "small.confidence < 0.6",
+             "otherwise": {"y": "small.y"}},
+        ],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [1], "from": "large.y"}],
+    )  # fmt: skip
+    # The alias the pipeline's step follows exists before the server starts (a pipeline whose
+    # step does not resolve is not ready, and neither is a strictly ready server).
+    LifecycleStore(root / "_serving").update(
+        "py_plus", lambda r: promote(r, "production", 1), who="tests", action="promote"
+    )
+    pipeline(
+        root, "plus_pipe",
+        steps=[{"name": "plus", "model": "py_plus@production", "inputs": {"x": "x"}}],
+        outputs=[{"name": "y", "datatype": "FP32", "shape": [1], "from": "plus.y"}],
+    )  # fmt: skip
+    tabular_models(root)
+    return root
+
+
+def pipeline(root: Path, name: str, **config: Any) -> None:
+    """A ``platform: pipeline`` model on one FP32 [1] input ``x``."""
+    (root / name / "1").mkdir(parents=True, exist_ok=True)
+    _config(root / name, {"platform": "pipeline", "max_batch_size": 64, "inputs": SCALAR_X, **config})
+
+
+def iris() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    return x.astype(np.float64), y
+
+
+def tabular_models(root: Path) -> None:
+    """A random forest (sklearn), gradient-boosted trees (XGBoost, LightGBM) on iris, one
+    feature vector input each; and a LightGBM regressor."""
+    import joblib
+    import lightgbm
+    import xgboost
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = iris()
+    folder = root / "iris_forest" / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(RandomForestClassifier(n_estimators=20, random_state=0).fit(x, y), folder / "model.joblib")
+    _config(
+        root / "iris_forest",
+        {"platform": "sklearn", "max_batch_size": 64, "labels": ["setosa", "versicolor", "virginica"]},
+    )
+    folder = root / "iris_xgb" / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(x, y).save_model(folder / "model.json")
+    _config(root / "iris_xgb", {"platform": "xgboost", "max_batch_size": 64})
+    folder = root / "iris_lgbm" / "1"
+    folder.mkdir(parents=True, exist_ok=True)
+    lightgbm.LGBMClassifier(n_estimators=10, verbose=-1).fit(x, y).booster_.save_model(folder / "model.txt")
+    _config(root / "iris_lgbm", {"platform": "lightgbm", "max_batch_size": 64})

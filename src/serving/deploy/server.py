@@ -92,7 +92,8 @@ def preload_modules(entries: list[ModelEntry]) -> list[str]:
     """What a local Ray's workers import while Serve's controller starts: the replica's code and
     the frameworks of the repository's models (torch alone takes ~1.2 s here). Measured on this
     2-core VM: ready 0.4-0.6 s sooner, at the memory of those imports in each idle worker."""
-    return ["serving.deploy.app", *sorted({RUNTIME_MODULES[e.config.platform] for e in entries})]
+    runtimes = {RUNTIME_MODULES[e.config.platform] for e in entries if e.config.platform in RUNTIME_MODULES}
+    return ["serving.deploy.app", *sorted(runtimes)]
 
 
 def deploy(settings: ServerSettings) -> None:

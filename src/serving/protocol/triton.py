@@ -8,6 +8,10 @@ from typing import Any
 from serving.types import DurationStat, ModelDescription, ModelStats
 
 
+_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}
+"""Triton's backend name for a platform (python, sklearn, xgboost, lightgbm and pipeline keep theirs)."""
+
+
 def _config_type(datatype: str) -> str:
     return "TYPE_" + ("STRING" if datatype == "BYTES" else datatype)
 
@@ -24,7 +28,7 @@ def config_json(d: ModelDescription) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "name": d.name,
         "platform": d.platform,
-        "backend": "onnxruntime" if d.platform == "onnxruntime_onnx" else "pytorch",
+        "backend": _BACKENDS.get(d.platform, d.platform),
         "version_policy": vp,
         "max_batch_size": d.max_batch_size,
         "input": [{"name": s.name, "data_type": _config_type(s.datatype), "dims": list(s.shape)} for s in d.inputs],

@@ -44,7 +44,11 @@ def model_metadata(registry: ModelRegistry, name: str, version: str = "") -> Mod
         inputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.inputs),
         outputs=tuple(TensorSpec(s.name, s.datatype, tuple(mv.wire_shape(s))) for s in mv.outputs),
         device=mv.model.device,
-        parameters={"served_version": str(served.version), **lineage_parameters(served.lineage)},
+        parameters={
+            "served_version": str(served.version),
+            **lineage_parameters(served.lineage),
+            **({f"pipeline.step.{k}": v for k, v in served.pipeline.resolved().items()} if served.pipeline else {}),
+        },
     )
 
 
