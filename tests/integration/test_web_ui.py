@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as thttp
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from serving.demo import build_demo_repository, digits_data
+from serving.demo import build_demo_repository, digits_data, png_bytes
 
 from server_process import ServerProcess, free_port
 
@@ -199,6 +199,27 @@ def test_try_it_answers_as_tritonclient_does(ui: OpenPage, web_server: ServerPro
     np.testing.assert_allclose(outputs["probabilities"]["data"], want.as_numpy("probabilities").reshape(-1), rtol=1e-6)
     assert answer["model_version"] == "2"
     assert ui.page.locator("#try-latency").inner_text().endswith("ms")
+    assert ui.console_errors == []
+
+
+def test_try_it_sends_image_files_to_the_image_pipeline(
+    ui: OpenPage, web_server: ServerProcess, tmp_path: Path
+) -> None:
+    x, target = digits_data()
+    files = []
+    for i in (3, 4):
+        path = tmp_path / f"digit-{i}.png"
+        path.write_bytes(png_bytes(x[i], side=32))
+        files.append(str(path))
+    ui.page.select_option("#try-model", "digits_image:1")
+    ui.page.wait_for_selector('.try-file[data-input="image"]')
+    ui.page.set_input_files('.try-file[data-input="image"]', files)
+    ui.page.wait_for_function("() => document.querySelector('.try-shape[data-input=\"image\"]').value === '[2,1]'")
+    ui.page.click("#try-send")
+    ui.page.wait_for_function("() => document.getElementById('try-output').dataset.status === '200'", timeout=20_000)
+    answer = json.loads(ui.page.locator("#try-output").inner_text())
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert outputs["label"]["data"] == [str(target[3]), str(target[4])]
     assert ui.console_errors == []
 
 

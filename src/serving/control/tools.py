@@ -139,25 +139,45 @@ def _metrics(entry: ModelEntry, table: pa.Table, label: str, task: str | None) -
             if values.dtype.kind == "f" and values.reshape(len(values), -1).shape[1] == 1:
                 return regression_metrics(truth, values), kind
         raise InvalidInputError("no output with one number per row to compare with the label (regression)")
-    labels = entry.config.labels
     scores = next(
         (v for _, c in outputs if (v := _column(table, c)).dtype.kind == "f" and v.ndim == 2 and v.shape[1] > 1),
         None,
     )
-    if scores is not None:
-        classes = np.asarray(labels if labels else range(scores.shape[1]), dtype=object)
+    named = next((v for _, c in outputs if (v := _column(table, c)).ndim == 1 and v.dtype.kind != "f"), None)
+    truth = _as_text(truth)
+    classes = _classes(entry.config.labels, scores, truth)
+    if named is not None:  # the model's own class output (a label), as text like the truth
+        predicted = _as_text(named)
+    elif scores is not None:
         predicted = classes[np.argmax(scores, axis=1)]
     else:
-        predicted = next((v for _, c in outputs if (v := _column(table, c)).ndim == 1), None)
-        if predicted is None:
-            raise InvalidInputError("no class scores or class output to compare with the label")
-        classes = np.unique(predicted)
-    if labels:
-        truth = np.asarray([str(t) for t in truth.tolist()], dtype=object)
-        predicted = np.asarray([str(p) for p in predicted.tolist()], dtype=object)
-    else:
-        truth, predicted = truth.astype(object), predicted.astype(object)
+        raise InvalidInputError("no class scores or class output to compare with the label")
     return classification_metrics(truth, predicted, scores, classes), kind
+
+
+def _as_text(values: Array) -> Array:
+    """Class values compared as text: 3, 3.0, "3" and b"3" are one class."""
+    out = []
+    for v in values.tolist():
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out.append(str(v))
+    return np.asarray(out, dtype=object)
+
+
+def _classes(labels: tuple[str, ...] | None, scores: Array | None, truth: Array) -> Array:
+    """The class of each score column: model.yaml's labels; else the sorted truth values when
+    they are as many as the columns (scikit-learn orders its classes so); else 0..k-1."""
+    if labels:
+        return np.asarray(labels, dtype=object)
+    k = scores.shape[1] if scores is not None else 0
+    seen = sorted(set(truth.tolist()))
+    numbered = [str(i) for i in range(k)]
+    if len(seen) == k and not set(seen) <= set(numbered):
+        return np.asarray(seen, dtype=object)
+    return np.asarray(numbered, dtype=object)
 
 
 def profile_version(repository: Path, spec: str, data: list[str]) -> ProfileRecord:

@@ -298,6 +298,21 @@ async function buildForm() {
     const n = shape.reduce((a, b) => a * b, 1);
     const fill = input.datatype === "BYTES" ? "" : input.datatype.startsWith("FP") ? 0.5 : 0;
     area.value = JSON.stringify(new Array(Math.min(n, 4096)).fill(fill));
+    if (input.datatype !== "BYTES") return [label, area];
+    // BYTES: text in the box, or files (an image per row), sent as they are in binary tensors.
+    const picker = document.createElement("input");
+    picker.type = "file";
+    picker.multiple = true;
+    picker.className = "try-file";
+    picker.dataset.input = input.name;
+    picker.addEventListener("change", async () => {
+      const files = Array.from(picker.files);
+      area.files = await Promise.all(files.map(async (f) => new Uint8Array(await f.arrayBuffer())));
+      area.value = JSON.stringify(files.map((f) => f.name));
+      shapeBox.value = JSON.stringify([files.length, ...shape.slice(1)]);
+      area.readOnly = files.length > 0;
+    });
+    label.append(" or files ", picker);
     return [label, area];
   }));
 }
@@ -309,7 +324,7 @@ const TYPED = {
 
 function encodeBinary(datatype, flat) {
   if (datatype === "BYTES") {
-    const parts = flat.map((s) => new TextEncoder().encode(String(s)));
+    const parts = flat.map((s) => (s instanceof Uint8Array ? s : new TextEncoder().encode(String(s))));
     const out = new Uint8Array(parts.reduce((a, p) => a + 4 + p.length, 0));
     const view = new DataView(out.buffer);
     let at = 0;
@@ -347,10 +362,10 @@ async function send(event) {
   try {
     const inputs = Array.from(document.querySelectorAll(".try-data")).map((area) => {
       const shape = JSON.parse(document.querySelector(`.try-shape[data-input="${area.dataset.input}"]`).value);
-      const data = JSON.parse(area.value);
-      return { name: area.dataset.input, datatype: area.dataset.datatype, shape, data: [data].flat(Infinity) };
+      const data = area.files && area.files.length ? area.files : [JSON.parse(area.value)].flat(Infinity);
+      return { name: area.dataset.input, datatype: area.dataset.datatype, shape, data };
     });
-    if (!binary) {
+    if (!binary && !inputs.some((i) => i.data.some((v) => v instanceof Uint8Array))) {
       body = JSON.stringify({ inputs });
     } else {
       const raws = inputs.map((i) => encodeBinary(i.datatype, i.data));
