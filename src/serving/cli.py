@@ -28,6 +28,7 @@ LIFECYCLE_COMMANDS = (
     "lineage",
     "evaluate",
     "profile",
+    "convert",
 )
 
 

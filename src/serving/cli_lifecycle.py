@@ -154,6 +154,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from serving.control.convert import convert
+
+    done = convert(args.repository, args.version, args.data, tolerance=args.tolerance)
+    r = done.record
+    print(
+        f"{args.version} -> version {done.version} (ONNX, {r.tool}): same labels and largest difference "
+        f"{r.max_abs_diff:.3g} <= {r.tolerance:g} on {r.data.rows:,} rows; written to {done.path}"
+    )
+    _audit_tool(args, "convert", {"version": done.version, "max_abs_diff": r.max_abs_diff, "data": r.data.fingerprint})
+    return 0
+
+
 def _profile(args: argparse.Namespace) -> int:
     from serving.control.tools import profile_version
 
@@ -253,6 +266,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--task", choices=("classification", "regression"), help="default: regression for a float label")
     p.add_argument("--executor", choices=("auto", "local", "ray"), default="auto")
     p.set_defaults(func=_evaluate)
+    p = repo_parser("convert", "write a tabular version as ONNX, as the next version, if it answers alike on --data")
+    p.add_argument("--data", action="append", required=True, help="Parquet file/folder/glob to check on (repeatable)")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="largest difference allowed in probabilities")
+    p.set_defaults(func=_convert)
     p = repo_parser("profile", "store the training distribution of the inputs (the server watches drift against it)")
     p.add_argument("--data", action="append", required=True, help="Parquet file/folder/glob (repeatable)")
     p.set_defaults(func=_profile)

@@ -64,9 +64,9 @@ _ARTIFACTS = {
     Platform.ONNX: ("model.onnx",),
     Platform.TORCHSCRIPT: ("model.pt",),
     Platform.PYTHON: ("model.py",),
-    Platform.SKLEARN: ("model.joblib", "model.pkl"),
-    Platform.XGBOOST: ("model.json", "model.ubj"),
-    Platform.LIGHTGBM: ("model.txt",),
+    Platform.SKLEARN: ("model.joblib", "model.pkl", "model.onnx"),
+    Platform.XGBOOST: ("model.json", "model.ubj", "model.onnx"),
+    Platform.LIGHTGBM: ("model.txt", "model.onnx"),
     Platform.PIPELINE: (),
 }
 

@@ -79,6 +79,18 @@ class ProfileRecord(_Strict):
     created_at: str
 
 
+class ConversionRecord(_Strict):
+    """How ``serving convert`` made this version from another, and the parity check it passed."""
+
+    from_version: int
+    tool: str
+    data: DataRecord
+    tolerance: float
+    max_abs_diff: float
+    label_mismatches: int
+    converted_at: str
+
+
 class Lineage(_Strict):
     artifact: ArtifactRecord | None = None
     training_data: DataRecord | None = None
@@ -88,6 +100,7 @@ class Lineage(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     evaluation: EvaluationRecord | None = None
     profile: ProfileRecord | None = None
+    conversion: ConversionRecord | None = None
 
 
 def read_lineage(version_dir: Path) -> Lineage | None:

@@ -7,7 +7,6 @@ from typing import Any
 
 from serving.types import DurationStat, ModelDescription, ModelStats
 
-
 _BACKENDS = {"onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch"}
 """Triton's backend name for a platform (python, sklearn, xgboost, lightgbm and pipeline keep theirs)."""
 

@@ -31,13 +31,13 @@ def create_model(config: ModelConfig, version_dir: Path, name: str = "", version
         from serving.runtime.python import PythonModel
 
         return PythonModel(path, name or version_dir.parent.name, version or int(version_dir.name), config)
-    if config.platform in TABULAR:
+    if config.platform in TABULAR and path.suffix != ".onnx":  # a converted version is ONNX
         from serving.runtime.tabular import TabularModel
 
         return TabularModel(path, config)
     if config.platform is Platform.PIPELINE:
         raise ValueError("a pipeline has no runtime of its own")
-    if config.platform is Platform.ONNX:
+    if config.platform is Platform.ONNX or path.suffix == ".onnx":
         from serving.runtime.onnx import OnnxModel
 
         return OnnxModel(

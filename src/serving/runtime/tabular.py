@@ -1,7 +1,8 @@
 """``platform: sklearn | xgboost | lightgbm``: a trained estimator served with no code to write.
 
 Artifacts: scikit-learn ``model.joblib`` / ``model.pkl`` (any estimator or Pipeline with
-``predict``), XGBoost ``model.json`` / ``model.ubj``, LightGBM ``model.txt``. A pickle runs
+``predict``), XGBoost ``model.json`` / ``model.ubj``, LightGBM ``model.txt``; or a ``model.onnx``
+that ``serving convert`` wrote, with the same contract (run by onnxruntime). A pickle runs
 code when loaded: serve only repositories you trust.
 
 Inputs, unless model.yaml declares them: one FP64 input per named feature (a model trained on a
@@ -48,6 +49,8 @@ class Estimator:
     classes: tuple[Any, ...] | None
     scores: Callable[[Array], Array]
     """[n, n_features] -> probabilities [n, classes] (a classifier) or predictions [n] (a regressor)."""
+    raw: Any = None
+    """The library's own object (what ``serving convert`` hands to a converter)."""
 
 
 class TabularModel:
@@ -111,6 +114,28 @@ class TabularModel:
         )
         return _batched(inputs), outputs
 
+    @property
+    def estimator(self) -> Estimator:
+        return self._require()
+
+    @property
+    def raw(self) -> Any:
+        return self._require().raw
+
+    @property
+    def feature_order(self) -> tuple[str, ...]:
+        """The named inputs in the order they are stacked (empty: one vector input)."""
+        return self._order
+
+    def label_table(self) -> Array:
+        """``label`` for each class index: bytes (text classes or model.yaml labels) or int64."""
+        est = self._require()
+        assert est.classes is not None
+        names = self._label_names or est.classes
+        if self._label_names or _textual(est.classes):
+            return np.array([str(n).encode() for n in names], dtype=np.object_)
+        return np.asarray(names, dtype=np.int64)
+
     def predict(self, inputs: Arrays, outputs: list[str]) -> Arrays:
         est = self._require()
         if self._order:
@@ -130,13 +155,7 @@ class TabularModel:
         if "probabilities" in outputs:
             out["probabilities"] = scores.astype(np.float32, copy=False)
         if "label" in outputs:
-            best = np.argmax(scores, axis=1)
-            names = self._label_names or est.classes
-            if self._label_names or _textual(est.classes):
-                table = np.array([str(n).encode() for n in names], dtype=np.object_)
-            else:
-                table = np.asarray(names, dtype=np.int64)
-            out["label"] = table[best].reshape(-1, 1)
+            out["label"] = self.label_table()[np.argmax(scores, axis=1)].reshape(-1, 1)
         return out
 
     def unload(self) -> None:
@@ -175,7 +194,7 @@ def _sklearn(path: Path, threads: int) -> Estimator:
         raise ModelNotReadyError(f"{path}: the estimator is not fitted (no n_features_in_)")
     classes = getattr(est, "classes_", None)
     if classes is None:
-        return Estimator(n, _names(names), None, est.predict)
+        return Estimator(n, _names(names), None, est.predict, est)
     if callable(getattr(est, "predict_proba", None)):
         scores: Callable[[Array], Array] = est.predict_proba
     else:  # no probabilities (an SVC without probability=True): one-hot of its prediction
@@ -187,7 +206,7 @@ def _sklearn(path: Path, threads: int) -> Estimator:
             out[np.arange(len(x)), [index[c] for c in picked.tolist()]] = 1.0
             return out
 
-    return Estimator(n, _names(names), tuple(classes.tolist()), scores)
+    return Estimator(n, _names(names), tuple(classes.tolist()), scores, est)
 
 
 def _xgboost(path: Path, threads: int) -> Estimator:
@@ -204,15 +223,15 @@ def _xgboost(path: Path, threads: int) -> Estimator:
         return np.asarray(booster.inplace_predict(x, validate_features=False))
 
     if objective == "binary:logistic":
-        return Estimator(n, names, (0, 1), lambda x: _two_columns(raw(x)))
+        return Estimator(n, names, (0, 1), lambda x: _two_columns(raw(x)), booster)
     if objective == "multi:softprob":
         k = int(json.loads(booster.save_config())["learner"]["learner_model_param"]["num_class"])
-        return Estimator(n, names, tuple(range(k)), lambda x: raw(x).reshape(len(x), k))
+        return Estimator(n, names, tuple(range(k)), lambda x: raw(x).reshape(len(x), k), booster)
     if objective.startswith("multi:") or objective.startswith("binary:"):
         raise ModelNotReadyError(
             f"{path}: objective {objective} gives no probabilities; train with binary:logistic or multi:softprob"
         )
-    return Estimator(n, names, None, raw)
+    return Estimator(n, names, None, raw, booster)
 
 
 def _lightgbm(path: Path, threads: int) -> Estimator:
@@ -229,11 +248,11 @@ def _lightgbm(path: Path, threads: int) -> Estimator:
         return np.asarray(booster.predict(x, num_threads=threads) if threads else booster.predict(x))
 
     if kind in {"binary", "cross_entropy"}:
-        return Estimator(n, names, (0, 1), lambda x: _two_columns(raw(x)))
+        return Estimator(n, names, (0, 1), lambda x: _two_columns(raw(x)), booster)
     if kind in {"multiclass", "multiclassova"}:
         k = booster.num_model_per_iteration()
-        return Estimator(n, names, tuple(range(k)), lambda x: raw(x).reshape(len(x), k))
-    return Estimator(n, names, None, raw)
+        return Estimator(n, names, tuple(range(k)), lambda x: raw(x).reshape(len(x), k), booster)
+    return Estimator(n, names, None, raw, booster)
 
 
 def _names(names: Any) -> tuple[str, ...] | None:
