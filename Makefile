@@ -10,7 +10,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: serve test docs unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: serve test docs unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -130,6 +130,13 @@ bench-overload: $(BIN)/.installed
 # Lifecycle costs: drift watch throughput and shadow latency, on vs off (bench/results/lifecycle.md).
 bench-lifecycle: $(BIN)/.installed
 	$(PY) bench/lifecycle_cost.py --rounds 5 | tee bench/results/lifecycle.md
+
+# Python steps, pipelines and tabular models (bench/results/models.md, pipeline_overhead.md, tabular.md):
+# digits_image against PyTriton over gRPC and HTTP, a branching pipeline, per-step cost, native vs ONNX.
+bench-models: $(BIN)/.installed
+	$(PY) bench/pipeline_overhead.py
+	$(PY) bench/tabular.py
+	$(PY) bench/image_pipeline.py
 
 bench-batch: $(BIN)/.installed
 	$(PY) bench/batch.py $(BENCH_BATCH_ARGS)

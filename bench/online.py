@@ -110,9 +110,16 @@ def input_data(path: Path, features: int) -> Path:
 
 
 def perf_analyzer(
-    url: str, protocol: str, model: str, version: str, concurrency: int, data: Path | None, batch: int = 1
+    url: str,
+    protocol: str,
+    model: str,
+    version: str,
+    concurrency: int,
+    data: Path | None,
+    batch: int = 1,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """One perf_analyzer measurement; ``data`` None sends random inputs."""
+    """One perf_analyzer measurement; ``data`` None sends random inputs; ``extra``: more flags (``--async``)."""
     with tempfile.NamedTemporaryFile(suffix=".csv") as out:
         cmd = [
             str(TOOLS / "bin" / "perf_analyzer"),
@@ -120,7 +127,7 @@ def perf_analyzer(
             "--concurrency-range", str(concurrency),
             "--input-data", str(data) if data else "random",
             "--measurement-interval", "3000", "-s", "50", "--max-trials", "8",
-            "-f", out.name,
+            "-f", out.name, *extra,
         ]  # fmt: skip
         if protocol == "http":
             cmd += ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 venv=.pytriton
-[ -f "$venv/.installed" ] && exit 0
+# .installed-2: the image pipeline peer (bench/pytriton_image.py) needs Pillow too.
+[ -f "$venv/.installed-2" ] && exit 0
 ${PYTHON:-python3.11} -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" install -q nvidia-pytriton==0.7.0 onnxruntime numpy
-touch "$venv/.installed"
+"$venv/bin/pip" install -q nvidia-pytriton==0.7.0 onnxruntime numpy pillow
+touch "$venv/.installed-2"

@@ -269,10 +269,17 @@ def _demo_repo(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from serving.demo import build_demo_dataset
+    from serving.demo import build_demo_dataset, build_image_dataset
 
-    build_demo_dataset(args.root)
-    print(f"demo Parquet dataset (digits, hive partition split=) written to {args.root}")
+    if args.root is None and args.images is None:
+        print("error: give a folder (the digits as pixels) or --images FILE (as PNG files), or both", file=sys.stderr)
+        return 2
+    if args.root is not None:
+        build_demo_dataset(args.root)
+        print(f"demo Parquet dataset (digits, hive partition split=) written to {args.root}")
+    if args.images is not None:
+        build_image_dataset(args.images)
+        print(f"demo Parquet file (digits as PNG files: image_id, png, target) written to {args.images}")
     return 0
 
 
@@ -383,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--dataset", type=Path, help="also write the digits as a Parquet dataset here (for `score`)")
     d.set_defaults(func=_demo_repo)
     dd = sub.add_parser("demo-data", help="write the demo digits as a Parquet dataset (for score, evaluate, profile)")
-    dd.add_argument("root", type=Path)
+    dd.add_argument("root", type=Path, nargs="?", help="folder for the digits as pixels (hive partition split=)")
+    dd.add_argument("--images", type=Path, help="also (or only) write the digits as PNG files in one Parquet file here")
     dd.set_defaults(func=_demo_data)
     cli_lifecycle.add_commands(sub)
     args = parser.parse_args(argv)

@@ -233,3 +233,33 @@ async def test_row_errors_of_a_python_model_fail_only_their_own_request(tmp_path
         assert svc.statistics("rows")[0].execution_count == 1  # one batch held all three
     finally:
         await svc.close()
+
+
+async def test_a_shadow_pipeline_version_gets_copies_that_are_compared(tmp_path: Path) -> None:
+    """Version 2 of a pipeline shadows version 1: copies run through the steps' batchers, are
+    compared with the answer, and counted; the client gets version 1's answer."""
+    from serving.lifecycle.routing import ModelRouting
+    from serving.registry.versions import ModelRegistry
+    from serving.telemetry.metrics import SHADOW_AGREEMENTS, SHADOW_REQUESTS, MemoryMetrics
+
+    root = repository_with_steps(tmp_path)
+    pipeline(root, "shadowed", version_policy={"all": True}, steps=[{"name": "a", "model": "py_large", "inputs": {"x": "x"}}],
+             outputs=[{"name": "y", "datatype": "FP32", "shape": [1], "from": "a.y"}])  # fmt: skip
+    (root / "shadowed" / "2").mkdir()
+    metrics = MemoryMetrics()
+    svc = LocalInferenceService(ModelRegistry(metrics))
+    from serving.repository import scan_repository
+
+    svc.registry.load_entries(scan_repository(root))
+    svc.registry.routing["shadowed"] = ModelRouting(shadow=2, weights={1: 100})
+    try:
+        for _ in range(5):
+            np.testing.assert_array_equal(await ask(svc, "shadowed", x(1)), x(100))
+        for _ in range(100):
+            if metrics.values.get((SHADOW_REQUESTS.name, ("shadowed", "2", "compared")), 0) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert metrics.values[(SHADOW_REQUESTS.name, ("shadowed", "2", "compared"))] == 5
+        assert metrics.values[(SHADOW_AGREEMENTS.name, ("shadowed", "2"))] == 5
+    finally:
+        await svc.close()

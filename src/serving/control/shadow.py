@@ -7,6 +7,7 @@ outstanding (more are dropped and counted)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -68,6 +69,8 @@ class ShadowRunner:
         self.metrics = metrics
         self._pending = 0
         self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Copies to shadow pipelines (their steps run on the loop, through the steps' batchers)."""
 
     def send(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
         labels = shadow.labels
@@ -75,10 +78,38 @@ class ShadowRunner:
             full = self._pending >= MAX_PENDING
             if not full:
                 self._pending += 1
+        if not full and shadow.pipeline is not None:
+            task = asyncio.get_running_loop().create_task(self._run_pipeline(shadow, arrays, primary))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         if full or not shadow.submit_off_loop(lambda: self._run(shadow, arrays, primary)):
             if not full:
                 self._done()
             self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "dropped"})
+
+    async def _run_pipeline(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
+        assert shadow.pipeline is not None
+        start = time.monotonic()
+        try:
+            answer = await shadow.pipeline.run(arrays, None)
+        except ServingError:
+            self.metrics.inc(SHADOW_REQUESTS, {**shadow.labels, "outcome": "failed"})
+            return
+        except Exception:
+            log.exception("shadow copy to pipeline %s v%d failed unexpectedly", shadow.name, shadow.version)
+            self.metrics.inc(SHADOW_REQUESTS, {**shadow.labels, "outcome": "failed"})
+            return
+        finally:
+            self._done()
+        self._record(shadow, primary, answer, start)
+
+    async def close(self) -> None:
+        """Cancel the copies to shadow pipelines still running (each releases its slot)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _run(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
         labels = shadow.labels
@@ -94,6 +125,10 @@ class ShadowRunner:
             return
         finally:
             self._done()
+        self._record(shadow, primary, answer, start)
+
+    def _record(self, shadow: ModelVersion, primary: Arrays, answer: Arrays, start: float) -> None:
+        labels = shadow.labels
         self.metrics.observe(SHADOW_SECONDS, labels, time.monotonic() - start)
         rows, agree, diff = compare(primary, answer)
         self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "compared"})

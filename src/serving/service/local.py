@@ -93,6 +93,7 @@ class LocalInferenceService:
         if self.admin is not None:
             await self.admin.reconciler.stop()
         await self._drift.stop()
+        await self._shadows.close()
         await self.registry.close()
 
     # Tracking: meters, the operator page's snapshot, the autoscaler's load.

@@ -1,0 +1,200 @@
+"""The image pipeline side by side with PyTriton, in one run (bench/results/models.md):
+
+* `digits_image` (decode PNG in a python step -> `digits` ONNX -> label in a python step) served
+  by `serving serve`, against PyTriton doing the same decode and model in its Python callable
+  (bench/pytriton_image.py): perf_analyzer (tritonclient 2.51.0) over gRPC and HTTP (binary
+  tensors), sync and ``--async``, at concurrency 16 and 64, batch-1 requests of real PNG files;
+* a branching pipeline (`digits_branch`: decode, `digits` v1, and `digits` v2 only for rows whose
+  v1 top probability < 0.9) against its slowest step alone (`digits_decode`), 64 clients, gRPC;
+* the floors beside them: a bare grpc.aio echo server (the machine's Python gRPC floor) and the
+  pipeline in-process (no network: LocalInferenceService, 64 concurrent callers).
+
+    .venv/bin/python bench/image_pipeline.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from online import Peer, input_data, libpython_dir, perf_analyzer  # noqa: E402
+
+from serving.demo import build_demo_repository, digits_data, png_bytes  # noqa: E402
+
+from server_process import ServerProcess, free_port  # noqa: E402
+
+IMAGES = 16
+RESULTS = HERE / "results" / "models.md"
+
+
+def branch_pipeline(repo: Path) -> None:
+    doc = {
+        "platform": "pipeline",
+        "max_batch_size": 64,
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}],
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [1], "from": "post.label"},
+            {"name": "probabilities", "datatype": "FP32", "shape": [10], "from": "large.probabilities"},
+        ],
+        "steps": [
+            {"name": "decode", "model": "digits_decode", "inputs": {"image": "image"}},
+            {"name": "small", "model": "digits:1", "inputs": {"input": "decode.pixels"}},
+            {"name": "large", "model": "digits:2", "inputs": {"input": "decode.pixels"},
+             "when": "max(small.probabilities) < 0.9", "otherwise": {"probabilities": "small.probabilities"}},
+            {"name": "post", "model": "digits_label", "inputs": {"probabilities": "large.probabilities"}},
+        ],
+    }  # fmt: skip
+    (repo / "digits_branch" / "1").mkdir(parents=True)
+    (repo / "digits_branch" / "model.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def input_file(path: Path) -> tuple[Path, list[bytes]]:
+    """perf_analyzer's real input data: PNG files, each one BYTES element (serialized form, b64)."""
+    x, _ = digits_data()
+    pngs = [png_bytes(x[i], side=28) for i in range(IMAGES)]
+    rows = [{"image": {"b64": base64.b64encode(struct.pack("<I", len(p)) + p).decode(), "shape": [1]}} for p in pngs]
+    path.write_text(json.dumps({"data": rows}))
+    return path, pngs
+
+
+def in_process(repo: Path, pngs: list[bytes], model: str, concurrency: int = 64, requests: int = 3000) -> float:
+    """Requests/s of the pipeline through serving's own code alone (no network, no Ray)."""
+    from serving.service.local import LocalInferenceService
+    from serving.types import InferenceRequest, Tensor
+
+    async def run() -> float:
+        svc = LocalInferenceService.from_repository(repo)
+        try:
+            left = requests
+
+            async def caller(i: int) -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    data = np.array([[pngs[(i + left) % len(pngs)]]], dtype=np.object_)
+                    await svc.infer(InferenceRequest(model_name=model, inputs=[Tensor("image", "BYTES", data)]))
+
+            start = time.perf_counter()
+            await asyncio.gather(*(caller(i) for i in range(concurrency)))
+            return requests / (time.perf_counter() - start)
+        finally:
+            await svc.close()
+
+    return asyncio.run(run())
+
+
+def line(label: str, r: dict[str, float]) -> str:
+    return f"{label:44s} {r['infer_s']:9,.0f} infer/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    args = parser.parse_args()
+    subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
+    subprocess.run(["bash", str(HERE / "pytriton_env.sh")], check=True)
+    work = Path(tempfile.mkdtemp(prefix="serving-bench-models-"))
+    repo = build_demo_repository(work / "repo")
+    branch_pipeline(repo)
+    data, pngs = input_file(work / "images.json")
+    limit = in_process(repo, pngs, "digits_image")
+    print(f"[in-process] digits_image, 64 callers: {limit:,.0f} requests/s", flush=True)
+
+    serving = ServerProcess(repo, work / "serving.log")
+    serving.start()
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    py = str(HERE / ".pytriton/bin/python")
+    peer = Peer(
+        [py, str(HERE / "pytriton_image.py"), "--model", str(repo / "digits" / "2" / "model.onnx"),
+         "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
+        work / "pytriton.log", env={"LD_LIBRARY_PATH": libpython_dir(py)},
+    )  # fmt: skip
+    floor_port = free_port()
+    floor = Peer(
+        [sys.executable, str(HERE / "echo_floor.py"), "--repository", str(repo), "--model", "digits",
+         "--grpc-port", str(floor_port)],
+        work / "floor.log",
+    )  # fmt: skip
+    rows: list[str] = []
+    try:
+        for protocol in ("grpc", "http"):
+            for mode in ("sync", "async"):
+                extra = ("--async",) if mode == "async" else ()
+                for c in args.concurrency:
+                    ours = perf_analyzer(
+                        serving.grpc_url if protocol == "grpc" else serving.http_url,
+                        protocol, "digits_image", "1", c, data, extra=extra,
+                    )  # fmt: skip
+                    theirs = perf_analyzer(
+                        f"127.0.0.1:{grpc_port if protocol == 'grpc' else http}",
+                        protocol, "digits_image", "1", c, data, extra=extra,
+                    )  # fmt: skip
+                    print(line(f"[serving ] {protocol} {mode} c={c}", ours), flush=True)
+                    print(line(f"[pytriton] {protocol} {mode} c={c}", theirs), flush=True)
+                    ratio = ours["infer_s"] / theirs["infer_s"] if theirs["infer_s"] else 0.0
+                    rows.append(
+                        f"| {protocol} | {mode} | {c} | {ours['infer_s']:,.0f} | {ours['p50_ms']:.2f} | "
+                        f"{theirs['infer_s']:,.0f} | {theirs['p50_ms']:.2f} | {ratio:.2f} |"
+                    )
+        pixels = input_data(work / "pixels.json", 64)
+        # sync: perf_analyzer's --async records no valid request against the echo's canned answer
+        echo = perf_analyzer(f"127.0.0.1:{floor_port}", "grpc", "digits", "2", 64, pixels)
+        print(line("[floor   ] grpc.aio echo sync c=64", echo), flush=True)
+        branched = perf_analyzer(serving.grpc_url, "grpc", "digits_branch", "1", 64, data, extra=("--async",))
+        decode = perf_analyzer(serving.grpc_url, "grpc", "digits_decode", "1", 64, data, extra=("--async",))
+        print(line("[serving ] digits_branch grpc async c=64", branched), flush=True)
+        print(line("[serving ] digits_decode alone grpc async c=64", decode), flush=True)
+    finally:
+        floor.stop()
+        peer.stop()
+        serving.stop()
+    write(rows, limit, echo, branched, decode, args.concurrency)
+
+
+def write(
+    rows: list[str], limit: float, echo: dict[str, float], branched: dict[str, float], decode: dict[str, float],
+    concurrency: list[int],
+) -> None:  # fmt: skip
+    share = branched["infer_s"] / decode["infer_s"] if decode["infer_s"] else 0.0
+    text = [
+        "# Python steps and pipelines: `digits_image` against PyTriton, a branching pipeline, the floors",
+        "",
+        "`.venv/bin/python bench/image_pipeline.py` on the 2-core VM, everything on one machine in one run: "
+        "`serving serve` (local Ray, one replica) and PyTriton 0.7.0 (Triton's C++ front end, the same decode "
+        "and `digits` v2 model in its `@batch` callable, dynamic batching 64 rows / 500 µs), "
+        f"perf_analyzer (tritonclient 2.51.0) with {IMAGES} real PNG files (28x28, grayscale) as batch-1 "
+        "requests, HTTP with binary tensors.",
+        "",
+        "| protocol | perf_analyzer mode | concurrency | serving infer/s | serving p50 ms | PyTriton infer/s | "
+        "PyTriton p50 ms | serving / PyTriton |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"- In-process limit (the same pipeline through LocalInferenceService, 64 callers, no network): {limit:,.0f} requests/s.",
+        f"- Floor: a bare grpc.aio echo server (precomputed answer, `digits`-sized request) at 64 clients "
+        f"(sync): {echo['infer_s']:,.0f} requests/s.",
+        f"- Branching pipeline `digits_branch` (decode, `digits` v1, `digits` v2 only where v1's top probability "
+        f"< 0.9, label) at 64 clients over gRPC: {branched['infer_s']:,.0f} infer/s, against its slowest step "
+        f"`digits_decode` alone: {decode['infer_s']:,.0f} infer/s: {share:.2f} of it.",
+    ]
+    RESULTS.write_text("\n".join(text) + "\n", encoding="utf-8")
+    print(f"written to {RESULTS} (concurrency {concurrency})")
+
+
+if __name__ == "__main__":
+    main()
