@@ -34,6 +34,9 @@ class Steps(Protocol):
         """Run ``inputs`` (rows first) on the version ``ref`` resolves to; its outputs and that version."""
 
 
+_ALL = np.empty(0, dtype=np.int64)
+"""Rows a step runs for when it runs for every row (never indexed)."""
+
 StepObserver = Callable[[Step, str, float], None]
 """Told each step's resolved version and duration (seconds)."""
 
@@ -53,16 +56,21 @@ async def run_pipeline(
     """
     n = len(next(iter(inputs.values())))
     values: Arrays = dict(inputs)
-    alive = np.ones(n, dtype=bool)
+    alive: Array | None = None  # None while every row is alive (no mask to build on the common path)
     errors: dict[int, str] = {}
     for step in graph.steps:
         if deadline_s is not None and time.monotonic() >= deadline_s:
             raise DeadlineExceededError(f"pipeline {graph.name}: deadline exceeded before step {step.name!r}")
-        chosen = alive if step.when is None else alive & step.when.rows(values[step.when.source])
-        rows = np.flatnonzero(chosen)
-        everyone = len(rows) == n
+        if step.when is None and alive is None:
+            chosen, rows, everyone = None, _ALL, True
+        else:
+            chosen = np.ones(n, dtype=bool) if alive is None else alive.copy()
+            if step.when is not None:
+                chosen &= step.when.rows(values[step.when.source])
+            rows = np.flatnonzero(chosen)
+            everyone = len(rows) == n
         out: Arrays = {}
-        if len(rows):
+        if everyone or len(rows):
             feed = {name: values[src] if everyone else values[src][rows] for name, src in step.inputs.items()}
             start = time.perf_counter()
             try:
@@ -71,10 +79,14 @@ async def run_pipeline(
                 raise type(exc)(f"pipeline {graph.name}: step {step.name!r} ({step.ref}): {exc.message}") from exc
             if observe is not None:
                 observe(step, version, time.perf_counter() - start)
-            for i, message in failed_rows(out).items():
-                row = int(rows[i])
-                errors[row] = f"step {step.name!r}: {message}"
-                alive[row] = False
+            failed = failed_rows(out)
+            if failed:
+                if alive is None:
+                    alive = np.ones(n, dtype=bool)
+                for i, message in failed.items():
+                    row = i if everyone else int(rows[i])
+                    errors[row] = f"step {step.name!r}: {message}"
+                    alive[row] = False
         if not step.used:
             continue
         specs = steps.outputs_of(step.ref) if not everyone else {}
@@ -83,10 +95,11 @@ async def run_pipeline(
             if everyone:
                 values[name] = out[output]
                 continue
+            assert chosen is not None  # a step that ran for some rows only
             full = _blank(specs[output], n, out.get(output))
             if len(rows):
                 full[rows] = out[output]
-            skipped = np.flatnonzero(~chosen & alive)
+            skipped = np.flatnonzero(~chosen if alive is None else ~chosen & alive)
             fill = step.otherwise.get(output)
             if len(skipped) and fill is not None:
                 _fill(full, skipped, fill, values)

@@ -112,9 +112,8 @@ class PipelineRunner:
         return out
 
     async def run(self, inputs: Arrays, deadline_s: float | None) -> Arrays:
-        return await run_pipeline(
-            self._model.graph, inputs, _Traced(self._steps, self._model.name), deadline_s, self._observe
-        )
+        steps: RegistrySteps | _Traced = _Traced(self._steps, self._model.name) if tracing.enabled() else self._steps
+        return await run_pipeline(self._model.graph, inputs, steps, deadline_s, self._observe)
 
     def _observe(self, step: Step, version: str, seconds: float) -> None:
         self._metrics.observe(PIPELINE_STEP_SECONDS, {**self._labels, "step": step.name}, seconds)
