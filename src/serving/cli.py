@@ -163,6 +163,14 @@ def _replicas(args: argparse.Namespace) -> dict[str, int] | None:
     return chosen or None
 
 
+def _aliases(repository: Path, state_dir: Path | None) -> dict[str, dict[str, int]]:
+    """Every model's aliases in the serving state (for pipeline steps named MODEL@ALIAS)."""
+    from serving.control.store import LifecycleStore
+
+    state = LifecycleStore(state_dir or repository / "_serving").read()
+    return {name: dict(routing.aliases) for name, routing in state.models.items() if routing.aliases}
+
+
 def _score(args: argparse.Namespace) -> int:
     from serving.errors import ServingError
     from serving.offline.mapping import parse_mapping
@@ -192,6 +200,7 @@ def _score(args: argparse.Namespace) -> int:
             verbose=args.verbose,
             progress=not args.quiet,
             incremental=args.incremental,
+            aliases=_aliases(args.repository, args.state_dir),
         )
         result = run(job)
     except JobFailedError as exc:
@@ -348,6 +357,11 @@ def main(argv: list[str] | None = None) -> None:
         help="rows per work unit and output file (input row groups are not split)",
     )
     sc.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    sc.add_argument(
+        "--state-dir",
+        type=Path,
+        help="the server's state folder, for pipeline steps named MODEL@ALIAS (default <repository>/_serving)",
+    )
     sc.add_argument(
         "--incremental",
         action="store_true",

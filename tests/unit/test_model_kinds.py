@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from serving.config.model import ModelConfig
-from serving.errors import ConfigError, DeadlineExceededError, InvalidInputError
+from serving.errors import ConfigError, DeadlineExceededError, InvalidInputError, ModelNotFoundError
 from serving.lifecycle.lineage import LINEAGE_FILE
 from serving.offline.scorer import open_version, resolve_version
 from serving.pipeline.condition import parse_condition
@@ -263,3 +263,19 @@ async def test_a_shadow_pipeline_version_gets_copies_that_are_compared(tmp_path:
         assert metrics.values[(SHADOW_AGREEMENTS.name, ("shadowed", "2"))] == 5
     finally:
         await svc.close()
+
+
+def test_batch_scoring_resolves_an_alias_step_through_the_serving_state_it_is_given(tmp_path: Path) -> None:
+    python_model(tmp_path, "plus", {1: PY_VERSIONED.format(answer=1), 2: PY_VERSIONED.format(answer=2)},
+                 version_policy={"all": True})  # fmt: skip
+    pipeline(tmp_path, "via_alias", steps=[{"name": "p", "model": "plus@production", "inputs": {"x": "x"}}],
+             outputs=[{"name": "y", "datatype": "FP32", "shape": [1], "from": "p.y"}])  # fmt: skip
+    entry, version = resolve_version(tmp_path, "via_alias")
+    with pytest.raises(ModelNotFoundError, match="plus@production: no such alias"):
+        open_version(entry, version)
+    for target in (1, 2):
+        instance = open_version(entry, version, aliases={"plus": {"production": target}})
+        try:
+            assert instance.predict({"x": x(0)})["y"][0, 0] == target
+        finally:
+            instance.unload()

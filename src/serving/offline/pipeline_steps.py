@@ -3,8 +3,8 @@ run chunk by chunk through :func:`serving.pipeline.execute.run_pipeline` (the sa
 same conditions and row errors as online).
 
 A step naming MODEL uses that model's newest version its policy serves (as ``serving score
-MODEL`` does); MODEL:VERSION that version. MODEL@ALIAS needs the serving state, which batch
-jobs do not read: such a pipeline is refused with the reason.
+MODEL`` does); MODEL:VERSION that version; MODEL@ALIAS the version the alias points at in the
+serving state as the job started (``serving score`` reads it once and hands it to every worker).
 """
 
 from __future__ import annotations
@@ -76,11 +76,6 @@ class ScoringPipeline:
             for ref in graph.refs():
                 if ref in instances:
                     continue
-                if ref.version and not ref.version.isdigit():
-                    raise ConfigError(
-                        f"pipeline {graph.name}: step model {ref} names an alias; batch scoring reads no serving "
-                        "state: name the version (MODEL:VERSION) or the model"
-                    )
                 instances[ref] = self._open_step(ref.model, ref.version)
                 if instances[ref].config.platform is Platform.PIPELINE:
                     raise ConfigError(f"step model {ref} is itself a pipeline; list its steps instead")

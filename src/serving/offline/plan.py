@@ -48,6 +48,9 @@ class ScoreJob:
     progress: bool = True
     incremental: bool = False
     """Score only the input files no earlier published run of this model version scored here."""
+    aliases: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Model -> alias -> version, for pipeline steps named MODEL@ALIAS (the CLI reads them from the
+    serving state; batch jobs themselves never do)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def prepare(job: ScoreJob) -> Prepared:
     entry, version = resolve_version(job.repository, job.model)
     inputs = resolve_inputs(job.inputs)
     schema = with_partitions(inputs)
-    mv = open_version(entry, version, device="cpu", threads=1, warmup=False)
+    mv = open_version(entry, version, device="cpu", threads=1, warmup=False, aliases=job.aliases)
     try:
         batch = entry.config.batch
         config = BatchConfig(

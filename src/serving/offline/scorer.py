@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,16 @@ def resolve_version(repository: Path, spec: str) -> tuple[ModelEntry, int]:
 
 
 def open_version(
-    entry: ModelEntry, version: int, *, device: str | None = None, threads: int | None = None, warmup: bool = True
+    entry: ModelEntry,
+    version: int,
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+    warmup: bool = True,
+    aliases: Mapping[str, Mapping[str, int]] | None = None,
 ) -> ModelInstance:
-    """Load one version for batch scoring (runtime options may be overridden).
+    """Load one version for batch scoring (runtime options may be overridden); a pipeline's
+    steps named MODEL@ALIAS resolve through ``aliases`` (model -> alias -> version).
 
     Raises:
         ModelNotReadyError, ConfigError: the artifact cannot be loaded or contradicts model.yaml.
@@ -78,6 +86,13 @@ def open_version(
     if config.platform is Platform.PIPELINE:
 
         def open_step(name: str, step_version: str) -> ModelInstance:
+            if step_version and not step_version.isdigit():
+                target = (aliases or {}).get(name, {}).get(step_version)
+                if target is None:
+                    raise ModelNotFoundError(
+                        f"pipeline {entry.name}: step model {name}@{step_version}: no such alias in the serving state"
+                    )
+                step_version = str(target)
             step_entry, number = resolve_version(entry.path.parent, f"{name}:{step_version}" if step_version else name)
             return open_version(step_entry, number, device=device, threads=threads, warmup=warmup)
 

@@ -145,7 +145,8 @@ def open_unit_scorer(
 ) -> tuple[UnitScorer, ModelInstance]:
     """Load the job's model version (on the GPU when the job asks for GPUs) and a scorer of units
     around it; the caller unloads the model when done."""
-    mv = open_version(prepared.entry, prepared.version, device="gpu" if job.num_gpus > 0 else None, threads=threads)
+    device = "gpu" if job.num_gpus > 0 else None
+    mv = open_version(prepared.entry, prepared.version, device=device, threads=threads, aliases=job.aliases)
     scorer = Scorer(mv, prepared.plan)
     worker = UnitScorer(
         scorer, prepared.schema, prepared.inputs.filesystem, out_fs, staging, job.batch_size, job.rows_per_file
