@@ -67,6 +67,24 @@ def x(*values: float) -> Array:
     return np.array(values, dtype=np.float32).reshape(-1, 1)
 
 
+def concurrently(call: Any, n: int, timeout_s: float = 60) -> dict[int, Any]:
+    """``call(i)`` for i in 0..n-1, all at once on threads: each one's answer or its InferenceServerException."""
+    results: dict[int, Any] = {}
+
+    def run(i: int) -> None:
+        try:
+            results[i] = call(i)
+        except InferenceServerException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    return results
+
+
 def status_of(exc: InferenceServerException) -> str:
     return str(exc.status())
 
@@ -111,22 +129,13 @@ def test_one_undecodable_image_among_64_fails_only_its_own_request(server: Serve
     pixels, target = digits_data()
     good = [png_bytes(pixels[i]) for i in range(64)]
     for client_kind in (thttp, tgrpc):
-        results: dict[int, Any] = {}
 
-        def call(i: int, kind: Any = client_kind, results: dict[int, Any] = results) -> None:
-            url = server.http_url if kind is thttp else server.grpc_url
-            client = kind.InferenceServerClient(url)
+        def call(i: int, kind: Any = client_kind) -> Any:
+            client = kind.InferenceServerClient(server.http_url if kind is thttp else server.grpc_url)
             image = b"\x89PNG but not really" if i == 17 else good[i]
-            try:
-                results[i] = infer(client, "digits_image", {"image": np.array([[image]], dtype=np.object_)})
-            except InferenceServerException as exc:
-                results[i] = exc
+            return infer(client, "digits_image", {"image": np.array([[image]], dtype=np.object_)})
 
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        results = concurrently(call, 64)
         bad = results[17]
         assert isinstance(bad, InferenceServerException)
         assert "400" in status_of(bad) or "INVALID_ARGUMENT" in status_of(bad), status_of(bad)
@@ -193,20 +202,12 @@ def test_outputs_that_break_model_yaml_are_500_naming_model_py_and_the_output(se
 def test_a_bad_row_in_a_batch_of_good_rows_fails_alone(server: ServerProcess) -> None:
     """The model waits 20 ms for company: concurrent requests share a batch; the one with 13 fails."""
     stats_before = thttp.InferenceServerClient(server.http_url).get_inference_statistics("py_rules")
-    results: dict[int, Any] = {}
 
-    def call(i: int) -> None:
+    def call(i: int) -> Any:
         client = tgrpc.InferenceServerClient(server.grpc_url) if i % 2 else thttp.InferenceServerClient(server.http_url)
-        try:
-            results[i] = infer(client, "py_rules", {"x": x(13 if i == 5 else i)})
-        except InferenceServerException as exc:
-            results[i] = exc
+        return infer(client, "py_rules", {"x": x(13 if i == 5 else i)})
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = concurrently(call, 12)
     assert isinstance(results[5], InferenceServerException) and "13 is unlucky" in str(results[5].message())
     assert all(np.array_equal(results[i]["y"], x(i + 0.5)) for i in range(12) if i != 5)
     stats = thttp.InferenceServerClient(server.http_url).get_inference_statistics("py_rules")
