@@ -58,7 +58,7 @@ class Condition:
         if self.func is not None:
             if isinstance(self.value, str):
                 raise ConfigError(f"when {self.text!r}: {self.func}() compares numbers")
-            reduced = _FUNCS[self.func](flat.astype(np.float64), axis=1)
+            reduced = _FUNCS[self.func](flat, axis=1)
         else:
             if flat.shape[1] != 1:
                 raise ConfigError(

@@ -89,14 +89,16 @@ async def run_pipeline(
                     alive[row] = False
         if not step.used:
             continue
-        specs = steps.outputs_of(step.ref) if not everyone else {}
+        specs = (
+            steps.outputs_of(step.ref) if not everyone and not len(rows) else {}
+        )  # shapes of a step that did not run
         for output in step.used:
             name = f"{step.name}.{output}"
             if everyone:
                 values[name] = out[output]
                 continue
             assert chosen is not None  # a step that ran for some rows only
-            full = _blank(specs[output], n, out.get(output))
+            full = _blank(specs.get(output), n, out.get(output))
             if len(rows):
                 full[rows] = out[output]
             skipped = np.flatnonzero(~chosen if alive is None else ~chosen & alive)
@@ -113,12 +115,13 @@ async def run_pipeline(
     return result
 
 
-def _blank(spec: TensorSpec, n: int, like: Array | None) -> Array:
+def _blank(spec: TensorSpec | None, n: int, like: Array | None) -> Array:
     """An output array for all ``n`` rows (the ones a step did not run stay zero or b"")."""
     if like is not None:
         shape: tuple[int, ...] = (n, *like.shape[1:])
         dtype: Any = like.dtype
     else:
+        assert spec is not None
         shape = (n, *(d if d > 0 else 1 for d in spec.shape))
         dtype = np.object_ if spec.datatype == "BYTES" else numpy_dtype(spec.datatype)
     if dtype == np.object_:
