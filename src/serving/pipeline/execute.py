@@ -64,10 +64,14 @@ async def run_pipeline(
         if step.when is None and alive is None:
             chosen, rows, everyone = None, _ALL, True
         else:
-            chosen = np.ones(n, dtype=bool) if alive is None else alive.copy()
-            if step.when is not None:
-                chosen &= step.when.rows(values[step.when.source])
-            rows = np.flatnonzero(chosen)
+            if step.when is None:
+                assert alive is not None
+                chosen = alive.copy()
+            else:
+                chosen = step.when.rows(values[step.when.source])  # a new array of its own
+                if alive is not None:
+                    chosen &= alive
+            rows = chosen.nonzero()[0]
             everyone = len(rows) == n
         out: Arrays = {}
         if everyone or len(rows):
@@ -101,7 +105,7 @@ async def run_pipeline(
             full = _blank(specs.get(output), n, out.get(output))
             if len(rows):
                 full[rows] = out[output]
-            skipped = np.flatnonzero(~chosen if alive is None else ~chosen & alive)
+            skipped = (~chosen if alive is None else ~chosen & alive).nonzero()[0]
             fill = step.otherwise.get(output)
             if len(skipped) and fill is not None:
                 _fill(full, skipped, fill, values)
