@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from serving.config.model import ModelConfig
-from serving.errors import ConfigError, DeadlineExceededError, InvalidInputError, ModelNotFoundError
+from serving.errors import ConfigError, DeadlineExceededError, InvalidInputError, ModelNotFoundError, ServingError
 from serving.lifecycle.lineage import LINEAGE_FILE
 from serving.offline.scorer import open_version, resolve_version
 from serving.pipeline.condition import parse_condition
@@ -279,3 +279,26 @@ def test_batch_scoring_resolves_an_alias_step_through_the_serving_state_it_is_gi
             assert instance.predict({"x": x(0)})["y"][0, 0] == target
         finally:
             instance.unload()
+
+
+async def test_a_request_larger_than_a_steps_batch_is_sent_in_chunks_and_a_failed_chunk_fails_it(
+    tmp_path: Path,
+) -> None:
+    root = repository_with_steps(tmp_path)  # the step models take at most 16 rows, the pipeline 64
+    code = PY_LARGE.replace(
+        'return {"y": inputs["x"] * 100.0}',
+        'assert (inputs["x"] >= 0).all()\n        return {"y": inputs["x"] * 100.0}',
+    )
+    python_model(root, "py_fussy", code)
+    pipeline(root, "wide", steps=[{"name": "a", "model": "py_fussy", "inputs": {"x": "x"}}],
+             outputs=[{"name": "y", "datatype": "FP32", "shape": [1], "from": "a.y"}])  # fmt: skip
+    svc = LocalInferenceService.from_repository(root)
+    try:
+        values = np.arange(40, dtype=np.float32)
+        np.testing.assert_array_equal(await ask(svc, "wide", x(*values)), x(*(values * 100)))
+        with pytest.raises(ServingError, match="step 'a'"):
+            await ask(svc, "wide", x(*values[:39], -1))  # only the last chunk fails
+        versions = [svc.registry.get(m) for m in ("wide", "py_fussy")]
+        assert [mv.active for mv in versions] == [0, 0]
+    finally:
+        await svc.close()

@@ -53,10 +53,15 @@ class RegistrySteps:
             if rows <= most:
                 return await batcher.submit(inputs, deadline_s), str(mv.version)
             cuts = range(0, rows, most)
-            parts = await asyncio.gather(
-                *(batcher.submit({k: v[i : i + most] for k, v in inputs.items()}, deadline_s) for i in cuts)
+            # every chunk's outcome is collected (none left unretrieved), then the first failure is raised
+            answers = await asyncio.gather(
+                *(batcher.submit({k: v[i : i + most] for k, v in inputs.items()}, deadline_s) for i in cuts),
+                return_exceptions=True,
             )
-            return _concat(parts), str(mv.version)
+            failed = next((a for a in answers if isinstance(a, BaseException)), None)
+            if failed is not None:
+                raise failed
+            return _concat([a for a in answers if not isinstance(a, BaseException)]), str(mv.version)
         finally:
             mv.active -= 1
 
