@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -98,6 +99,30 @@ def test_torch_fp16_stays_close_to_fp32_and_returns_fp32(demo: Path) -> None:
     assert b["probabilities"].dtype == np.float32
     np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=5e-3)
     assert (a["label"] == b["label"]).mean() > 0.95
+
+
+def test_a_torch_models_first_answer_on_a_new_thread_equals_the_loading_threads(demo: Path) -> None:
+    """Batches run on worker threads: the first one on a fresh thread must use the configured
+    intra-op thread count too (OpenMP's default there gave answers differing in the last bits)."""
+    from serving.demo import digits_data
+
+    x, _ = digits_data()
+    names = (["input"], ["probabilities", "label"])
+    model = TorchScriptModel(demo / "digits_torch/1/model.pt", input_names=names[0], output_names=names[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.load()
+    rows = np.ascontiguousarray(x[:7])
+    expected = model.predict({"input": rows}, names[1])
+    answers: list[dict[str, np.ndarray]] = []
+    for _ in range(3):  # each on a thread of its own, as a batcher's new worker thread
+        worker = threading.Thread(target=lambda: answers.append(model.predict({"input": rows}, names[1])))
+        worker.start()
+        worker.join()
+    assert len(answers) == 3
+    for answer in answers:
+        np.testing.assert_array_equal(answer["probabilities"], expected["probabilities"])
+        np.testing.assert_array_equal(answer["label"], expected["label"])
 
 
 def test_metadata_reports_the_device_and_warmup_sizes_are_configurable(demo: Path, tmp_path: Path) -> None:

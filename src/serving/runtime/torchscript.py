@@ -71,6 +71,12 @@ class TorchScriptModel:
     def predict(self, inputs: Arrays, outputs: list[str]) -> Arrays:
         if self._module is None:
             raise ModelNotReadyError(f"{self.path}: model is not loaded")
+        if self._threads > 0:
+            # Per call, on the calling thread: torch's first parallel region on a new thread runs
+            # with OpenMP's default thread count whatever set_num_threads said on another thread
+            # (a worker thread's first answer then differed from the rest in the last bits).
+            # It also keeps two models with different counts apart on a shared thread. ~0.1 us.
+            torch.set_num_threads(self._threads)
         try:
             tensors = [self._to_device(inputs[n]) for n in self._inputs]
             with torch.inference_mode():
