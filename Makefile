@@ -62,11 +62,15 @@ proto-check: $(BIN)/.installed
 	$(call gen_proto,.proto-check)
 	diff -r -x __init__.py -x __pycache__ $(PB_OUT) .proto-check && rm -rf .proto-check
 
-# Unit and adapter tests run in one process; integration tests (real Ray, tritonclient) in
-# another: tritonclient's generated `inference.*` protobuf classes cannot share a process
-# with ours.
+# Unit and adapter tests run in their own processes; integration tests (real Ray, tritonclient)
+# in others: tritonclient's generated `inference.*` protobuf classes cannot share a process
+# with ours. Each suite runs on TEST_WORKERS pytest-xdist workers (2: the suites wait on servers
+# and Ray about as much as they compute; docs/testing.md has the measurements). Integration
+# tests go to the workers a module at a time (--dist loadscope), so a module's own server is
+# started once; each worker starts the session's shared server for itself.
+TEST_WORKERS ?= 2
 unit: $(BIN)/.installed
-	$(BIN)/pytest tests/unit tests/adapter tests/gpu -q --durations=15
+	$(BIN)/pytest tests/unit tests/adapter tests/gpu -q -n $(TEST_WORKERS) --durations=15
 
 # The GPU tests alone (they skip without CUDA; on a GPU host they run).
 gpu-test: $(BIN)/.installed
@@ -80,7 +84,7 @@ gpu-extra: $(BIN)/.installed
 	rm -f .gpu-extra.json
 
 integration: $(BIN)/.installed prometheus chromium
-	$(BIN)/pytest tests/integration -q --durations=15
+	$(BIN)/pytest tests/integration -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 # Debian's prometheus package: promtool (rule tests) and prometheus (integration test).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -4,6 +4,7 @@ both answer on the server's ports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,9 +70,16 @@ class RayNode:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        _, alive = psutil.wait_procs(children, timeout=30)
-        for p in alive:  # only what this node started
-            p.kill()
+        # `ray start --block` leaves some of its children (workers, agents) running a while after it
+        # exits: ask them too, then end what is left; only what this node started.
+        _, alive = psutil.wait_procs(children, timeout=5)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(alive, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 @pytest.fixture(scope="module")
