@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from filelock import FileLock
 from onnx import TensorProto, helper, numpy_helper
 
 from serving.control.store import LifecycleStore
@@ -192,10 +194,29 @@ def build_test_repository(root: Path) -> Path:
     return root
 
 
+DEMO_CACHE: Path | None = None
+"""Where the demo repository is built once for a whole test run (set by the integration
+conftest; shared by the pytest-xdist workers); None: every call trains the demo models."""
+
+
+def build_demo_repository(root: Path) -> Path:
+    """``serving.demo.build_demo_repository(root)``: the same files, trained once per test run
+    (training the demo models takes ~9 s of CPU) and copied into ``root``."""
+    from serving import demo
+
+    if DEMO_CACHE is None:
+        return demo.build_demo_repository(root)
+    built = DEMO_CACHE / ".built"
+    with FileLock(str(DEMO_CACHE) + ".lock"):
+        if not built.exists():
+            demo.build_demo_repository(DEMO_CACHE)
+            built.touch()
+    shutil.copytree(DEMO_CACHE, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+    return root
+
+
 def build_demo_and_test_repository(root: Path) -> Path:
     """The demo models (digits, digits_torch) next to the test models, in one repository."""
-    from serving.demo import build_demo_repository
-
     build_demo_repository(root)
     build_model_kinds(root)
     return build_test_repository(root)

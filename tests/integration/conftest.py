@@ -13,9 +13,20 @@ from pathlib import Path
 import pytest
 from otlp_receiver import OtlpReceiver
 
+import models
 from conftest_values import MAX_REQUEST_BYTES
 from models import build_demo_and_test_repository
 from server_process import ServerProcess
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_cache(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[None]:
+    """The demo repository is trained once for the run: in the folder the pytest-xdist workers
+    share (the run's base temp folder), or this process's own when there are no workers."""
+    base = tmp_path_factory.getbasetemp()
+    models.DEMO_CACHE = (base if worker_id == "master" else base.parent) / "demo-repository"
+    yield
+    models.DEMO_CACHE = None
 
 
 @pytest.fixture(scope="session")

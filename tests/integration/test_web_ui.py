@@ -21,8 +21,9 @@ import pytest
 import tritonclient.http as thttp
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from serving.demo import build_demo_repository, digits_data, png_bytes
+from serving.demo import digits_data, png_bytes
 
+from models import build_demo_repository
 from server_process import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
