@@ -10,7 +10,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: serve test docs unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: serve test docs unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -137,6 +137,10 @@ bench-lifecycle: $(BIN)/.installed
 
 # Python steps, pipelines and tabular models (bench/results/models.md, pipeline_overhead.md, tabular.md):
 # digits_image against PyTriton over gRPC and HTTP, a branching pipeline, per-step cost, native vs ONNX.
+# Where a gRPC request's CPU goes, by thread and by stage (perf_analyzer + py-spy; bench/results/grpc_stages.md).
+bench-stages: $(BIN)/.installed
+	$(PY) bench/grpc_stages.py
+
 bench-models: $(BIN)/.installed
 	$(PY) bench/pipeline_overhead.py
 	$(PY) bench/tabular.py
