@@ -153,6 +153,14 @@ def split_loop_c_time(raw: Path) -> collections.Counter[str]:
     return counts
 
 
+def py_spy(pid: int, out: Path, seconds: float, *flags: str) -> None:
+    """``py-spy record`` of ``pid``'s threads for ``seconds`` into ``out`` (raw); its own log beside it."""
+    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--threads", *flags]
+    cmd += ["--duration", str(int(seconds)), "--format", "raw", "-o", str(out)]
+    with out.with_suffix(".log").open("wb") as log:
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log, timeout=seconds + 60, check=False)
+
+
 def run(server: ServerProcess, data: Path, mode: str, concurrency: int, seconds: float, work: Path) -> str:
     replica = next(p for p in server.descendants() if p.name().startswith("ray::ServeReplica"))
     assert server.proc is not None
@@ -179,21 +187,11 @@ def run(server: ServerProcess, data: Path, mode: str, concurrency: int, seconds:
     # Window 2: py-spy samples the replica's Python threads without pausing them (Python frames
     # only; a sample of a thread the kernel has waiting counts as idle and is left out). Each
     # thread's busy samples split that thread's CPU from window 1.
-    spy = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(replica.pid), "--nonblocking", "--threads",
-         "--rate", "250", "--duration", str(int(seconds)), "--format", "raw", "-o", str(raw)],
-        stdout=subprocess.DEVNULL, stderr=(work / f"pyspy-{mode}.log").open("wb"),
-    )  # fmt: skip
-    spy.wait(seconds + 60)
+    py_spy(replica.pid, raw, seconds, "--nonblocking", "--rate", "250")
     # Window 3: py-spy --native (it pauses the process for each sample, so slower; only the
     # shares inside the event loop thread's C time are taken from it).
     native = work / f"pyspy-native-{mode}.txt"
-    spy = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(replica.pid), "--native", "--threads",
-         "--rate", "50", "--duration", str(int(seconds)), "--format", "raw", "-o", str(native)],
-        stdout=subprocess.DEVNULL, stderr=(work / f"pyspy-native-{mode}.log").open("wb"),
-    )  # fmt: skip
-    spy.wait(seconds + 60)
+    py_spy(replica.pid, native, seconds, "--native", "--rate", "50")
     client.wait(120)
     n = max(n1 - n0, 1)
     per = 1e6 / n
