@@ -22,6 +22,47 @@ from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def request_id(raw: bytes) -> bytes:
+    """ModelInferRequest.id (field 3) from the serialized request, skipping every other field."""
+    pos = 0
+    try:
+        while pos < len(raw):
+            tag, pos = _read_varint(raw, pos)
+            kind = tag & 7
+            if kind == 2:
+                size, pos = _read_varint(raw, pos)
+                if tag >> 3 == 3:
+                    return raw[pos : pos + size]
+                pos += size
+            elif kind == 0:
+                _, pos = _read_varint(raw, pos)
+            else:
+                pos += 8 if kind == 1 else 4
+    except IndexError:
+        pass
+    return b""
+
+
 async def serve(repository: Path, model: str, port: int) -> None:
     service = LocalInferenceService.from_repository(repository)
     md = service.model_metadata(model)
@@ -55,9 +96,23 @@ async def serve(repository: Path, model: str, port: int) -> None:
 
         return grpc.unary_unary_rpc_method_handler(handler)
 
+    def echo_id(answer: bytes):  # type: ignore[no-untyped-def]
+        # perf_analyzer --async finds each answer's call by the id it sent: the precomputed answer
+        # (whose id is empty, so absent) gets the request's id appended as field 3, found by
+        # stepping over the request's fields, not parsing them.
+        async def handler(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            rid = request_id(request)
+            return answer + b"\x1a" + _varint(len(rid)) + rid if rid else answer
+
+        return grpc.unary_unary_rpc_method_handler(handler)
+
     server = grpc.aio.server(options=grpc_server_options(64 << 20))
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {k: constant(v) for k, v in answers.items()}),)
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE, {k: (echo_id if k == "ModelInfer" else constant)(v) for k, v in answers.items()}
+            ),
+        )
     )
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
