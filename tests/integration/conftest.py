@@ -7,6 +7,7 @@ process never imports the server's own protobuf module (tritonclient's copy of t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +21,12 @@ from server_process import ServerProcess
 
 
 @pytest.fixture(scope="session", autouse=True)
-def demo_cache(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[None]:
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The demo repository is trained once for the run: in the folder the pytest-xdist workers
-    share (the run's base temp folder), or this process's own when there are no workers."""
+    share (the run's base temp folder), or this process's own when there are no workers (also
+    with xdist not loaded: ``-p no:xdist``)."""
     base = tmp_path_factory.getbasetemp()
-    models.DEMO_CACHE = (base if worker_id == "master" else base.parent) / "demo-repository"
+    models.DEMO_CACHE = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "demo-repository"
     yield
     models.DEMO_CACHE = None
 
