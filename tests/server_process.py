@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+MODES = ("ray", "standalone")
+"""How a test server runs: on a local Ray (Ray Serve replicas), or without Ray (``--standalone``)."""
 READY_TIMEOUT_S = 240
 BANNER = "serving is ready:"
 STOP_TIMEOUT_S = 90
@@ -25,6 +27,14 @@ STOP_TIMEOUT_S = 90
 # every outgoing connection take ports while a server starts, and outside Ray's worker ports
 # (10002-19999): a port checked free here stays free until the replica binds it seconds later.
 TEST_PORTS = range(20000, 32000)
+
+
+def mode_args(mode: str, processes: int = 1) -> tuple[str, ...]:
+    """``serving serve`` arguments for ``processes`` serving processes in ``mode``: Ray Serve
+    replicas, or standalone workers under a supervisor."""
+    if mode == "ray":
+        return ("--replicas", str(processes)) if processes > 1 else ()
+    return ("--standalone", *(("--workers", str(processes)) if processes > 1 else ()))
 
 
 def free_port() -> int:
@@ -54,6 +64,10 @@ class ServerProcess:
     """For a server with TLS: how the readiness check connects (https)."""
     ready_headers: dict[str, str] = field(default_factory=dict)
     """For a server whose health needs a key: the readiness check's headers."""
+
+    @property
+    def mode(self) -> str:
+        return "standalone" if "--standalone" in self.args else "ray"
 
     @property
     def http_url(self) -> str:

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from serving import cli_lifecycle
-from serving.config.server import ServerSettings, load_settings
+from serving.config.server import ServerSettings
 from serving.errors import ConfigError, ServingError
+from serving.standalone.settings_source import SettingsSource
 
 LIFECYCLE_COMMANDS = (
     "models",
@@ -49,20 +50,28 @@ Press Ctrl-C to stop.
 """
 
 
+def _serve_source(args: argparse.Namespace) -> SettingsSource:
+    """The settings' sources as the command line gives them (read again on SIGHUP)."""
+    tls = _tls(args)
+    overrides = {
+        "repository": args.repository,
+        "http_port": args.http_port,
+        "grpc_port": args.grpc_port,
+        "metrics_port": args.metrics_port,
+        "host": args.host,
+        "ray_address": args.address,
+        "replicas": _replicas(args),
+        "api_keys": args.api_keys,
+        "insecure": args.insecure or None,
+        "tls": {k: str(v) for k, v in tls.items()} if tls else None,
+        "standalone": args.standalone or None,
+        "workers": args.workers,
+    }
+    return SettingsSource(args.config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
+
+
 def _load_serve_settings(args: argparse.Namespace) -> ServerSettings:
-    return load_settings(
-        args.config,
-        repository=args.repository,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
-        ray_address=args.address,
-        replicas=_replicas(args),
-        api_keys=args.api_keys,
-        insecure=args.insecure or None,
-        tls=_tls(args),
-    )
+    return _serve_source(args).load()
 
 
 def _tls(args: argparse.Namespace) -> dict[str, Path] | None:
@@ -71,12 +80,26 @@ def _tls(args: argparse.Namespace) -> dict[str, Path] | None:
     return chosen or None
 
 
+def _print_ready(settings: ServerSettings, seconds: float) -> None:
+    print(f"started in {seconds:.1f}s", flush=True)
+    print(
+        _banner(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port, settings.tls is not None),
+        flush=True,
+    )
+    if settings.api_keys is None:
+        print(f"access: OPEN, no API keys (bound to {settings.host}); --api-keys FILE to require keys", flush=True)
+    else:
+        print(f"access: API keys from {settings.api_keys} (health endpoints open)", flush=True)
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         settings = _load_serve_settings(args)
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    if settings.standalone:
+        return _serve_standalone(_serve_source(args), settings)
     from serving.deploy import server
 
     stop_event = threading.Event()
@@ -111,17 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_stop)
     try:
-        print(f"started in {seconds:.1f}s", flush=True)
-        print(
-            _banner(
-                settings.host, settings.http_port, settings.grpc_port, settings.metrics_port, settings.tls is not None
-            ),
-            flush=True,
-        )
-        if settings.api_keys is None:
-            print(f"access: OPEN, no API keys (bound to {settings.host}); --api-keys FILE to require keys", flush=True)
-        else:
-            print(f"access: API keys from {settings.api_keys} (health endpoints open)", flush=True)
+        _print_ready(settings, seconds)
         while True:
             stop_event.wait()
             if not reload_event.is_set():
@@ -134,6 +147,49 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop(local=server.starts_local_ray(settings))
     print("stopped", flush=True)
     return 0
+
+
+def _serve_standalone(source: SettingsSource, settings: ServerSettings) -> int:
+    """No Ray: this process serves (one worker), or supervises ``settings.workers`` that do."""
+    import asyncio
+
+    from serving.ports import check_port_free
+
+    began = time.monotonic()
+    try:
+        check_port_free(settings.host, settings.http_port, "HTTP")
+        check_port_free(settings.host, settings.grpc_port, "gRPC")
+        check_port_free(settings.host, settings.metrics_port, "metrics")
+        if settings.workers == 1:
+            from serving.standalone.worker import Worker
+
+            worker = Worker(source)
+            asyncio.run(worker.run(settings, lambda _: _print_ready(settings, time.monotonic() - began)))
+        else:
+            _supervise(source, settings, began)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ServingError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    print("stopped", flush=True)
+    return 0
+
+
+def _supervise(source: SettingsSource, settings: ServerSettings, began: float) -> None:
+    from serving.standalone.supervisor import Supervisor
+
+    stop, reload = threading.Event(), threading.Event()
+
+    def on_reload(*_: object) -> None:
+        reload.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, on_reload)
+    Supervisor(source, settings).run(stop, reload, lambda: _print_ready(settings, time.monotonic() - began))
+    print("stopping...", flush=True)
 
 
 def _rolling_update(args: argparse.Namespace, running: ServerSettings) -> None:
@@ -308,13 +364,19 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--host", help="address HTTP and gRPC bind (default 127.0.0.1)")
     s.add_argument("--http-port", type=int, help="HTTP port (default 8000)")
     s.add_argument("--grpc-port", type=int, help="gRPC port (default 8001)")
-    s.add_argument("--metrics-port", type=int, help="Prometheus metrics port of the local Ray node (default 8002)")
+    s.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default 8002)")
     s.add_argument("--address", help="join this Ray cluster instead of starting a local one (or RAY_ADDRESS)")
     s.add_argument("--replicas", type=_positive_int, help="replicas (the fewest, with --max-replicas); default 1")
     s.add_argument("--max-replicas", type=_positive_int, help="autoscale up to this many replicas from their load")
     s.add_argument(
         "--api-keys", type=Path, help="API keys file (serving keys create): every request but health needs a key"
     )
+    s.add_argument(
+        "--standalone",
+        action="store_true",
+        help="serve without Ray: one process (no autoscaling, cluster or GPU fractions: those need Ray mode)",
+    )
+    s.add_argument("--workers", type=_positive_int, help="standalone: N processes sharing the ports (default 1)")
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --api-keys")
     s.add_argument("--verbose", action="store_true", help="Ray's and Serve's own INFO logs on the console too")
     s.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM) for the HTTP and gRPC ports")
@@ -413,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet_logs else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if getattr(args, "address", None) is None and args.command == "serve":
+    if getattr(args, "address", None) is None and args.command == "serve" and not args.standalone:
         import os
 
         args.address = os.environ.get("RAY_ADDRESS") or None

@@ -17,7 +17,13 @@ from otlp_receiver import OtlpReceiver
 import models
 from conftest_values import MAX_REQUEST_BYTES
 from models import build_demo_and_test_repository
-from server_process import ServerProcess
+from server_process import MODES, ServerProcess, mode_args
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_modes`` run against the session's Ray-mode server and its standalone one."""
+    if "server" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_modes"):
+        metafunc.parametrize("server", MODES, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,11 +50,16 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="session")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[ServerProcess]:
-    """The session's server, exporting traces (OTLP/HTTP, standard OTEL_* variables) to ``otlp``."""
+def server(
+    request: pytest.FixtureRequest, repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
+) -> Iterator[ServerProcess]:
+    """The session's server (Ray mode, or the mode a ``both_modes`` test runs in), exporting traces
+    (OTLP/HTTP, standard OTEL_* variables) to ``otlp``."""
+    mode = getattr(request, "param", "ray")
     proc = ServerProcess(
         repository,
-        tmp_path_factory.mktemp("logs") / "server.log",
+        tmp_path_factory.mktemp(f"logs-{mode}") / "server.log",
+        args=mode_args(mode),
         env={
             "SERVING_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "OTEL_TRACES_EXPORTER": "otlp",

@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from server_process import ServerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_modes]
 
 ROWS = 16
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [ROWS, 256], "data": [0.1] * (ROWS * 256)}]}

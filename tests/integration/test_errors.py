@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from conftest_values import MAX_REQUEST_BYTES
 from server_process import ServerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_modes]
 
 GOOD = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 

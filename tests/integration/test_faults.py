@@ -1,5 +1,6 @@
 """Faults: a replica process killed with SIGKILL under load from both protocols. Serve notices
-(health check / actor death) and starts a new replica; requests fail only while nothing serves
+(health check / actor death) and starts a new replica (standalone: the supervisor restarts the
+worker); requests fail only while nothing serves
 the dead replica's connections, no request hangs past its client deadline, and the number of
 failures and the time to full recovery are reported."""
 
@@ -14,26 +15,29 @@ import pytest
 
 from load_clients import SIZE, Load, new_connection_request, wait_until
 from models import slow_model
-from server_process import ServerProcess
+from server_process import MODES, ServerProcess, mode_args
 
 pytestmark = pytest.mark.integration
 
 
 def replica_pids(server: ServerProcess) -> list[int]:
+    """The processes that serve: Serve's replicas, or the standalone supervisor's workers."""
+    serving = "ServeReplica" if server.mode == "ray" else "serving.standalone.worker_process"
     pids = []
     for p in server.descendants():
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and "ServeReplica" in " ".join(p.cmdline()):
+            if p.status() != psutil.STATUS_ZOMBIE and serving in " ".join(p.cmdline()):
                 pids.append(p.pid)
         except psutil.Error:  # gone meanwhile
             continue
     return pids
 
 
-def test_a_killed_replica_is_replaced_and_the_other_serves_meanwhile(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_killed_replica_is_replaced_and_the_other_serves_meanwhile(tmp_path: Path, mode: str) -> None:
     repo = tmp_path / "repo"
     slow_model(repo, size=SIZE, repeats=10, max_batch_size=1, max_queue_size=256)
-    server = ServerProcess(repo, tmp_path / "server.log", args=("--replicas", "2"))
+    server = ServerProcess(repo, tmp_path / "server.log", args=mode_args(mode, 2))
     server.start()
     try:
         pids = replica_pids(server)
@@ -69,16 +73,17 @@ def test_a_killed_replica_is_replaced_and_the_other_serves_meanwhile(tmp_path: P
     assert window < 30, (window, dict(load.outcomes))
     assert load.outcomes["ok"] > before.get("ok", 0)
     print(
-        f"replica SIGKILL under load: {failed} of {total} requests failed "
+        f"{mode}: replica SIGKILL under load: {failed} of {total} requests failed "
         f"({load.outcomes['failed http']} HTTP, {load.outcomes['failed grpc']} gRPC), the last "
         f"{window:.1f} s after the kill; replacement replica running after {recovered:.1f} s"
     )
 
 
-def test_sigterm_under_load_finishes_what_is_in_flight_and_refuses_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_under_load_finishes_what_is_in_flight_and_refuses_the_rest(tmp_path: Path, mode: str) -> None:
     repo = tmp_path / "repo"
     slow_model(repo, size=SIZE, repeats=30, max_batch_size=1, max_queue_size=256)
-    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_DRAIN_SECONDS": "5"})
+    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_DRAIN_SECONDS": "5"}, args=mode_args(mode))
     server.start()
     load = Load()
     try:
@@ -99,7 +104,7 @@ def test_sigterm_under_load_finishes_what_is_in_flight_and_refuses_the_rest(tmp_
     # reached a server is cut off (no 5xx, no connection dropped mid-answer).
     refused = ("ConnectionRefusedError", "failed to connect", "Connection refused", "connection attempt timed out")
     unexpected = [e for e in load.kinds if not any(r in e for r in refused)]
-    print(f"SIGTERM under load: {dict(load.outcomes)}; after the signal: {load.errors[:3]}")
+    print(f"{mode}: SIGTERM under load: {dict(load.outcomes)}; after the signal: {load.errors[:3]}")
     assert load.outcomes["ok"] > served_before
     # grpc core may cancel a call that reached the server in the instant its shutdown began,
     # before our code took it (README: rolling updates); seldom, and nothing else.

@@ -15,7 +15,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 
 from models import add_model
-from server_process import ServerProcess, free_port
+from server_process import MODES, ServerProcess, free_port, mode_args
 
 pytestmark = pytest.mark.integration
 
@@ -32,33 +32,41 @@ def running(p: psutil.Process) -> bool:
         return False
 
 
-def test_typo_in_model_yaml_fails_at_start_naming_file_and_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_typo_in_model_yaml_fails_at_start_naming_file_and_key(tmp_path: Path, mode: str) -> None:
     add_model(tmp_path, versions=(1,), max_bach_size=4)
-    result = serving_cli("serve", "--repository", str(tmp_path))
+    result = serving_cli("serve", *mode_args(mode), "--repository", str(tmp_path))
     assert result.returncode == 2
     assert str(tmp_path / "add" / "model.yaml") in result.stderr
     assert "max_bach_size: unknown key" in result.stderr
 
 
-def test_missing_repository_fails_at_start(tmp_path: Path) -> None:
-    result = serving_cli("serve", "--repository", str(tmp_path / "nope"))
+@pytest.mark.parametrize("mode", MODES)
+def test_missing_repository_fails_at_start(tmp_path: Path, mode: str) -> None:
+    result = serving_cli("serve", *mode_args(mode), "--repository", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert "does not exist" in result.stderr
 
 
-def test_sigint_stops_every_process_the_server_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_sigint_stops_every_process_the_server_started(tmp_path: Path, mode: str) -> None:
     repo = tmp_path / "repo"
     add_model(repo, versions=(1,))
-    server = ServerProcess(repo, tmp_path / "server.log")
+    server = ServerProcess(repo, tmp_path / "server.log", args=mode_args(mode, 1 if mode == "ray" else 2))
     server.start()
     try:
         started = server.descendants()
         names = server.descendant_names()
+        commands = [" ".join(p.cmdline()) for p in started]
     finally:
         code = server.stop()
     assert code == 0, server.log()
-    assert any("raylet" in n for n in names), names
-    assert any("ServeRepli" in n for n in names), names
+    if mode == "ray":
+        assert any("raylet" in n for n in names), names
+        assert any("ServeRepli" in n for n in names), names
+    else:  # the supervisor's two workers, and no Ray
+        assert sum("serving.standalone.worker_process" in c for c in commands) == 2, commands
+        assert not any("ray" in n for n in names), names
     deadline = time.monotonic() + 30
     alive = started
     while alive and time.monotonic() < deadline:
@@ -67,10 +75,11 @@ def test_sigint_stops_every_process_the_server_started(tmp_path: Path) -> None:
     assert not alive, [p.pid for p in alive]
 
 
+@pytest.mark.both_modes
 def test_two_servers_on_one_host_answer_with_their_own_models(server: ServerProcess, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     add_model(repo, versions=(1,))
-    second = ServerProcess(repo, tmp_path / "server.log")
+    second = ServerProcess(repo, tmp_path / "server.log", args=mode_args(server.mode))
     second.start()
     try:
         x = np.zeros((1, 4), np.float32)
@@ -87,6 +96,7 @@ def test_two_servers_on_one_host_answer_with_their_own_models(server: ServerProc
         second.stop()
 
 
+@pytest.mark.both_modes
 def test_a_second_server_on_taken_ports_fails_at_start_naming_the_port(server: ServerProcess, tmp_path: Path) -> None:
     """The session's server holds its ports (with SO_REUSEPORT); a second one must not share them."""
     repo = tmp_path / "repo"
@@ -95,7 +105,7 @@ def test_a_second_server_on_taken_ports_fails_at_start_naming_the_port(server: S
         ports = {"--http-port": str(free_port()), "--grpc-port": str(free_port()), "--metrics-port": str(free_port())}
         ports[flag] = str(port)
         args = [item for pair in ports.items() for item in pair]
-        result = serving_cli("serve", "--repository", str(repo), *args)
+        result = serving_cli("serve", *mode_args(server.mode), "--repository", str(repo), *args)
         assert result.returncode == 2, result.stderr
         assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
         assert "Traceback" not in result.stderr
@@ -104,6 +114,7 @@ def test_a_second_server_on_taken_ports_fails_at_start_naming_the_port(server: S
     assert client.is_server_ready()
 
 
+@pytest.mark.both_modes
 def test_grpc_request_ids_are_echoed_and_internal_errors_name_them(server: ServerProcess) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")

@@ -1,4 +1,5 @@
-"""Prometheus metrics of a running server, scraped from Ray's metrics agent."""
+"""Prometheus metrics of a running server, scraped from Ray's metrics agent (Ray mode) or the
+standalone server's own endpoint, under the same names."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import tritonclient.grpc as tgrpc
 from metrics_scrape import delta, exported_names, metric_names_in_configs, scrape, settle, sums
 from tritonclient.utils import InferenceServerException
 
-from server_process import ServerProcess
+from server_process import MODES, ServerProcess, mode_args
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_modes]
 
 LABELS = ("model", "version", "protocol", "outcome")
 
@@ -134,14 +135,15 @@ def test_every_metric_the_alerts_and_dashboard_use_is_exported(server: ServerPro
     assert not missing, f"named in configs but not exported: {sorted(missing)}"
 
 
-def test_a_scrape_sums_every_replica_process(tmp_path: Path) -> None:
-    """Two replicas (two processes) on one node share the ports (SO_REUSEPORT): new connections
-    spread over both, and one scrape holds both."""
+@pytest.mark.parametrize("mode", MODES)
+def test_a_scrape_sums_every_replica_process(tmp_path: Path, mode: str) -> None:
+    """Two replicas (Ray mode) or two workers (standalone), two processes on one node, share the
+    ports (SO_REUSEPORT): new connections spread over both, and one scrape holds both."""
     from models import add_model
 
     repo = tmp_path / "repo"
-    add_model(repo, versions=(1,), resources={"replicas": 2})
-    server = ServerProcess(repo, tmp_path / "server.log")
+    add_model(repo, versions=(1,), resources={"replicas": 2} if mode == "ray" else {})
+    server = ServerProcess(repo, tmp_path / "server.log", args=mode_args(mode, 1 if mode == "ray" else 2))
     server.start()
     try:
         with ThreadPoolExecutor(8) as pool:
@@ -158,10 +160,11 @@ def test_a_scrape_sums_every_replica_process(tmp_path: Path) -> None:
             time.sleep(1)
         assert totals.get(key) == 30
         assert totals.get(ready_key) == 2  # each replica reports its own version as ready
-        workers = {s[1].get("WorkerId") for s in samples if s[0] == "ray_serving_model_ready"}
+        process = "WorkerId" if mode == "ray" else "worker"  # the label naming the process
+        workers = {s[1].get(process) for s in samples if s[0] == "ray_serving_model_ready"}
         assert len(workers) == 2
         # Each request came on a new connection: the kernel gave some to each replica.
-        served_by = {s[1].get("WorkerId") for s in samples if s[0] == "ray_serving_requests_total" and s[2] > 0}
+        served_by = {s[1].get(process) for s in samples if s[0] == "ray_serving_requests_total" and s[2] > 0}
         assert served_by == workers
     finally:
         assert server.stop() == 0, server.log()

@@ -28,7 +28,7 @@ from serving.demo import cancer_data, digits_data, png_bytes
 from models import iris
 from server_process import ServerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_modes]
 
 SERVING = str(Path(sys.executable).parent / "serving")
 Array = np.ndarray[Any, Any]

@@ -15,7 +15,7 @@ from metrics_scrape import scrape
 
 from load_clients import SIZE, Load, log_count, new_connection_request, wait_until
 from models import slow_model
-from server_process import ServerProcess
+from server_process import MODES, ServerProcess, mode_args
 
 pytestmark = pytest.mark.integration
 
@@ -84,12 +84,14 @@ def replica_ids(server: ServerProcess) -> set[str]:
         return {r["replica"] for r in json.loads(answer.read())["replicas"]}
 
 
-def test_sighup_rolls_every_replica_over_under_load_without_failures(tmp_path: Path) -> None:
-    """A rolling update (SIGHUP: settings and repository re-read, every replica replaced) under
-    HTTP and gRPC load: the replacement listens before the old replica drains; no request fails."""
+@pytest.mark.parametrize("mode", MODES)
+def test_sighup_rolls_every_replica_over_under_load_without_failures(tmp_path: Path, mode: str) -> None:
+    """A rolling update (SIGHUP: settings and repository re-read, every replica replaced; standalone:
+    a new service and servers in the same process) under HTTP and gRPC load: the replacement
+    listens before the old one drains; no request fails."""
     repo = tmp_path / "repo"
     slow_model(repo, size=SIZE, repeats=30, max_batch_size=1, max_queue_size=256)
-    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_DRAIN_SECONDS": "5"})
+    server = ServerProcess(repo, tmp_path / "server.log", env={"SERVING_DRAIN_SECONDS": "5"}, args=mode_args(mode))
     server.start()
     try:
         load = Load()
@@ -102,11 +104,15 @@ def test_sighup_rolls_every_replica_over_under_load_without_failures(tmp_path: P
         first = replica_ids(server)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: log_count(server, "rolling update done") == 1, 90, "the rolling update", server)
-        # The replica was replaced: another replica id reports to the operator page's stats (Serve's
-        # own line saying so is on the console only with --verbose, and Ray folds the replacement's
-        # log lines into the first one's when they differ only in numbers).
-        wait_until(lambda: bool(replica_ids(server) - first), 30, "the replacement's stats", server)
+        done = "rolling update done" if mode == "ray" else "reload done"
+        wait_until(lambda: log_count(server, done) == 1, 90, "the rolling update", server)
+        if mode == "ray":
+            # The replica was replaced: another replica id reports to the operator page's stats (Serve's
+            # own line saying so is on the console only with --verbose, and Ray folds the replacement's
+            # log lines into the first one's when they differ only in numbers).
+            wait_until(lambda: bool(replica_ids(server) - first), 30, "the replacement's stats", server)
+        else:  # the same process listened a second time (a new generation) before the first drained
+            assert log_count(server, "worker-0 (pid") == 2, server.log()
         wait_until(lambda: log_count(server, "servers stopped after") >= 1, 60, "the old replica to drain", server)
         time.sleep(1)  # traffic goes on against the replacement
         load.stop()
@@ -128,4 +134,4 @@ def test_sighup_rolls_every_replica_over_under_load_without_failures(tmp_path: P
     assert grpc_failed <= max(2, load.outcomes["ok"] // 2000), load.outcomes
     assert statuses == [200] * 10
     assert load.outcomes["ok"] > before.get("ok", 0)
-    print(f"rolling update under load: {dict(load.outcomes)}")
+    print(f"{mode}: rolling update under load: {dict(load.outcomes)}")

@@ -17,7 +17,7 @@ from serving.demo import digits_data
 
 from server_process import ServerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.both_modes]
 
 DEMO = [("digits", "1"), ("digits", "2"), ("digits_torch", "1")]
 

@@ -4,8 +4,8 @@ import socket
 
 import pytest
 
-from serving.deploy.server import check_port_free
 from serving.errors import ConfigError
+from serving.ports import check_port_free
 
 
 @pytest.mark.parametrize(

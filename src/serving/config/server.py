@@ -130,9 +130,19 @@ class ServerConfig(Strict):
     http_port: int = Field(default=8000, ge=1, le=65535)
     grpc_port: int = Field(default=8001, ge=1, le=65535)
     metrics_port: int = Field(
-        default=8002, ge=1, le=65535, description="Prometheus endpoint of the local Ray node (Ray's metrics agent)."
+        default=8002,
+        ge=1,
+        le=65535,
+        description="Prometheus endpoint: the local Ray node's metrics agent, or the standalone server's own.",
     )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; None starts a local one.")
+    standalone: bool = Field(
+        default=False,
+        description="Serve without Ray: one process (or `workers` processes on the same ports under a supervisor).",
+    )
+    workers: PositiveInt = Field(
+        default=1, description="Standalone server processes sharing the ports (SO_REUSEPORT); a dead one is restarted."
+    )
     max_request_bytes: PositiveInt = Field(
         default=MAX_REQUEST_BYTES, description="Largest request accepted: HTTP body and gRPC message alike."
     )
@@ -186,6 +196,18 @@ class ServerConfig(Strict):
             raise ValueError("protect_health needs API keys (api_keys): without keys there is nothing to check")
         if self.api_keys is not None and _check_files(info) and not self.api_keys.is_file():
             raise ValueError(f"API keys file {self.api_keys} does not exist (create one with `serving keys create`)")
+        return self
+
+    @model_validator(mode="after")
+    def _standalone_alone(self) -> ServerConfig:
+        if not self.standalone:
+            if self.workers != 1:
+                raise ValueError("workers is a standalone setting: add --standalone (Ray mode: --replicas)")
+            return self
+        if self.ray_address:
+            raise ValueError("standalone serves without Ray: drop the Ray address (--address, RAY_ADDRESS)")
+        if self.replicas.max is not None or self.replicas.min != 1:
+            raise ValueError("standalone has no replicas or autoscaling (Ray mode does): use --workers N")
         return self
 
     @model_validator(mode="after")

@@ -22,14 +22,13 @@ from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve import Application
 
-from serving.auth import Authenticator
 from serving.config.server import ReplicasConfig, ServerConfig
 from serving.config.strict import format_validation_error
 from serving.deploy.autoscaling import IN_FLIGHT, QUEUED
 from serving.deploy.live_stats import LiveStatsPublisher
 from serving.deploy.ray_metrics import RayMetrics
 from serving.errors import ConfigError
-from serving.protocol.servers import ReplicaServers, describe
+from serving.protocol.servers import GIL_SWITCH_INTERVAL_S, describe, servers_for
 from serving.repository import ModelEntry, scan_repository
 from serving.service.local import LocalInferenceService
 from serving.telemetry import logs, tracing
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 APP_NAME = "serving"
 DEPLOYMENT_NAME = "inference"
 HEALTH_CHECK_PERIOD_S = 5.0
-GIL_SWITCH_INTERVAL_S = 0.0005
 REPLICA_ENV = {
     # Our servers live on the replica's main event loop (grpc.aio wants one loop per process).
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -82,9 +80,6 @@ class InferenceReplica:
 
     async def __init__(self, args: dict[str, Any]) -> None:  # type: ignore[misc]  # Ray awaits it
         parsed = parse_app_args(args)
-        # The event loop (I/O, refusals) and the model's worker thread share the GIL: a thread
-        # waiting for it gets it after at most this long (CPython's default, 5 ms, starved the
-        # model under a refusal storm: bench/results/overload.md).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         logs.configure(parsed.log_format)
         tracing.configure_from_env()
@@ -96,21 +91,7 @@ class InferenceReplica:
         except BaseException:
             self._metrics.close()
             raise
-        self.servers = ReplicaServers(
-            self.service,
-            host=parsed.host,
-            http_port=parsed.http_port,
-            grpc_port=parsed.grpc_port,
-            max_request_bytes=parsed.max_request_bytes,
-            drain_seconds=parsed.drain_seconds,
-            cors=parsed.cors,
-            live=self._read_live,
-            auth=Authenticator(parsed.api_keys) if parsed.api_keys is not None else None,
-            tls=parsed.tls,
-            grpc_max_concurrent_streams=parsed.grpc_max_concurrent_streams,
-            protect_health=parsed.protect_health,
-            admin=self.service.admin,
-        )
+        self.servers = servers_for(self.service, parsed, self._read_live)
         self._live = LiveStatsPublisher(
             parsed.server_name, serve.get_replica_context().replica_id.unique_id, self.service.live_snapshot
         )

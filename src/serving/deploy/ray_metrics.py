@@ -31,14 +31,9 @@ from typing import Any
 import ray
 from ray.util import metrics as ray_metrics
 
-from serving.telemetry.metrics import SPECS, AggregatedMetrics, Key
+from serving.telemetry.metrics import SPECS, AggregatedMetrics, Key, le_label
 
 log = logging.getLogger(__name__)
-
-
-def le_label(bound: float) -> str:
-    """A bucket bound as Prometheus clients print it (0.005, 1.0, +Inf)."""
-    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class RayMetrics(AggregatedMetrics):

@@ -25,7 +25,7 @@ import grpc
 import uvicorn
 
 from serving.auth import Authenticator
-from serving.config.server import CorsConfig, TlsConfig
+from serving.config.server import CorsConfig, ServerConfig, TlsConfig
 from serving.control.admin import OperatorCommands
 from serving.protocol.bounded_http import BoundedHttpToolsProtocol
 from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
@@ -33,6 +33,7 @@ from serving.protocol.http import HttpApp
 from serving.protocol.http_messages import MAX_HEADER_BYTES
 from serving.protocol.http_operator import LiveSource
 from serving.service.api import InferenceService
+from serving.service.local import LocalInferenceService
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ BACKLOG = 2048
 
 
 GRPC_MAX_CONCURRENT_STREAMS = 256
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""The event loop (I/O, refusals) and the model's worker thread share the GIL: a thread waiting
+for it gets it after at most this long (CPython's default, 5 ms, starved the model under a
+refusal storm: bench/results/overload.md). Set by every serving process (``sys.setswitchinterval``)."""
 
 
 def grpc_server_options(
@@ -310,6 +315,25 @@ class ReplicaServers:
             elif self.http_app.in_flight == 0 and now - quiet_since >= QUIET_S:
                 return
             await asyncio.sleep(0.05)
+
+
+def servers_for(service: LocalInferenceService, config: ServerConfig, live: LiveSource | None) -> ReplicaServers:
+    """The servers ``config`` asks for, in front of ``service`` and its operator commands."""
+    return ReplicaServers(
+        service,
+        host=config.host,
+        http_port=config.http_port,
+        grpc_port=config.grpc_port,
+        max_request_bytes=config.max_request_bytes,
+        drain_seconds=config.drain_seconds,
+        cors=config.cors,
+        live=live,
+        auth=Authenticator(config.api_keys) if config.api_keys is not None else None,
+        tls=config.tls,
+        grpc_max_concurrent_streams=config.grpc_max_concurrent_streams,
+        protect_health=config.protect_health,
+        admin=service.admin,
+    )
 
 
 def describe(addresses: ServerAddresses, host: str) -> dict[str, Any]:

@@ -242,6 +242,11 @@ class MemoryMetrics:
 Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
+def le_label(bound: float) -> str:
+    """A bucket bound as Prometheus clients print it (0.005, 1.0, +Inf)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
 class AggregatedMetrics:
     """Keeps this process's totals in plain dicts (~0.3 us a call): counters and gauges by
     label values, histograms as per-bucket counts (+Inf last) followed by the sum.
