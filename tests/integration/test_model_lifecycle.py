@@ -28,7 +28,7 @@ from prometheus_process import alerts, running_prometheus, wait_for
 
 from load_clients import Load, body_of
 from models import add_model
-from server_process import ServerProcess
+from server_process import MODES, ServerProcess, mode_args
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +60,14 @@ def add_versions(repo: Path, *versions: int) -> None:
     add_model(repo, versions=versions, version_policy={"all": True}, gates={"require_evaluation": False})
 
 
-@pytest.fixture(scope="module")
-def two_replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
+@pytest.fixture(scope="module", params=MODES)
+def two_replicas(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Path]]:
+    """Two Ray Serve replicas, or two standalone workers: every lifecycle change must reach both."""
     repo = tmp_path_factory.mktemp("lifecycle-repo")
     add_versions(repo, 1, 2)
-    server = ServerProcess(repo, tmp_path_factory.mktemp("logs") / "server.log", args=("--replicas", "2"))
+    server = ServerProcess(repo, tmp_path_factory.mktemp("logs") / "server.log", args=mode_args(request.param, 2))
     server.start()
     yield server, repo
     server.stop()

@@ -15,7 +15,7 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 from models import add_model
-from server_process import ServerProcess, free_port
+from server_process import MODES, ServerProcess, free_port, mode_args
 
 pytestmark = pytest.mark.integration
 SERVING = [sys.executable, "-m", "serving.cli"]
@@ -29,7 +29,8 @@ def create_key(path: Path, name: str, *extra: str) -> str:
     return proc.stdout.strip()
 
 
-def test_keys_over_tritonclient_http_and_grpc(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_keys_over_tritonclient_http_and_grpc(tmp_path: Path, mode: str) -> None:
     repo = tmp_path / "repo"
     add_model(repo, "add", versions=(1,))
     add_model(repo, "other", versions=(1,))
@@ -39,7 +40,7 @@ def test_keys_over_tritonclient_http_and_grpc(tmp_path: Path) -> None:
         [*SERVING, "keys", "list", "--file", str(keys)], capture_output=True, text=True, timeout=60
     )
     assert "full" in listing.stdout and "narrow" in listing.stdout and full not in listing.stdout
-    server = ServerProcess(repo, tmp_path / "server.log", args=("--api-keys", str(keys)))
+    server = ServerProcess(repo, tmp_path / "server.log", args=("--api-keys", str(keys), *mode_args(mode)))
     server.start()
     try:
         assert f"access: API keys from {keys}" in server.log_path.read_text()
@@ -77,10 +78,11 @@ def test_keys_over_tritonclient_http_and_grpc(tmp_path: Path) -> None:
     assert full not in server.log_path.read_text() and narrow not in server.log_path.read_text()
 
 
-def test_an_open_server_binds_loopback_only_unless_insecure(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_an_open_server_binds_loopback_only_unless_insecure(tmp_path: Path, mode: str) -> None:
     repo = tmp_path / "repo"
     add_model(repo, "add", versions=(1,))
-    cmd = [*SERVING, "serve", "--repository", str(repo), "--host", "0.0.0.0", "--http-port", str(free_port()),
+    cmd = [*SERVING, "serve", *mode_args(mode), "--repository", str(repo), "--host", "0.0.0.0", "--http-port", str(free_port()),
            "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tritonclient.utils import InferenceServerException
 
 from models import add_model
-from server_process import ServerProcess
+from server_process import MODES, ServerProcess, mode_args
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def tls_server(tmp_path: Path, pki: dict[str, Path], mutual: bool) -> ServerProcess:
+def tls_server(tmp_path: Path, pki: dict[str, Path], mutual: bool, mode: str) -> ServerProcess:
     repo = tmp_path / "repo"
     add_model(repo, "add", versions=(1,))
     args = ["--tls-cert", str(pki["server"]), "--tls-key", str(pki["server-key"])]
@@ -85,7 +85,7 @@ def tls_server(tmp_path: Path, pki: dict[str, Path], mutual: bool) -> ServerProc
     if mutual:
         args += ["--tls-client-ca", str(pki["ca"])]
         context.load_cert_chain(str(pki["client"]), str(pki["client-key"]))
-    server = ServerProcess(repo, tmp_path / "server.log", args=tuple(args), ready_context=context)
+    server = ServerProcess(repo, tmp_path / "server.log", args=(*args, *mode_args(mode)), ready_context=context)
     server.start()
     return server
 
@@ -116,8 +116,9 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_tls_with_tritonclient_http_grpc_and_curl(tmp_path: Path, pki: dict[str, Path]) -> None:
-    server = tls_server(tmp_path, pki, mutual=False)
+@pytest.mark.parametrize("mode", MODES)
+def test_tls_with_tritonclient_http_grpc_and_curl(tmp_path: Path, pki: dict[str, Path], mode: str) -> None:
+    server = tls_server(tmp_path, pki, mutual=False, mode=mode)
     try:
         assert f"HTTP https://127.0.0.1:{server.http_port}" in server.log_path.read_text()
         want = np.full((1, 4), 2.0, np.float32)
@@ -138,8 +139,9 @@ def test_tls_with_tritonclient_http_grpc_and_curl(tmp_path: Path, pki: dict[str,
         assert server.stop() == 0, server.log()
 
 
-def test_mutual_tls_refuses_clients_without_a_certificate(tmp_path: Path, pki: dict[str, Path]) -> None:
-    server = tls_server(tmp_path, pki, mutual=True)
+@pytest.mark.parametrize("mode", MODES)
+def test_mutual_tls_refuses_clients_without_a_certificate(tmp_path: Path, pki: dict[str, Path], mode: str) -> None:
+    server = tls_server(tmp_path, pki, mutual=True, mode=mode)
     try:
         want = np.full((1, 4), 2.0, np.float32)
         with_cert = {"ca_certs": str(pki["ca"]), "certfile": str(pki["client"]), "keyfile": str(pki["client-key"])}

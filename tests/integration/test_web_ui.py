@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from serving.demo import digits_data, png_bytes
 
 from models import build_demo_repository
-from server_process import ServerProcess, free_port
+from server_process import MODES, ServerProcess, free_port, mode_args
 
 pytestmark = pytest.mark.integration
 
@@ -76,16 +76,18 @@ def sites() -> Iterator[tuple[StaticSite, StaticSite]]:
     other.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=MODES)
 def web_server(
-    tmp_path_factory: pytest.TempPathFactory, sites: tuple[StaticSite, StaticSite]
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sites: tuple[StaticSite, StaticSite]
 ) -> Iterator[ServerProcess]:
+    """The demo repository served in each mode (the page is the same in both)."""
     repo = build_demo_repository(tmp_path_factory.mktemp("web-repo"))
     allowed, _ = sites
     server = ServerProcess(
         repo,
         tmp_path_factory.mktemp("web-logs") / "server.log",
         env={"SERVING_CORS__ALLOW_ORIGINS": json.dumps([allowed.origin])},
+        args=mode_args(request.param),
     )
     server.start()
     yield server
@@ -341,11 +343,12 @@ def test_the_openapi_document_describes_the_routes_the_server_answers(web_server
     validator("Error").validate(json.load(err.value))
 
 
-def test_the_stats_endpoint_sums_every_replica_whichever_answers(tmp_path: Path) -> None:
-    """Two replicas on the same ports: whichever replica answers /ui/api/stats, it counts both
-    replicas and every request either served."""
+@pytest.mark.parametrize("mode", MODES)
+def test_the_stats_endpoint_sums_every_replica_whichever_answers(tmp_path: Path, mode: str) -> None:
+    """Two replicas (standalone: two workers) on the same ports: whichever answers /ui/api/stats,
+    it counts both and every request either served."""
     repo = build_demo_repository(tmp_path / "repo")
-    server = ServerProcess(repo, tmp_path / "server.log", args=("--replicas", "2"))
+    server = ServerProcess(repo, tmp_path / "server.log", args=mode_args(mode, 2))
     server.start()
     try:
         body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]})
