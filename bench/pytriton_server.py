@@ -12,6 +12,9 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
+DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+"""onnxruntime's output types as numpy's (the reference MLP's FP32 scores, the digits model's INT64 label)."""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -46,7 +49,7 @@ def main() -> None:
             model_name=args.name,
             infer_func=infer,
             inputs=[Tensor(name=inp.name, dtype=np.float32, shape=tuple(inp.shape[1:]))],
-            outputs=[Tensor(name=o.name, dtype=np.float32, shape=tuple(o.shape[1:])) for o in outs],
+            outputs=[Tensor(name=o.name, dtype=DTYPES[o.type], shape=tuple(o.shape[1:]) or (-1,)) for o in outs],
             config=ModelConfig(max_batch_size=128, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),
             strict=False,
         )
