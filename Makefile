@@ -10,7 +10,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: serve test docs unit integration gpu-test gpu-extra lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 bench-footprint lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -83,6 +83,20 @@ gpu-extra: $(BIN)/.installed
 	  missing = {'onnxruntime-gpu', 'torch'} - names; assert not missing, missing; print('gpu extra resolves:', sorted(names & {'onnxruntime-gpu', 'torch'}))"
 	rm -f .gpu-extra.json
 
+# linux/aarch64 (edge boards, Graviton, Jetson userland): the package and its CPU and tabular
+# extras resolve to aarch64 wheels, nothing built from source. uv resolves for that platform with
+# the environment markers evaluated for it (pip --platform evaluates them for this machine).
+AARCH64_EXTRAS := cpu,sklearn,xgboost,lightgbm
+check-aarch64: $(BIN)/.installed
+	$(BIN)/uv pip install --quiet --dry-run --python-platform aarch64-manylinux_2_28 --python-version 3.11 \
+	  --only-binary :all: --target "$$(mktemp -d)" '.[$(AARCH64_EXTRAS)]'
+	@echo "linux/aarch64: every dependency of .[$(AARCH64_EXTRAS)] has a wheel"
+
+# The demo's ONNX model served standalone by an aarch64 Python under qemu user emulation (Debian's
+# arm64 python3.11 and the aarch64 wheels; apt adds the arm64 architecture and qemu-user-static).
+check-arm64: $(BIN)/.installed
+	bash tests/arm64/check.sh
+
 integration: $(BIN)/.installed prometheus chromium
 	$(BIN)/pytest tests/integration -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
@@ -109,7 +123,7 @@ rules: prometheus
 docs: $(BIN)/.installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
-test: lint proto-check rules gpu-extra docs unit integration
+test: lint proto-check rules gpu-extra check-aarch64 docs unit integration
 
 # Load test a running server (defaults: the one `make serve` starts): a 60 s step load up to 16 users
 # (LOADTEST_ARGS changes it). Report in loadtest-report/.
@@ -120,6 +134,11 @@ loadtest: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(PY) bench/online.py
+	$(PY) bench/footprint.py
+
+# Cold start and idle memory: standalone, standalone --workers 2, Ray mode, PyTriton (bench/results/footprint.md).
+bench-footprint: $(BIN)/.installed
+	$(PY) bench/footprint.py
 
 # Batch scoring vs one plain process; datasets are generated once into bench/.data (~1.4 GB).
 BENCH_BATCH_ARGS ?=

@@ -49,13 +49,9 @@ def otlp() -> Iterator[OtlpReceiver]:
     receiver.close()
 
 
-@pytest.fixture(scope="session")
-def server(
-    request: pytest.FixtureRequest, repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
-) -> Iterator[ServerProcess]:
-    """The session's server (Ray mode, or the mode a ``both_modes`` test runs in), exporting traces
-    (OTLP/HTTP, standard OTEL_* variables) to ``otlp``."""
-    mode = getattr(request, "param", "ray")
+def start_session_server(
+    mode: str, repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
+) -> ServerProcess:
     proc = ServerProcess(
         repository,
         tmp_path_factory.mktemp(f"logs-{mode}") / "server.log",
@@ -68,5 +64,31 @@ def server(
         },
     )
     proc.start()
+    return proc
+
+
+@pytest.fixture(scope="session")
+def ray_server(
+    repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
+) -> Iterator[ServerProcess]:
+    proc = start_session_server("ray", repository, tmp_path_factory, otlp)
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def standalone_server(
+    repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
+) -> Iterator[ServerProcess]:
+    proc = start_session_server("standalone", repository, tmp_path_factory, otlp)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The session's server (Ray mode, or the mode a ``both_modes`` test runs in), exporting traces
+    (OTLP/HTTP, standard OTEL_* variables) to ``otlp``. Each mode's server is a session fixture of
+    its own, started once per worker: switching between the modes restarts neither."""
+    mode: str = getattr(request, "param", "ray")
+    return request.getfixturevalue(f"{mode}_server")  # type: ignore[no-any-return]

@@ -1,4 +1,5 @@
-"""Dockerfile.gpu, parsed (no Docker engine here): base image, stages, user, entrypoint, ports, healthcheck."""
+"""The images' Dockerfiles, parsed (no Docker engine here): base image, stages, user, entrypoint,
+ports, healthcheck. Dockerfile.gpu (CUDA) and Dockerfile (CPU, amd64 and arm64, standalone)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-DOCKERFILE = Path(__file__).resolve().parents[2] / "Dockerfile.gpu"
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile.gpu"
+CPU_DOCKERFILE = ROOT / "Dockerfile"
 
 
-def instructions() -> list[tuple[str, str]]:
+def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    text = re.sub(r"\\\n", " ", path.read_text())
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -24,9 +27,9 @@ def instructions() -> list[tuple[str, str]]:
     return out
 
 
-def stages() -> list[list[tuple[str, str]]]:
+def stages(path: Path = DOCKERFILE) -> list[list[tuple[str, str]]]:
     result: list[list[tuple[str, str]]] = []
-    for op, args in instructions():
+    for op, args in instructions(path):
         if op == "FROM":
             result.append([])
         if result:
@@ -82,3 +85,24 @@ def test_healthcheck_asks_for_readiness(final: list[tuple[str, str]]) -> None:
     check = next(a for op, a in final if op == "HEALTHCHECK")
     assert "/v2/health/ready" in check
     assert "CMD" in check
+
+
+def test_the_cpu_image_is_a_slim_python_for_both_architectures_serving_standalone() -> None:
+    text = CPU_DOCKERFILE.read_text()
+    args = dict(a.split("=", 1) for op, a in instructions(CPU_DOCKERFILE) if op == "ARG" and "=" in a)
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", args["PYTHON_IMAGE"]), args  # multi-arch official image
+    assert "--platform linux/amd64,linux/arm64" in text  # the build command in its header
+    build, final = stages(CPU_DOCKERFILE)[0], stages(CPU_DOCKERFILE)[-1]
+    assert any(op == "RUN" and "--only-binary=:all:" in a and '".[${EXTRAS}]"' in a for op, a in build)
+    assert args["EXTRAS"] == "onnx"  # no torch unless asked for
+    assert any(op == "COPY" and a.startswith("--from=build /opt/venv") for op, a in final)
+    assert not any(op == "RUN" and "pip install" in a for op, a in final)
+    users = [a for op, a in final if op == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    entry = json.loads(next(a for op, a in final if op == "ENTRYPOINT"))
+    cmd = json.loads(next(a for op, a in final if op == "CMD"))
+    assert entry == ["serving", "serve"]
+    assert cmd[0] == "--standalone" and cmd[cmd.index("--repository") + 1] == "/models"
+    assert cmd[cmd.index("--api-keys") + 1] == "/etc/serving/keys.yaml"
+    assert {p for op, a in final if op == "EXPOSE" for p in shlex.split(a)} >= {"8000", "8001", "8002"}
+    assert "/v2/health/ready" in next(a for op, a in final if op == "HEALTHCHECK")
