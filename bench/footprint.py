@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--idle-s", type=float, default=5.0)
     parser.add_argument("--no-pytriton", action="store_true")
+    parser.add_argument("--only", help="measure only the systems whose name contains this")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="serving-footprint-"))
     repo = work / "repo"
@@ -147,7 +148,7 @@ def main() -> None:
         "standalone --workers 2": lambda: serving("--standalone", "--workers", "2"),
         "Ray mode": lambda: serving(),
     }
-    if not args.no_pytriton:
+    if not args.no_pytriton and (not args.only or args.only in "PyTriton"):
         subprocess.run(["bash", str(HERE / "pytriton_env.sh")], check=True)
         python = str(HERE / ".pytriton/bin/python")
 
@@ -162,6 +163,8 @@ def main() -> None:
     rows = []
     breakdowns = {}
     for name, make in systems.items():
+        if args.only and args.only not in name:
+            continue
         command, http, env = make()
         run_once(name, command, http, work, 0.0, env)  # warm the page cache
         starts, totals = [], []

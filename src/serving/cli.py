@@ -65,6 +65,7 @@ def _serve_source(args: argparse.Namespace) -> SettingsSource:
         "insecure": args.insecure or None,
         "tls": {k: str(v) for k, v in tls.items()} if tls else None,
         "standalone": args.standalone or None,
+        "ray_dashboard": args.ray_dashboard or None,
         "workers": args.workers,
     }
     return SettingsSource(args.config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
@@ -200,7 +201,16 @@ def _rolling_update(args: argparse.Namespace, running: ServerSettings) -> None:
     print("SIGHUP: rolling update...", flush=True)
     try:
         settings = _load_serve_settings(args)
-        fixed = ("host", "http_port", "grpc_port", "metrics_port", "ray_address", "num_cpus")
+        fixed = (
+            "host",
+            "http_port",
+            "grpc_port",
+            "metrics_port",
+            "ray_address",
+            "num_cpus",
+            "ray_dashboard",
+            "standalone",
+        )
         changed = [name for name in fixed if getattr(settings, name) != getattr(running, name)]
         if changed:
             raise ConfigError(f"{', '.join(changed)} changed: restart the server to apply")
@@ -370,6 +380,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--max-replicas", type=_positive_int, help="autoscale up to this many replicas from their load")
     s.add_argument(
         "--api-keys", type=Path, help="API keys file (serving keys create): every request but health needs a key"
+    )
+    s.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="the local Ray with its dashboard (:8265) and autoscaler monitor (default: neither runs)",
     )
     s.add_argument(
         "--standalone",

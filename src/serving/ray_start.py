@@ -23,6 +23,35 @@ TOKEN_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_set
 
 
 @contextlib.contextmanager
+def without_idle_head_processes() -> Iterator[None]:
+    """Start a local Ray without the two head processes nothing here uses.
+
+    ``ray.init(include_dashboard=False)`` still starts the dashboard's API server, loading only
+    its usage-stats module (76 MiB PSS; ``ray.init`` waits ~1 s for it to publish its address),
+    and the autoscaler monitor (50 MiB), which adds and removes nodes of clusters made by Ray's
+    cluster launcher: a local Ray of one node has none. ``ray.init`` has no switch for either
+    (``ray start`` has ``--no-monitor``), so the head node's two starters are skipped while this
+    process starts its local Ray (Ray 2.60's ``Node.start_api_server`` and ``Node.start_monitor``;
+    the node records no process for them and stops the rest as usual). Serve, Ray Data, the
+    metrics agent (the dashboard *agent*, kept) and the tests' clusters (``ray start``) do not
+    use them. Measured in ``bench/results/footprint.md``.
+    """
+    node = ray._private.node.Node
+    start_api_server, start_monitor = node.start_api_server, node.start_monitor
+    node.start_api_server = _skip  # type: ignore[method-assign]
+    node.start_monitor = _skip  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        node.start_api_server = start_api_server  # type: ignore[method-assign]
+        node.start_monitor = start_monitor  # type: ignore[method-assign]
+
+
+def _skip(*_: object, **__: object) -> None:
+    return None
+
+
+@contextlib.contextmanager
 def allocator_env() -> Iterator[None]:
     """RAY_ALLOCATOR_ENV while Ray starts its processes, unless the user set either variable."""
     if any(k in os.environ for k in RAY_ALLOCATOR_ENV) or "LD_PRELOAD" in os.environ:
@@ -44,10 +73,12 @@ def init_ray(
     preload: Sequence[str] = (),
     quiet: bool = False,
     ray_info: bool = True,
+    dashboard: bool = False,
 ) -> bool:
     """Start or join Ray unless this process already is connected; returns True when it connected.
 
-    A local Ray runs without the dashboard, at the workers' normal priority (Ray lowers it by
+    A local Ray runs without the dashboard (``dashboard``: with it, on port 8265, and with the
+    autoscaler monitor ``ray status`` reads; see :func:`without_idle_head_processes`), at the workers' normal priority (Ray lowers it by
     default), with its workers importing ``preload`` while they idle, and its raylet and GCS
     server without jemalloc's thread caches (RAY_ALLOCATOR_ENV). ``quiet`` keeps Ray's
     own INFO logs and the workers' output off this process's terminal; ``ray_info=False`` keeps
@@ -66,11 +97,11 @@ def init_ray(
     system_config: dict[str, object] = {"worker_niceness": 0}
     if preload:
         system_config["preload_python_modules"] = list(preload)
-    with allocator_env():
+    with allocator_env(), contextlib.nullcontext() if dashboard else without_idle_head_processes():
         ray.init(
             address="local",
             num_cpus=num_cpus,
-            include_dashboard=False,
+            include_dashboard=dashboard,
             logging_level=level,
             log_to_driver=not quiet,
             _metrics_export_port=metrics_port,

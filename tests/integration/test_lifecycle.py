@@ -64,6 +64,8 @@ def test_sigint_stops_every_process_the_server_started(tmp_path: Path, mode: str
     if mode == "ray":
         assert any("raylet" in n for n in names), names
         assert any("ServeRepli" in n for n in names), names
+        # Not asked for (--ray-dashboard): neither the dashboard's API server nor the autoscaler monitor.
+        assert not [c for c in commands if "dashboard/dashboard.py" in c or "autoscaler/_private/monitor.py" in c]
     else:  # the supervisor's two workers, and no Ray
         assert sum("serving.standalone.worker_process" in c for c in commands) == 2, commands
         assert not any("ray" in n for n in names), names

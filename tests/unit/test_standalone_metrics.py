@@ -71,6 +71,7 @@ def test_histograms_are_cumulative_buckets_with_count_and_sum_per_worker() -> No
     [
         ({"workers": 2}, "workers is a standalone setting"),
         ({"standalone": True, "ray_address": "10.0.0.1:6379"}, "standalone serves without Ray"),
+        ({"standalone": True, "ray_dashboard": True}, "standalone serves without Ray"),
         ({"standalone": True, "replicas": {"min": 1, "max": 3}}, "use --workers N"),
         ({"standalone": True, "workers": 0}, "workers"),
     ],

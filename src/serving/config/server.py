@@ -136,6 +136,11 @@ class ServerConfig(Strict):
         description="Prometheus endpoint: the local Ray node's metrics agent, or the standalone server's own.",
     )
     ray_address: str | None = Field(default=None, description="Existing Ray cluster; None starts a local one.")
+    ray_dashboard: bool = Field(
+        default=False,
+        description="Start a local Ray with its dashboard (port 8265) and autoscaler monitor (`ray status`); off: "
+        "neither process runs.",
+    )
     standalone: bool = Field(
         default=False,
         description="Serve without Ray: one process (or `workers` processes on the same ports under a supervisor).",
@@ -204,8 +209,10 @@ class ServerConfig(Strict):
             if self.workers != 1:
                 raise ValueError("workers is a standalone setting: add --standalone (Ray mode: --replicas)")
             return self
-        if self.ray_address:
-            raise ValueError("standalone serves without Ray: drop the Ray address (--address, RAY_ADDRESS)")
+        if self.ray_address or self.ray_dashboard:
+            raise ValueError(
+                "standalone serves without Ray: drop the Ray address and dashboard (--address, RAY_ADDRESS, --ray-dashboard)"
+            )
         if self.replicas.max is not None or self.replicas.min != 1:
             raise ValueError("standalone has no replicas or autoscaling (Ray mode does): use --workers N")
         return self

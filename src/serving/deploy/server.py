@@ -43,6 +43,7 @@ def start(settings: ServerSettings, verbose: bool = False) -> float:
         metrics_port=settings.metrics_port,
         preload=preload_modules(entries),
         ray_info=verbose,
+        dashboard=settings.ray_dashboard,
     )
     if connected and starts_local_ray(settings):  # Ray's own line says so only with --verbose
         log.info("Started a local Ray (%d CPUs; its own logs: --verbose)", settings.num_cpus or os.cpu_count() or 1)
