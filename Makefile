@@ -10,7 +10,7 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 bench-footprint lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 bench-footprint bench-modes lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -134,7 +134,12 @@ loadtest: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(PY) bench/online.py
+	$(PY) bench/modes.py
 	$(PY) bench/footprint.py
+
+# Standalone vs Ray mode throughput, the same data plane (bench/results/modes.md).
+bench-modes: $(BIN)/.installed
+	$(PY) bench/modes.py
 
 # Cold start and idle memory: standalone, standalone --workers 2, Ray mode, PyTriton (bench/results/footprint.md).
 bench-footprint: $(BIN)/.installed

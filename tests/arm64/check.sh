@@ -51,10 +51,14 @@ print(*(x.getsockname()[1] for x in s))")
 
 guest() { PYTHONPATH="$WORK/site" qemu-aarch64-static -L "$WORK/root" "$WORK/root/usr/bin/python3.11" "$@"; }
 guest -c "import platform; print('guest:', platform.machine(), 'Python', platform.python_version())"
-guest -m serving.cli serve --standalone --repository "$WORK/repo" --http-port "$HTTP" --grpc-port "$GRPC" \
-  --metrics-port "$METRICS" > "$WORK/server.log" 2>&1 &
+# exec: $server is qemu's own PID, which signals reach (a subshell's bash would hold SIGINT back).
+(
+  export PYTHONPATH="$WORK/site"
+  exec qemu-aarch64-static -L "$WORK/root" "$WORK/root/usr/bin/python3.11" -m serving.cli serve --standalone \
+    --repository "$WORK/repo" --http-port "$HTTP" --grpc-port "$GRPC" --metrics-port "$METRICS"
+) > "$WORK/server.log" 2>&1 &
 server=$!
-trap 'kill -INT $server 2>/dev/null || true' EXIT
+trap 'kill -KILL $server 2>/dev/null || true' EXIT
 "$PY" - "$server" "$HTTP" "$WORK/server.log" <<'PYTHON'
 import json, os, sys, time, urllib.request
 
@@ -83,6 +87,9 @@ print("answer:", json.dumps(answer))
 assert [o["name"] for o in answer["outputs"]] == ["probabilities", "label"], answer
 print(f"ready {ready:.1f} s after the command (aarch64 under qemu)")
 PYTHON
-kill -INT $server && wait $server
+kill -INT $server
+for _ in $(seq 1 240); do kill -0 $server 2>/dev/null || break; sleep 0.5; done
+if kill -0 $server 2>/dev/null; then kill -KILL $server; echo "the emulated server did not stop on SIGINT in 120 s"; exit 1; fi
+wait $server
 trap - EXIT
 echo "linux/aarch64 under qemu: the standalone server answered one V2 request and stopped cleanly"

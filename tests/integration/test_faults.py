@@ -7,13 +7,14 @@ failures and the time to full recovery are reported."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from load_clients import SIZE, Load, new_connection_request, wait_until
+from load_clients import SIZE, Load, log_count, new_connection_request, wait_until
 from models import slow_model
 from server_process import MODES, ServerProcess, mode_args
 
@@ -111,3 +112,24 @@ def test_sigterm_under_load_finishes_what_is_in_flight_and_refuses_the_rest(tmp_
     cancelled = load.kinds.get("grpc: [StatusCode.CANCELLED] CANCELLED", 0)
     assert [e for e in unexpected if "CANCELLED" not in e] == [], unexpected
     assert cancelled <= max(1, load.outcomes["ok"] // 2000), load.kinds
+
+
+def test_a_killed_supervisor_takes_its_workers_with_it(tmp_path: Path) -> None:
+    """Standalone --workers 2: the supervisor SIGKILLed (no chance to stop anything), its workers
+    get the parent-death signal, drain and exit: none is left holding the ports."""
+    repo = tmp_path / "repo"
+    slow_model(repo, size=SIZE, repeats=1, max_batch_size=1, max_queue_size=256)
+    server = ServerProcess(repo, tmp_path / "server.log", args=mode_args("standalone", 2))
+    server.start()
+    workers = [psutil.Process(pid) for pid in replica_pids(server)]
+    assert len(workers) == 2
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(30)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    for process in alive:  # a failure: end them, by PID, before reporting it
+        process.kill()
+    assert not alive, server.log()
+    assert log_count(server, "servers stopped after") == 2, server.log()  # each drained (they log to its file)
+    with pytest.raises(ConnectionRefusedError):  # nothing holds the HTTP port any more
+        socket.create_connection(("127.0.0.1", server.http_port), timeout=5).close()

@@ -27,6 +27,7 @@ from typing import Any
 
 from serving.config.server import ServerSettings
 from serving.errors import StartupError
+from serving.repository import scan_repository
 from serving.standalone.live_files import read_snapshots
 from serving.standalone.prometheus_endpoint import MetricsEndpoint
 from serving.standalone.settings_source import SettingsSource
@@ -70,8 +71,10 @@ class Supervisor:
         """Start the workers, call ``on_ready`` once all listen, and keep them alive until ``stop``.
 
         Raises:
+            ConfigError: the repository or a model.yaml is invalid (checked here, before any worker starts).
             StartupError: a worker exited before it listened (its reason is in its log lines).
         """
+        scan_repository(self.settings.repository)
         try:
             self._endpoint = MetricsEndpoint(self.settings.host, self.settings.metrics_port, self.metrics_snapshots)
             self.workers = [self._spawn(f"worker-{i}") for i in range(self.settings.workers)]
