@@ -49,6 +49,7 @@ def main() -> None:
     build_reference_mlp(repo)
     data = input_data(work / "input.json", FEATURES)
     best: dict[str, dict[tuple[str, int], float]] = {"ray": {}, "standalone": {}}
+    rounds: dict[str, list[dict[tuple[str, int], float]]] = {"ray": [], "standalone": []}
     for round_ in range(args.rounds):
         for mode in ("ray", "standalone"):
             server = ServerProcess(repo, work / f"{mode}-{round_}.log", args=mode_args(mode))
@@ -57,6 +58,7 @@ def main() -> None:
                 rates = measure(server, data, args.concurrency)
             finally:
                 server.stop()
+            rounds[mode].append(rates)
             for key, rate in rates.items():
                 best[mode][key] = max(best[mode].get(key, 0.0), rate)
             print(
@@ -76,6 +78,16 @@ def main() -> None:
         f"standalone / Ray mode over the {len(ratios)} rows: median {sorted(ratios)[len(ratios) // 2]:.3f}, "
         f"range {min(ratios):.3f}-{max(ratios):.3f} (target: within 5 %, 0.95-1.05)"
     )
+    noise = sorted(
+        max(r[key] for r in rounds[mode]) / min(r[key] for r in rounds[mode]) - 1
+        for mode in rounds
+        for key in rounds[mode][0]
+    )
+    if args.rounds > 1:
+        summary += (
+            f"\n\nThe noise floor: the same server, round to round, differs by a median {noise[len(noise) // 2]:.1%} "
+            f"per row (up to {noise[-1]:.1%})."
+        )
     text = "\n".join(lines) + "\n\n" + summary
     print("\n" + text)
     (HERE / "results" / "modes.md").write_text(

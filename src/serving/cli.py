@@ -152,8 +152,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_standalone(source: SettingsSource, settings: ServerSettings) -> int:
     """No Ray: this process serves (one worker), or supervises ``settings.workers`` that do."""
-    import asyncio
-
     from serving.ports import check_port_free
 
     began = time.monotonic()
@@ -162,10 +160,9 @@ def _serve_standalone(source: SettingsSource, settings: ServerSettings) -> int:
         check_port_free(settings.host, settings.grpc_port, "gRPC")
         check_port_free(settings.host, settings.metrics_port, "metrics")
         if settings.workers == 1:
-            from serving.standalone.worker import Worker
+            from serving.standalone.worker import Worker, serve
 
-            worker = Worker(source)
-            asyncio.run(worker.run(settings, lambda _: _print_ready(settings, time.monotonic() - began)))
+            serve(Worker(source), settings, lambda _: _print_ready(settings, time.monotonic() - began))
         else:
             _supervise(source, settings, began)
     except ConfigError as exc:

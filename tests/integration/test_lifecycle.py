@@ -141,3 +141,19 @@ def test_the_local_rays_raylet_and_gcs_run_without_jemallocs_thread_caches(serve
     for env in seen.values():
         assert env.get("MALLOC_CONF") == "tcache:false"
         assert "jemalloc" in env.get("LD_PRELOAD", "")
+
+
+def test_a_standalone_server_of_onnx_models_maps_neither_torch_nor_ray(tmp_path: Path) -> None:
+    """Frameworks load when a version needs them, and standalone never loads Ray: the serving
+    process of an ONNX-only repository has onnxruntime mapped, and no libtorch or Ray's core."""
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(1,))
+    server = ServerProcess(repo, tmp_path / "server.log", args=mode_args("standalone"))
+    server.start()
+    try:
+        assert server.proc is not None
+        libraries = {m.path.rsplit("/", 1)[-1] for m in psutil.Process(server.proc.pid).memory_maps()}
+    finally:
+        assert server.stop() == 0, server.log()
+    assert any("onnxruntime" in name for name in libraries), sorted(libraries)
+    assert not [name for name in libraries if "libtorch" in name or "_raylet" in name]

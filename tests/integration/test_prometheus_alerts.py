@@ -63,6 +63,7 @@ class Traffic:
         return self.codes
 
 
+@pytest.mark.both_modes
 def test_prometheus_scrapes_the_server(prometheus: str, server: ServerProcess) -> None:
     def up() -> bool:
         doc = get(f"{prometheus}/api/v1/query?query=up%7Bjob%3D%22serving%22%7D") or {}

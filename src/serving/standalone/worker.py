@@ -200,6 +200,25 @@ class Worker:
         return await asyncio.to_thread(self._files.read_all)
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (uvicorn[standard] brings it), as Ray runs a replica's loop, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve(worker: Worker, settings: ServerSettings, on_ready: Callable[[Generation], None]) -> None:
+    """Run ``worker`` on a loop of its own until it stops (the process's main thread: signals).
+
+    Raises:
+        ConfigError: the repository is invalid, or a port cannot be bound.
+    """
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(worker.run(settings, on_ready))
+
+
 async def _load(settings: ServerSettings, metrics: AggregatedMetrics) -> LocalInferenceService:
     """``LocalInferenceService.from_repository`` in a thread. Cancelled, it waits for the load
     to end and closes what it built (the thread cannot be interrupted)."""

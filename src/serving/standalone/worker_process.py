@@ -4,7 +4,6 @@ READY_FD once it listens; exits 2 on a configuration error (its reason on stderr
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from serving.errors import ConfigError
 from serving.standalone.settings_source import SettingsSource
-from serving.standalone.worker import Generation, Worker
+from serving.standalone.worker import Generation, Worker, serve
 
 log = logging.getLogger("serving.standalone.worker_process")  # also when run as __main__
 
@@ -42,15 +41,12 @@ def main(argv: list[str]) -> int:
         os.write(int(ready_fd), b"ready\n")
         os.close(int(ready_fd))
 
-    async def serve() -> None:
-        worker = Worker(source, name, Path(live_folder))
+    try:
+        settings = source.load()
         # Until Worker.run installs its handlers a SIGTERM ends the process at once (nothing to
         # drain yet); from then on it drains.
         stop_with_the_supervisor(supervisor)
-        await worker.run(source.load(), ready)
-
-    try:
-        asyncio.run(serve())
+        serve(Worker(source, name, Path(live_folder)), settings, ready)
     except ConfigError as exc:
         print(f"error: {name}: {exc.message}", file=sys.stderr, flush=True)
         return 2
