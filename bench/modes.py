@@ -1,9 +1,10 @@
 """Standalone vs Ray mode: the same data plane, so the same throughput (`make bench-modes`, also run
 by `make bench`). On the reference MLP, perf_analyzer sends batch-1 requests over gRPC (sync and
---async) and HTTP at each concurrency to `serving serve` and to `serving serve --standalone`,
-the two servers measured in turn, twice (A B A B: a VM whose speed drifts within the run moves
-both alike), and the better of each mode's two rounds is kept. Prints standalone / Ray mode per
-row; writes bench/results/modes.md.
+--async) and HTTP at each concurrency to `serving serve` and `serving serve --standalone`, both
+running. Each row is measured on the two servers back to back, in the order A B then B A on the
+next round, so a VM whose speed drifts within minutes (2x and more on the 2-core VMs) moves both
+alike; the ratio per row is the sum of standalone's rounds over the sum of Ray mode's. Writes
+bench/results/modes.md, with the noise: the same server, round to round.
 """
 
 from __future__ import annotations
@@ -29,13 +30,10 @@ from server_process import ServerProcess, mode_args  # noqa: E402
 PROTOCOLS = (("grpc", "grpc", ()), ("grpc-async", "grpc", ("--async",)), ("http", "http", ()))
 
 
-def measure(server: ServerProcess, data: Path, concurrency: list[int]) -> dict[tuple[str, int], float]:
-    out = {}
-    for label, wire, extra in PROTOCOLS:
-        url = server.grpc_url if wire == "grpc" else server.http_url
-        for c in concurrency:
-            out[(label, c)] = perf_analyzer(url, wire, MODEL, "1", c, data, extra=extra)["infer_s"]
-    return out
+def one(server: ServerProcess, label: str, concurrency: int, data: Path) -> float:
+    wire, extra = next((w, e) for name, w, e in PROTOCOLS if name == label)
+    url = server.grpc_url if wire == "grpc" else server.http_url
+    return perf_analyzer(url, wire, MODEL, "1", concurrency, data, extra=extra)["infer_s"]
 
 
 def main() -> None:
@@ -48,24 +46,28 @@ def main() -> None:
     repo = work / "repo"
     build_reference_mlp(repo)
     data = input_data(work / "input.json", FEATURES)
-    best: dict[str, dict[tuple[str, int], float]] = {"ray": {}, "standalone": {}}
-    rounds: dict[str, list[dict[tuple[str, int], float]]] = {"ray": [], "standalone": []}
-    for round_ in range(args.rounds):
-        for mode in ("ray", "standalone"):
-            server = ServerProcess(repo, work / f"{mode}-{round_}.log", args=mode_args(mode))
+    servers = {mode: ServerProcess(repo, work / f"{mode}.log", args=mode_args(mode)) for mode in ("ray", "standalone")}
+    rows = [(label, c) for label, _, _ in PROTOCOLS for c in args.concurrency]
+    rates: dict[str, dict[tuple[str, int], list[float]]] = {mode: {row: [] for row in rows} for mode in servers}
+    try:
+        for server in servers.values():
             server.start()
-            try:
-                rates = measure(server, data, args.concurrency)
-            finally:
-                server.stop()
-            rounds[mode].append(rates)
-            for key, rate in rates.items():
-                best[mode][key] = max(best[mode].get(key, 0.0), rate)
-            print(
-                f"[round {round_ + 1} {mode:10s}] " + "  ".join(f"{k[0]} c={k[1]} {v:,.0f}" for k, v in rates.items())
-            )
+        for round_ in range(args.rounds):
+            order = ["ray", "standalone"] if round_ % 2 == 0 else ["standalone", "ray"]
+            for row in rows:
+                for mode in order:
+                    rates[mode][row].append(one(servers[mode], row[0], row[1], data))
+                print(
+                    f"[round {round_ + 1}] {row[0]:10s} c={row[1]:<3d} Ray mode {rates['ray'][row][-1]:7,.0f}  "
+                    f"standalone {rates['standalone'][row][-1]:7,.0f} infer/s",
+                    flush=True,
+                )
+    finally:
+        for server in servers.values():
+            server.stop()
+    best = {mode: {row: sum(v) / len(v) for row, v in by_row.items()} for mode, by_row in rates.items()}
     lines = [
-        "| protocol | concurrency | Ray mode infer/s | standalone infer/s | standalone / Ray mode |",
+        "| protocol | concurrency | Ray mode infer/s (mean) | standalone infer/s (mean) | standalone / Ray mode |",
         "|---|---|---|---|---|",
     ]
     ratios = []
@@ -78,14 +80,10 @@ def main() -> None:
         f"standalone / Ray mode over the {len(ratios)} rows: median {sorted(ratios)[len(ratios) // 2]:.3f}, "
         f"range {min(ratios):.3f}-{max(ratios):.3f} (target: within 5 %, 0.95-1.05)"
     )
-    noise = sorted(
-        max(r[key] for r in rounds[mode]) / min(r[key] for r in rounds[mode]) - 1
-        for mode in rounds
-        for key in rounds[mode][0]
-    )
+    noise = sorted(max(v) / min(v) - 1 for by_row in rates.values() for v in by_row.values())
     if args.rounds > 1:
         summary += (
-            f"\n\nThe noise floor: the same server, round to round, differs by a median {noise[len(noise) // 2]:.1%} "
+            f"\n\nThe noise: the same server, round to round, differs by a median {noise[len(noise) // 2]:.1%} "
             f"per row (up to {noise[-1]:.1%})."
         )
     text = "\n".join(lines) + "\n\n" + summary
@@ -93,7 +91,8 @@ def main() -> None:
     (HERE / "results" / "modes.md").write_text(
         f"# Standalone vs Ray mode ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
         "Reference MLP 784->1024->1024->10 FP32, perf_analyzer batch-1 requests (gRPC sync and --async, HTTP "
-        f"binary); each mode measured {args.rounds} times in turn (A B A B), the better round kept.\n\n{text}\n"
+        f"binary); both servers running, each row measured on the two back to back ({args.rounds} rounds, A B then "
+        f"B A); the mean of the rounds.\n\n{text}\n"
     )
 
 
