@@ -23,7 +23,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -34,9 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from online import FEATURES, MODEL, TOOLS, input_data  # noqa: E402
-
-from serving.demo import build_reference_mlp  # noqa: E402
+from online import FEATURES, MODEL, TOOLS, reference_setup  # noqa: E402
 
 from server_process import ServerProcess  # noqa: E402
 
@@ -248,10 +245,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
-    work = Path(tempfile.mkdtemp(prefix="serving-stages-"))
-    repo = work / "repo"
-    build_reference_mlp(repo)
-    data = input_data(work / "input.json", FEATURES)
+    work, repo, data = reference_setup("serving-stages-")
     server = ServerProcess(repo, work / "serving.log")
     server.start()
     sections = []

@@ -13,7 +13,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from online import FEATURES, MODEL, input_data, perf_analyzer  # noqa: E402
-
-from serving.demo import build_reference_mlp  # noqa: E402
+from online import MODEL, perf_analyzer, reference_setup  # noqa: E402
 
 from server_process import ServerProcess, mode_args  # noqa: E402
 
@@ -42,10 +39,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
-    work = Path(tempfile.mkdtemp(prefix="serving-modes-"))
-    repo = work / "repo"
-    build_reference_mlp(repo)
-    data = input_data(work / "input.json", FEATURES)
+    work, repo, data = reference_setup("serving-modes-")
     servers = {mode: ServerProcess(repo, work / f"{mode}.log", args=mode_args(mode)) for mode in ("ray", "standalone")}
     rows = [(label, c) for label, _, _ in PROTOCOLS for c in args.concurrency]
     rates: dict[str, dict[tuple[str, int], list[float]]] = {mode: {row: [] for row in rows} for mode in servers}

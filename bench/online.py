@@ -110,6 +110,14 @@ def input_data(path: Path, features: int) -> Path:
     return path
 
 
+def reference_setup(prefix: str) -> tuple[Path, Path, Path]:
+    """A fresh folder holding the reference MLP's repository and perf_analyzer's input data:
+    (folder, repository, input data)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    build_reference_mlp(work / "repo")
+    return work, work / "repo", input_data(work / "input.json", FEATURES)
+
+
 def perf_analyzer(
     url: str,
     protocol: str,
@@ -222,11 +230,8 @@ def main() -> None:
     subprocess.run(["bash", str(HERE / "pytriton_env.sh")], check=True)
     from server_process import free_port
 
-    work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
-    repo = work / "repo"
-    build_reference_mlp(repo)
+    work, repo, data = reference_setup("serving-bench-")
     onnx_path = repo / MODEL / "1" / "model.onnx"
-    data = input_data(work / "input.json", FEATURES)
     batch, limit = in_process_limit(onnx_path, FEATURES, threads=2)
     print(f"in-process limit: {limit:,.0f} rows/s at batch {batch} (onnxruntime, 2 threads)", flush=True)
     service_rate = in_process_service(repo, MODEL, FEATURES, 64)

@@ -49,9 +49,9 @@ def otlp() -> Iterator[OtlpReceiver]:
     receiver.close()
 
 
-def start_session_server(
+def session_server(
     mode: str, repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
-) -> ServerProcess:
+) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         repository,
         tmp_path_factory.mktemp(f"logs-{mode}") / "server.log",
@@ -64,25 +64,22 @@ def start_session_server(
         },
     )
     proc.start()
-    return proc
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="session")
 def ray_server(
     repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
 ) -> Iterator[ServerProcess]:
-    proc = start_session_server("ray", repository, tmp_path_factory, otlp)
-    yield proc
-    proc.stop()
+    yield from session_server("ray", repository, tmp_path_factory, otlp)
 
 
 @pytest.fixture(scope="session")
 def standalone_server(
     repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
 ) -> Iterator[ServerProcess]:
-    proc = start_session_server("standalone", repository, tmp_path_factory, otlp)
-    yield proc
-    proc.stop()
+    yield from session_server("standalone", repository, tmp_path_factory, otlp)
 
 
 @pytest.fixture(scope="session")
