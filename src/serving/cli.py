@@ -156,6 +156,7 @@ def _serve_standalone(source: SettingsSource, settings: ServerSettings) -> int:
 
     began = time.monotonic()
     try:
+        warn_of_ray_resources(settings)
         check_port_free(settings.host, settings.http_port, "HTTP")
         check_port_free(settings.host, settings.grpc_port, "gRPC")
         check_port_free(settings.host, settings.metrics_port, "metrics")
@@ -173,6 +174,27 @@ def _serve_standalone(source: SettingsSource, settings: ServerSettings) -> int:
         return 1
     print("stopped", flush=True)
     return 0
+
+
+def warn_of_ray_resources(settings: ServerSettings) -> None:
+    """Say which model.yaml resources standalone leaves to Ray mode (replica counts, GPU fractions).
+
+    Raises:
+        ConfigError: the repository or a model.yaml is invalid.
+    """
+    from serving.repository import scan_repository
+
+    for entry in scan_repository(settings.repository):
+        resources = entry.config.resources
+        if resources.replicas > 1 or resources.num_gpus % 1:
+            logging.getLogger("serving.standalone").warning(
+                "%s asks for %d replicas and %g GPUs each: standalone runs %d process(es) on this machine's "
+                "devices (--workers N); Ray mode places replicas and shares GPUs by fractions",
+                entry.name,
+                resources.replicas,
+                resources.num_gpus,
+                settings.workers,
+            )
 
 
 def _supervise(source: SettingsSource, settings: ServerSettings, began: float) -> None:

@@ -3,6 +3,9 @@ prometheus-client serves from them (read back by prometheus-client's own parser)
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -80,3 +83,19 @@ def test_standalone_settings_refuse_what_needs_ray(overrides: dict[str, object],
     with pytest.raises(ConfigError) as info:
         load_settings(**overrides)
     assert message in info.value.message
+
+
+def test_standalone_names_the_models_whose_replicas_or_gpu_fractions_it_leaves_to_ray_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from serving.cli import warn_of_ray_resources
+
+    from models import add_model
+
+    add_model(tmp_path, "spread", versions=(1,), resources={"replicas": 2})
+    add_model(tmp_path, "shared", versions=(1,), resources={"num_gpus": 0.5})
+    add_model(tmp_path, "plain", versions=(1,))
+    with caplog.at_level(logging.WARNING, logger="serving.standalone"):
+        warn_of_ray_resources(load_settings(repository=tmp_path, standalone=True))
+    warned = {record.getMessage().split()[0] for record in caplog.records}
+    assert warned == {"spread", "shared"}
