@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -157,3 +158,38 @@ def test_a_standalone_server_of_onnx_models_maps_neither_torch_nor_ray(tmp_path:
         assert server.stop() == 0, server.log()
     assert any("onnxruntime" in name for name in libraries), sorted(libraries)
     assert not [name for name in libraries if "libtorch" in name or "_raylet" in name]
+
+
+def test_a_standalone_reload_that_fails_keeps_the_running_generation_serving(tmp_path: Path) -> None:
+    """SIGHUP with a model.yaml broken meanwhile: the reload is refused with the reason, and the
+    models loaded before keep answering; once the file is mended, the next SIGHUP reloads."""
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(1,))
+    server = ServerProcess(repo, tmp_path / "server.log", args=mode_args("standalone"))
+    server.start()
+    config = repo / "add" / "model.yaml"
+    good = config.read_text()
+    try:
+        assert server.proc is not None
+        config.write_text(good + "max_bach_size: 4\n")
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for_log(server, "reload failed")
+        assert "max_bach_size: unknown key" in server.log()
+        client = thttp.InferenceServerClient(server.http_url)
+        x = np.zeros((1, 4), np.float32)
+        inp = thttp.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        np.testing.assert_array_equal(client.infer("add", [inp]).as_numpy("y"), x + 1)
+        config.write_text(good)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for_log(server, "reload done")
+        np.testing.assert_array_equal(client.infer("add", [inp]).as_numpy("y"), x + 1)
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def wait_for_log(server: ServerProcess, text: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in server.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{server.log()}"
+        time.sleep(0.2)

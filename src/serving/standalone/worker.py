@@ -133,7 +133,7 @@ class Worker:
         log.info("SIGHUP: reading the settings and the repository again")
         running = self.generations[-1]
         try:
-            settings = self.source.load()
+            settings = await asyncio.to_thread(self.source.load)  # files: off the serving loop
             changed = fixed_changes(running.settings, settings)
             if changed:
                 raise ConfigError(f"{', '.join(changed)} changed: restart the server to apply")
