@@ -22,7 +22,7 @@ class AdminClient:
         self.api_key = api_key or os.environ.get("SERVING_API_KEY")
         self.context = ssl.create_default_context(cafile=ca_cert) if ca_cert else None
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float = 120.0) -> Any:
+    def call(self, method: str, path: str, body: Any = None, timeout_s: float = 120.0) -> Any:
         data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
         request = urllib.request.Request(self.server + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")

@@ -26,6 +26,7 @@ LIFECYCLE_COMMANDS = (
     "load",
     "unload",
     "audit",
+    "feedback",
     "lineage",
     "evaluate",
     "profile",
@@ -67,6 +68,7 @@ def _serve_source(args: argparse.Namespace) -> SettingsSource:
         "standalone": args.standalone or None,
         "ray_dashboard": args.ray_dashboard or None,
         "workers": args.workers,
+        "prediction_log": {"destination": args.prediction_log} if args.prediction_log else None,
     }
     return SettingsSource(args.config, {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()})
 
@@ -411,6 +413,11 @@ def main(argv: list[str] | None = None) -> None:
         help="serve without Ray: one process (no autoscaling, cluster or GPU fractions: those need Ray mode)",
     )
     s.add_argument("--workers", type=_positive_int, help="standalone: N processes sharing the ports (default 1)")
+    s.add_argument(
+        "--prediction-log",
+        metavar="FOLDER_OR_URI",
+        help="log every model's requests here as Parquet (model.yaml log: tunes or turns it off per model)",
+    )
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --api-keys")
     s.add_argument("--verbose", action="store_true", help="Ray's and Serve's own INFO logs on the console too")
     s.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM) for the HTTP and gRPC ports")

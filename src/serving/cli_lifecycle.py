@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.admin_client import AdminClient, AdminClientError
-from serving.errors import ServingError
+from serving.errors import InvalidInputError, ServingError
 from serving.identity import current_user
 
 
@@ -146,12 +146,85 @@ def _lineage(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from serving.control.tools import evaluate
 
+    if args.from_log:
+        return _evaluate_live(args)
+    if not args.data or not args.label:
+        return _fail("evaluate needs --data and --label (labelled data), or --from-log LOG (live traffic)")
     record = evaluate(args.repository, args.version, args.data, args.label, task=args.task, executor=args.executor)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record.metrics.items()))
     print(f"{args.version} on {record.data.rows:,} rows ({record.task}): {metrics}")
     print(f"stored in {args.repository / args.version.replace(':', '/')}/lineage.yaml")
     _audit_tool(args, "evaluate", {"metrics": record.metrics, "data": record.data.fingerprint, "label": record.label})
     return 0
+
+
+def _evaluate_live(args: argparse.Namespace) -> int:
+    from serving.control.tools import evaluate_from_log
+
+    since_s = parse_duration(args.since) if args.since else None
+    r = evaluate_from_log(args.repository, args.version, args.from_log, since_s=since_s, task=args.task)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(r.metrics.items()))
+    print(
+        f"{args.version} on {r.labelled:,} labelled of {r.predictions:,} logged answers "
+        f"(coverage {r.coverage:.1%}, {r.first} .. {r.last}; {r.task}): {metrics}"
+    )
+    print(f"stored in {args.repository / args.version.replace(':', '/')}/lineage.yaml (live_evaluation)")
+    _audit_tool(
+        args,
+        "evaluate --from-log",
+        {"metrics": r.metrics, "log": r.log, "labelled": r.labelled, "coverage": r.coverage},
+    )
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``24h``, ``7d`` (or plain seconds) in seconds.
+
+    Raises:
+        InvalidInputError: anything else.
+    """
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise InvalidInputError(f"--since {text!r}: expected a duration like 90s, 30m, 24h or 7d") from None
+    if not value > 0 or value == float("inf"):
+        raise InvalidInputError(f"--since {text!r}: must be a positive duration")
+    return value * units[unit]
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(args.labels)
+    missing = [c for c in (args.id_column, args.label_column) if c not in table.column_names]
+    if missing:
+        return _fail(
+            f"{args.labels}: no column {missing} (columns: {table.column_names}); see --id-column/--label-column"
+        )
+    ids = table.column(args.id_column).to_pylist()
+    labels = table.column(args.label_column).to_pylist()
+    rows = table.column("row").to_pylist() if "row" in table.column_names else [0] * len(ids)
+    client = _client(args)
+    totals = {"received": 0, "matched": 0, "unmatched": 0}
+    for start in range(0, len(ids), FEEDBACK_CHUNK):
+        end = start + FEEDBACK_CHUNK
+        body = [
+            {"id": str(i), "label": v, "row": int(r)}
+            for i, v, r in zip(ids[start:end], labels[start:end], rows[start:end])
+        ]
+        done = client.call("POST", f"/v2/models/{args.model}/feedback", body)
+        for key in totals:
+            totals[key] += int(done[key])
+    print(
+        f"{args.model}: {totals['received']:,} labels kept; {totals['matched']:,} matched a logged prediction, "
+        f"{totals['unmatched']:,} not (yet: a prediction another replica has not written matches later)"
+    )
+    return 0
+
+
+FEEDBACK_CHUNK = 10_000
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -239,6 +312,12 @@ def add_commands(sub: Any) -> None:
         p.add_argument("model")
         p.add_argument("version", nargs="?", type=int)
         p.set_defaults(func=_load)
+    p = server_parser("feedback", "send labels for logged predictions (Parquet with id and label columns)")
+    p.add_argument("model")
+    p.add_argument("--labels", required=True, type=Path, help="Parquet file: id, label (and row) columns")
+    p.add_argument("--id-column", default="id", help="the column holding request ids (default id)")
+    p.add_argument("--label-column", default="label", help="the column holding labels (default label)")
+    p.set_defaults(func=_feedback)
     p = server_parser("audit", "the last changes: time, who, what, before, after (JSON lines)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_audit)
@@ -261,8 +340,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--param", action="append", default=[], help="KEY=VALUE (repeatable)")
     p.set_defaults(func=_lineage)
     p = repo_parser("evaluate", "score labelled data through the batch path and store the metrics in the lineage")
-    p.add_argument("--data", action="append", required=True, help="Parquet file/folder/glob (repeatable)")
-    p.add_argument("--label", required=True, help="the column holding the true value")
+    p.add_argument("--data", action="append", help="Parquet file/folder/glob (repeatable)")
+    p.add_argument("--label", help="the column holding the true value")
+    p.add_argument(
+        "--from-log", metavar="LOG", help="instead: the version's logged live answers joined with their feedback labels"
+    )
+    p.add_argument("--since", help="with --from-log: only predictions this recent (90s, 30m, 24h, 7d)")
     p.add_argument("--task", choices=("classification", "regression"), help="default: regression for a float label")
     p.add_argument("--executor", choices=("auto", "local", "ray"), default="auto")
     p.set_defaults(func=_evaluate)

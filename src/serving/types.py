@@ -58,6 +58,13 @@ class InferenceRequest:
     header: Callable[[str], str | None] | None = None
     """Looks up one of the request's headers (gRPC: metadata) by lowercase name; a sticky
     traffic split reads its key with it."""
+    request_id: str = ""
+    """The transport's request id (``x-request-id``: the client's or a new one), echoed on the answer."""
+
+    @property
+    def log_id(self) -> str:
+        """The id the prediction log keeps: the V2 ``id`` the client gave, else the transport's."""
+        return self.id or self.request_id
 
 
 @dataclass(slots=True)
@@ -152,3 +159,22 @@ class ModelStats:
     batch_stats: dict[int, BatchStat] = field(default_factory=dict)
     deadline_dropped: int = 0
     """Requests dropped from the queue because their deadline passed (the model never ran them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """The true answer for one row of a logged prediction (feedback), as text: 3, 3.0 and "3" are one class."""
+
+    request_id: str
+    label: str
+    row: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What became of the labels of one feedback call: each is kept; ``matched`` ones were found
+    in the prediction log (the rest may match rows another replica has not written yet)."""
+
+    received: int
+    matched: int
+    unmatched: int

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from serving.codecs import DATATYPES
+from serving.config.prediction_log import PredictionLogConfig
 from serving.config.strict import Strict, format_validation_error
 from serving.errors import ConfigError
 from serving.files import load_yaml
@@ -359,6 +360,9 @@ class ModelConfig(Strict):
         default_factory=dict, description="platform python: free-form values handed to the model's constructor."
     )
     steps: tuple[StepConfig, ...] = Field(default=(), description="platform pipeline: its steps, in order.")
+    log: PredictionLogConfig | None = Field(
+        default=None, description="The prediction log of this model: the keys set here win over the server's."
+    )
 
     @property
     def extra_files(self) -> tuple[str, ...]:

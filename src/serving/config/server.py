@@ -16,6 +16,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -25,6 +26,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from serving.config.prediction_log import PredictionLogConfig
 from serving.config.strict import Strict, format_validation_error
 from serving.errors import ConfigError
 
@@ -185,6 +187,10 @@ class ServerConfig(Strict):
         default=True,
         description="Load new version folders and unload removed ones without a restart (Triton's poll mode).",
     )
+    prediction_log: PredictionLogConfig = Field(
+        default_factory=lambda: PredictionLogConfig(),
+        description="The prediction log every model has unless its model.yaml says otherwise (log:).",
+    )
     server_name: str = "serving"
     log_format: Literal["json", "text"] = Field(
         default="json", description="Replica logs: JSON lines with request and trace ids, or plain text."
@@ -216,6 +222,15 @@ class ServerConfig(Strict):
         if self.replicas.max is not None or self.replicas.min != 1:
             raise ValueError("standalone has no replicas or autoscaling (Ray mode does): use --workers N")
         return self
+
+    @field_validator("prediction_log")
+    @classmethod
+    def _absolute_log_folder(cls, v: PredictionLogConfig) -> PredictionLogConfig:
+        """A relative log folder is the working directory's here, where the command runs, not a replica's."""
+        dest = v.destination
+        if dest is None or "://" in dest or Path(dest).is_absolute():
+            return v
+        return v.model_copy(update={"destination": str(Path(dest).resolve())})
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerConfig:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 64
 Arrays = dict[str, np.ndarray[Any, Any]]
+AnswerSink = Callable[["ModelVersion", str, int, Arrays, Arrays], None]
+"""Called with (shadow version, request id, start in monotonic ns, inputs, answer) for each answer."""
 
 
 def compare(primary: Arrays, shadow: Arrays) -> tuple[int, int, float]:
@@ -65,32 +68,33 @@ class ShadowRunner:
     hands it over (no task, no wake-up when it ends). Unloading the shadow version waits for its
     queued copies (its worker thread is joined)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, on_answer: AnswerSink | None = None) -> None:
         self.metrics = metrics
+        self._on_answer = on_answer
         self._pending = 0
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         """Copies to shadow pipelines (their steps run on the loop, through the steps' batchers)."""
 
-    def send(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
+    def send(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays, request_id: str = "") -> None:
         labels = shadow.labels
         with self._lock:
             full = self._pending >= MAX_PENDING
             if not full:
                 self._pending += 1
         if not full and shadow.pipeline is not None:
-            task = asyncio.get_running_loop().create_task(self._run_pipeline(shadow, arrays, primary))
+            task = asyncio.get_running_loop().create_task(self._run_pipeline(shadow, arrays, primary, request_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        if full or not shadow.submit_off_loop(lambda: self._run(shadow, arrays, primary)):
+        if full or not shadow.submit_off_loop(lambda: self._run(shadow, arrays, primary, request_id)):
             if not full:
                 self._done()
             self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "dropped"})
 
-    async def _run_pipeline(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
+    async def _run_pipeline(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays, request_id: str) -> None:
         assert shadow.pipeline is not None
-        start = time.monotonic()
+        start = time.monotonic_ns()
         try:
             answer = await shadow.pipeline.run(arrays, None)
         except ServingError:
@@ -102,7 +106,7 @@ class ShadowRunner:
             return
         finally:
             self._done()
-        self._record(shadow, primary, answer, start)
+        self._record(shadow, request_id, arrays, primary, answer, start)
 
     async def close(self) -> None:
         """Cancel the copies to shadow pipelines still running (each releases its slot)."""
@@ -111,9 +115,9 @@ class ShadowRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _run(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays) -> None:
+    def _run(self, shadow: ModelVersion, arrays: Arrays, primary: Arrays, request_id: str) -> None:
         labels = shadow.labels
-        start = time.monotonic()
+        start = time.monotonic_ns()
         try:
             answer = shadow.instance.predict(arrays)
         except ServingError:
@@ -125,11 +129,18 @@ class ShadowRunner:
             return
         finally:
             self._done()
-        self._record(shadow, primary, answer, start)
+        self._record(shadow, request_id, arrays, primary, answer, start)
 
-    def _record(self, shadow: ModelVersion, primary: Arrays, answer: Arrays, start: float) -> None:
+    def _record(
+        self, shadow: ModelVersion, request_id: str, arrays: Arrays, primary: Arrays, answer: Arrays, start_ns: int
+    ) -> None:
         labels = shadow.labels
-        self.metrics.observe(SHADOW_SECONDS, labels, time.monotonic() - start)
+        self.metrics.observe(SHADOW_SECONDS, labels, (time.monotonic_ns() - start_ns) / 1e9)
+        if self._on_answer is not None:
+            try:
+                self._on_answer(shadow, request_id, start_ns, arrays, answer)
+            except Exception:  # the log never costs the comparison
+                log.exception("the prediction log of shadow %s v%d failed", shadow.name, shadow.version)
         rows, agree, diff = compare(primary, answer)
         self.metrics.inc(SHADOW_REQUESTS, {**labels, "outcome": "compared"})
         self.metrics.inc(SHADOW_ROWS, labels, rows)

@@ -21,12 +21,13 @@ import pyarrow.parquet as pq
 from serving.errors import InvalidInputError
 from serving.identity import current_user
 from serving.lifecycle.drift import as_matrix, feature_names, profile
-from serving.lifecycle.evaluation import classification_metrics, regression_metrics
+from serving.lifecycle.evaluation import as_text, classification_metrics, regression_metrics
 from serving.lifecycle.lineage import (
     ArtifactRecord,
     DataRecord,
     EvaluationRecord,
     Lineage,
+    LiveEvaluationRecord,
     ProfileRecord,
     file_sha256,
     read_lineage,
@@ -35,6 +36,9 @@ from serving.lifecycle.lineage import (
 from serving.offline.inputs import resolve_inputs
 from serving.offline.mapping import extract_inputs, plan_columns
 from serving.offline.scorer import open_version, resolve_version
+from serving.prediction_log.feedback import LABEL
+from serving.prediction_log.joined import labelled_predictions
+from serving.prediction_log.records import META_SCHEMA, PARTITION_KEYS
 from serving.repository import ModelEntry
 
 Array = np.ndarray[Any, Any]
@@ -144,27 +148,15 @@ def _metrics(entry: ModelEntry, table: pa.Table, label: str, task: str | None) -
         None,
     )
     named = next((v for _, c in outputs if (v := _column(table, c)).ndim == 1 and v.dtype.kind != "f"), None)
-    truth = _as_text(truth)
+    truth = as_text(truth)
     classes = _classes(entry.config.labels, scores, truth)
     if named is not None:  # the model's own class output (a label), as text like the truth
-        predicted = _as_text(named)
+        predicted = as_text(named)
     elif scores is not None:
         predicted = classes[np.argmax(scores, axis=1)]
     else:
         raise InvalidInputError("no class scores or class output to compare with the label")
     return classification_metrics(truth, predicted, scores, classes), kind
-
-
-def _as_text(values: Array) -> Array:
-    """Class values compared as text: 3, 3.0, "3" and b"3" are one class."""
-    out = []
-    for v in values.tolist():
-        if isinstance(v, bytes):
-            v = v.decode("utf-8", "replace")
-        elif isinstance(v, float) and v.is_integer():
-            v = int(v)
-        out.append(str(v))
-    return np.asarray(out, dtype=object)
 
 
 def _classes(labels: tuple[str, ...] | None, scores: Array | None, truth: Array) -> Array:
@@ -201,3 +193,53 @@ def profile_version(repository: Path, spec: str, data: list[str]) -> ProfileReco
     )
     write_lineage(entry.version_dir(version), lineage.model_copy(update={"profile": record}))
     return record
+
+
+def evaluate_from_log(
+    repository: Path, spec: str, log: str, *, since_s: float | None = None, task: str | None = None
+) -> LiveEvaluationRecord:
+    """The version's metrics on live traffic: its logged answers joined with the labels that came
+    back for them (``since_s``: only predictions this recent); stored in the lineage."""
+    entry, version, lineage = _version(repository, spec)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=since_s) if since_s is not None else None
+    found = labelled_predictions(log, entry.name, version, since)
+    if not found.table.num_rows:
+        raise InvalidInputError(
+            f"no labelled predictions of {entry.name}:{version} in {log}"
+            f" ({found.predictions:,} logged answers{'' if since is None else ' in the time range'}, none labelled)"
+        )
+    outputs = entry.config.outputs
+    names = [o.name for o in outputs] if outputs else []
+    kept = [c for c in found.table.column_names if c in names or (not names and c not in _LOG_META)]
+    columns = {entry.config.batch.outputs.get(c, c): found.table.column(c) for c in kept}
+    labels = found.table.column(LABEL).to_pylist()
+    numbers = _as_numbers(labels)
+    regression = task == "regression" or (
+        task is None and numbers is not None and not all(v.is_integer() for v in numbers)
+    )
+    truth = pa.array(numbers if regression and numbers is not None else labels)
+    metrics, kind = _metrics(entry, pa.table({**columns, LABEL: truth}), LABEL, "regression" if regression else task)
+    record = LiveEvaluationRecord(
+        log=log,
+        since=since.isoformat(timespec="seconds") if since else None,
+        first=found.first.isoformat(timespec="seconds") if found.first else None,
+        last=found.last.isoformat(timespec="seconds") if found.last else None,
+        predictions=found.predictions,
+        labelled=found.table.num_rows,
+        coverage=found.table.num_rows / found.predictions,
+        task=kind,
+        metrics=metrics,
+        evaluated_at=_now(),
+    )
+    write_lineage(entry.version_dir(version), lineage.model_copy(update={"live_evaluation": record}))
+    return record
+
+
+_LOG_META = {*META_SCHEMA.names, *PARTITION_KEYS, LABEL}
+
+
+def _as_numbers(labels: list[Any]) -> list[float] | None:
+    try:
+        return [float(v) for v in labels]
+    except (TypeError, ValueError):
+        return None

@@ -86,7 +86,12 @@ class InferenceReplica:
         self._metrics = RayMetrics()
         try:
             self.service = LocalInferenceService.from_repository(
-                parsed.repository, parsed.server_name, self._metrics, parsed.state_dir, parsed.drain_seconds
+                parsed.repository,
+                parsed.server_name,
+                self._metrics,
+                parsed.state_dir,
+                parsed.drain_seconds,
+                parsed.prediction_log,
             )
         except BaseException:
             self._metrics.close()

@@ -73,6 +73,34 @@ def roc_auc(positive: Array, score: Array) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def as_text(values: Array) -> Array:
+    """Class values compared as text: 3, 3.0, "3" and b"3" are one class."""
+    out = []
+    for v in np.asarray(values).tolist():
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out.append(str(v))
+    return np.asarray(out, dtype=object)
+
+
+def predicted_classes(outputs: list[Array], labels: tuple[str, ...] | None) -> Array | None:
+    """Each row's predicted class, as text, from a classifier's outputs (rows first): its own class
+    output (one non-float value per row) if it has one, else the argmax of its first score output
+    (named by ``labels``, else numbered). None: nothing reads as a class (a regression)."""
+    for values in outputs:
+        if values.dtype.kind != "f" and values.reshape(len(values), -1).shape[1] == 1:
+            return as_text(values.reshape(-1))
+    for values in outputs:
+        scores = values.reshape(len(values), -1)
+        if values.dtype.kind == "f" and scores.shape[1] > 1:
+            best = np.argmax(scores, axis=1)
+            names = np.asarray(labels, dtype=object) if labels and len(labels) == scores.shape[1] else None
+            return names[best] if names is not None else as_text(best)
+    return None
+
+
 def regression_metrics(truth: Array, predicted: Array) -> dict[str, float]:
     t = np.asarray(truth, np.float64).reshape(-1)
     p = np.asarray(predicted, np.float64).reshape(-1)

@@ -62,6 +62,21 @@ class EvaluationRecord(_Strict):
     evaluated_at: str
 
 
+class LiveEvaluationRecord(_Strict):
+    """``serving evaluate --from-log``: the version's metrics on its logged live answers that got labels."""
+
+    log: str
+    since: str | None
+    first: str | None
+    last: str | None
+    predictions: int
+    labelled: int
+    coverage: float
+    task: str = Field(pattern=r"^(classification|regression)$")
+    metrics: dict[str, float]
+    evaluated_at: str
+
+
 class FeatureProfile(_Strict):
     """One input feature's training distribution: quantile bin edges and the share of rows in
     each bin (numeric), or category shares (categorical)."""
@@ -99,6 +114,7 @@ class Lineage(_Strict):
     created_at: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     evaluation: EvaluationRecord | None = None
+    live_evaluation: LiveEvaluationRecord | None = None
     profile: ProfileRecord | None = None
     conversion: ConversionRecord | None = None
 

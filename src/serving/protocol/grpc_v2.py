@@ -337,6 +337,7 @@ class GrpcAdapter:
             self.service.admit(r.model_name, r.model_version)
             core = to_core(r)
             core.header = metadata.get
+            core.request_id = request_id
             remaining = context.time_remaining()
             if remaining is not None:  # the client's deadline: a request still queued then is dropped
                 core.deadline_s = time.monotonic() + remaining

@@ -21,7 +21,7 @@ from serving.auth import AccessPolicy, Authenticator
 from serving.config.server import MAX_REQUEST_BYTES, CorsConfig
 from serving.control.admin import OperatorCommands
 from serving.errors import ErrorKind, ModelNotFoundError, ServingError
-from serving.protocol import openapi, rest_v2, triton
+from serving.protocol import feedback_json, openapi, rest_v2, triton
 from serving.protocol.cors import CorsPolicy
 from serving.protocol.http_admin import AdminRoutes
 from serving.protocol.http_messages import (
@@ -174,6 +174,10 @@ class HttpApp:
             if action == "infer":
                 expect(method, "POST")
                 return await self._infer(scope, receive, headers, request_id, name, version)
+            if action == "feedback" and not version:
+                expect(method, "POST")
+                labels = feedback_json.labels_from_json(await read_body(receive, headers, self.max_request_bytes))
+                return json_answer(feedback_json.result_json(await self.service.feedback(name, labels)))
             if action == "":
                 expect(method, "GET")
                 return json_answer(rest_v2.metadata_json(self.service.model_metadata(name, version)))
@@ -242,6 +246,7 @@ class HttpApp:
             self.service.admit(name, version)
             core_request = rest_v2.to_core(body, declared_header, name, version)
             core_request.header = header_lookup(scope["headers"])
+            core_request.request_id = request_id
             response = await self.service.infer(core_request)
             encoded = rest_v2.from_core(response, core_request)
             tracker.served_version = response.model_version

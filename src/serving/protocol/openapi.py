@@ -341,6 +341,32 @@ def _lifecycle_routes() -> dict[str, Any]:
     return routes
 
 
+FEEDBACK_BODY = {
+    "type": "array",
+    "maxItems": 100000,
+    "items": {
+        "type": "object",
+        "required": ["id", "label"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 128, "description": "The prediction's request id."},
+            "label": {"type": ["string", "number"], "description": "The true class or value."},
+            "row": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 2147483647,
+                "description": "The row of the request (default 0).",
+            },
+        },
+    },
+}
+FEEDBACK_RESULT = {
+    "type": "object",
+    "required": ["received", "matched", "unmatched"],
+    "properties": {k: {"type": "integer", "minimum": 0} for k in ("received", "matched", "unmatched")},
+}
+
+
 @cache
 def document() -> dict[str, Any]:
     health = {"type": "object"}
@@ -374,6 +400,17 @@ def document() -> dict[str, Any]:
         ),
         **_model_routes("/v2/models/{model}", [MODEL]),
         **_model_routes("/v2/models/{model}/versions/{version}", [MODEL, VERSION]),
+        "/v2/models/{model}/feedback": {
+            "post": {
+                "summary": "Labels for logged predictions (the model's prediction log), matched by request id",
+                "parameters": [MODEL, REQUEST_ID],
+                "requestBody": {"required": True, "content": _json_content(FEEDBACK_BODY)},
+                "responses": {
+                    "200": {"description": "Labels kept", "content": _json_content(FEEDBACK_RESULT)},
+                    **{c: ERRORS[c] for c in ("400", "404", "405", "413")},
+                },
+            }
+        },
         "/v2/repository/index": {
             "post": {
                 "summary": "Repository index (Triton)",

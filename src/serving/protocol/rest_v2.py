@@ -167,18 +167,27 @@ def metadata_json(md: ModelMetadata) -> dict[str, Any]:
     }
 
 
+def json_value(body: bytes) -> Any:
+    """A request body that must be JSON (RFC 8259: UTF-8, no NaN or Infinity).
+
+    Raises:
+        InvalidInputError: not JSON.
+    """
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidInputError("request body is not valid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
+
+
 def json_object(body: bytes) -> dict[str, Any]:
     """A request body that must be one JSON object.
 
     Raises:
         InvalidInputError: not JSON, or JSON but not an object.
     """
-    try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)  # RFC 8259: UTF-8 only
-    except RecursionError:
-        raise InvalidInputError("request body is not valid JSON: nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"request body is not valid JSON: {exc}") from None
+    doc = json_value(body)
     if not isinstance(doc, dict):
         raise InvalidInputError("request body must be a JSON object")
     return doc

@@ -7,8 +7,10 @@ from typing import Any, Protocol
 
 from serving.telemetry.requests import RequestTracker
 from serving.types import (
+    FeedbackResult,
     InferenceRequest,
     InferenceResponse,
+    Label,
     ModelDescription,
     ModelMetadata,
     ModelStats,
@@ -32,6 +34,7 @@ class InferenceService(Protocol):
     def live_snapshot(self) -> dict[str, Any]: ...
     def admit(self, name: str, version: str = "") -> None: ...
     async def infer(self, request: InferenceRequest) -> InferenceResponse: ...
+    async def feedback(self, name: str, labels: list[Label]) -> FeedbackResult: ...
     def track(
         self, name: str, version: str, protocol: str, request_id: str, carrier: Mapping[str, str] | None = None
     ) -> RequestTracker: ...

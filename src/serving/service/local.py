@@ -12,24 +12,31 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from serving.config.prediction_log import PredictionLogConfig
 from serving.control.admin import ModelAdmin
 from serving.control.reconcile import Reconciler, startup_stamps
 from serving.control.shadow import ShadowRunner
 from serving.control.store import LifecycleStore
-from serving.errors import ServingError
-from serving.registry.lane import VersionState
+from serving.errors import InvalidInputError, ServingError
+from serving.prediction_log.records import sampled
+from serving.registry.lane import ModelVersion, VersionState
 from serving.registry.versions import ModelRegistry
 from serving.repository import scan_repository
 from serving.rows import raise_for_failed_rows
 from serving.service import metadata
 from serving.service.checks import check_inputs, check_outputs, request_deadline
 from serving.service.drift_watch import DriftWatch
+from serving.service.prediction_logging import SHADOW, PredictionLogging, route_of
 from serving.service.tracking import Tracking
 from serving.telemetry.metrics import Metrics
 from serving.telemetry.requests import RequestTracker
 from serving.types import (
+    FeedbackResult,
     InferenceRequest,
     InferenceResponse,
+    Label,
     ModelDescription,
     ModelMetadata,
     ModelStats,
@@ -39,15 +46,27 @@ from serving.types import (
 
 log = logging.getLogger(__name__)
 
+Arrays = dict[str, np.ndarray[Any, Any]]
+
 
 class LocalInferenceService:
     """Hosts every model of a repository in this process."""
 
-    def __init__(self, registry: ModelRegistry, server_name: str = "serving", admin: ModelAdmin | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        server_name: str = "serving",
+        admin: ModelAdmin | None = None,
+        prediction_log: PredictionLogConfig | None = None,
+        root: Path | None = None,
+    ) -> None:
         self.registry = registry
         self.server_name = server_name
         self.tracking = Tracking(registry)
-        self._shadows = ShadowRunner(registry.metrics)
+        self.logging = PredictionLogging(registry.metrics, prediction_log, root)
+        """The prediction log (``prediction_log``: every model's default; ``root``: the repository,
+        which relative model.yaml log folders are taken from)."""
+        self._shadows = ShadowRunner(registry.metrics, self._log_shadow)
         self._drift = DriftWatch(registry)
         self.admin = admin
         """Operator commands; None for a fixed set of models (no repository control)."""
@@ -60,6 +79,7 @@ class LocalInferenceService:
         metrics: Metrics | None = None,
         state_dir: Path | None = None,
         drain_s: float = 30.0,
+        prediction_log: PredictionLogConfig | None = None,
     ) -> LocalInferenceService:
         """Scan and load a repository, with the routing operators set (kept in ``state_dir``,
         by default ``<root>/_serving``).
@@ -79,7 +99,7 @@ class LocalInferenceService:
         loaded = startup_stamps(entries, {name: r.generation for name, r in registry.routing.items()})
         registry.load_entries(entries)
         reconciler = Reconciler(registry, store, root, drain_s, loaded, state.revision)
-        return cls(registry, server_name, ModelAdmin(registry, store, reconciler))
+        return cls(registry, server_name, ModelAdmin(registry, store, reconciler), prediction_log, root)
 
     def start_watch(self, scan_repository: bool = True) -> None:
         """Follow the shared routing and, with ``scan_repository``, the repository folder (call
@@ -95,6 +115,13 @@ class LocalInferenceService:
         await self._drift.stop()
         await self._shadows.close()
         await self.registry.close()
+        await asyncio.to_thread(self.logging.close)  # after the last answer: drain loses no logged row
+
+    def _log_shadow(self, shadow: ModelVersion, request_id: str, start_ns: int, arrays: Arrays, answer: Arrays) -> None:
+        """A shadow version's answer to a copy, logged under the primary's request id (any thread)."""
+        stream = self.logging.stream(shadow)
+        if stream is not None and sampled(request_id, stream.config.sample_rate):
+            self.logging.offer(stream, shadow, request_id, SHADOW, start_ns, arrays, answer)
 
     # Tracking: meters, the operator page's snapshot, the autoscaler's load.
     def track(
@@ -147,6 +174,24 @@ class LocalInferenceService:
     def repository_index(self, ready_only: bool = False) -> list[ModelVersionState]:
         return metadata.repository_index(self.registry, ready_only)
 
+    # Feedback.
+    async def feedback(self, name: str, labels: list[Label]) -> FeedbackResult:
+        """Keep labels for the model's logged predictions and count those that match one.
+
+        Raises:
+            ModelNotFoundError; InvalidInputError: the model has no prediction log.
+        """
+        versions = self.registry.versions(name)
+        stream = next((s for mv in versions if (s := self.logging.stream(mv)) is not None), None)
+        if stream is None:
+            raise InvalidInputError(
+                f"model {name!r} keeps no prediction log, so labels cannot be matched: set prediction_log "
+                "(server) or log: (model.yaml) with a destination"
+            )
+        if not labels:
+            return FeedbackResult(0, 0, 0)
+        return await asyncio.to_thread(self.logging.receive_feedback, stream, labels, versions[0].config.labels)
+
     # Admission and inference.
     def admit(self, name: str, version: str = "") -> None:
         """Refuse a request before it is decoded when the version it would go to has a full
@@ -172,6 +217,8 @@ class LocalInferenceService:
         """
         start = time.monotonic_ns()
         mv = self.registry.get(request.model_name, request.model_version, request.header)
+        stream = self.logging.stream(mv)
+        arrays = None
         try:
             arrays = check_inputs(mv.instance, request.inputs)
             wanted = check_outputs(mv.instance, request)
@@ -186,17 +233,27 @@ class LocalInferenceService:
             finally:
                 mv.active -= 1
             raise_for_failed_rows(results, mv.name)
-        except ServingError:
+        except ServingError as exc:
             mv.stats.fail.add(time.monotonic_ns() - start)
+            if stream is not None:
+                route = route_of(request.model_version, self.registry.routing.get(mv.name))
+                failure = (exc.kind.value, exc.message)
+                self.logging.record(stream, mv, request, route, start, arrays, None, failure)
             raise
         try:  # watching is never worth a served request: a failure here is logged, the answer sent
             if mv.drift is not None:
                 mv.drift.observe(arrays)
+            if stream is not None:
+                route = route_of(request.model_version, self.registry.routing.get(mv.name))
+                self.logging.record(stream, mv, request, route, start, arrays, results)
             shadow = self.registry.shadow_of(mv.name, mv)
             if shadow is not None:  # handed over once this task yields: after the answer is on its way
-                asyncio.get_running_loop().call_soon(self._shadows.send, shadow, arrays, results)
+                loop = asyncio.get_running_loop()
+                loop.call_soon(self._shadows.send, shadow, arrays, results, request.log_id)
         except Exception:
-            log.exception("drift sampling or the shadow hand-off failed for %s v%d", mv.name, mv.version)
+            log.exception(
+                "drift sampling, the prediction log or the shadow hand-off failed for %s v%d", mv.name, mv.version
+            )
         datatypes = mv.instance.output_datatypes
         outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
         mv.stats.success.add(time.monotonic_ns() - start)

@@ -230,6 +230,7 @@ async def _load(settings: ServerSettings, metrics: AggregatedMetrics) -> LocalIn
             metrics,
             settings.state_dir,
             settings.drain_seconds,
+            settings.prediction_log,
         )
     )
     try:

@@ -158,6 +158,36 @@ PIPELINE_STEP_SECONDS = MetricSpec(
     ("model", "version", "step"),
     LATENCY_BUCKETS,
 )
+LOG_ROWS = MetricSpec(
+    "serving_log_rows",
+    "counter",
+    "Rows written to the prediction log (one per row of a logged request).",
+    ("model", "version"),
+)
+LOG_DROPPED = MetricSpec(
+    "serving_log_dropped_rows",
+    "counter",
+    "Rows of sampled requests the prediction log dropped: its queue was full, or its destination failed at shutdown.",
+    ("model", "version"),
+)
+FEEDBACK_LABELS = MetricSpec(
+    "serving_feedback_labels",
+    "counter",
+    "Labels received, by whether they matched a logged prediction (matched, unmatched).",
+    ("model", "outcome"),
+)
+LIVE_ACCURACY = MetricSpec(
+    "serving_live_accuracy",
+    "gauge",
+    "Accuracy over the last labelled predictions of the version (feedback matched with the prediction log).",
+    ("model", "version"),
+)
+LIVE_LABELLED = MetricSpec(
+    "serving_live_labelled_rows",
+    "gauge",
+    "Labelled predictions the live accuracy is computed over (at most the window).",
+    ("model", "version"),
+)
 SPECS = (
     REQUESTS,
     REQUEST_SECONDS,
@@ -179,6 +209,11 @@ SPECS = (
     DRIFT_PSI,
     DRIFT_ROWS,
     PIPELINE_STEP_SECONDS,
+    LOG_ROWS,
+    LOG_DROPPED,
+    FEEDBACK_LABELS,
+    LIVE_ACCURACY,
+    LIVE_LABELLED,
 )
 
 

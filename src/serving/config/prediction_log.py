@@ -1,0 +1,53 @@
+"""The prediction log's settings: ``prediction_log:`` in the server settings (every model's
+default) and ``log:`` in a model.yaml (the keys it sets win over the server's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from serving.config.strict import Strict
+
+Keep = Literal["inputs", "outputs", "both"]
+
+
+class PredictionLogConfig(Strict):
+    """Which requests are logged, what of them, where to, and how often the log is written."""
+
+    destination: str | None = Field(
+        default=None,
+        description="A folder or a URI pyarrow writes to (s3://, gs://...). A relative folder is relative to the "
+        "server's working directory in the server settings, to the repository root in a model.yaml. None: no log.",
+    )
+    sample_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of requests logged, chosen by request id (a retry with the same id is logged alike).",
+    )
+    keep: Keep = Field(default="both", description="What of a logged request is kept: inputs, outputs or both.")
+    flush_rows: PositiveInt = Field(default=1000, description="A file is written once this many rows wait.")
+    flush_s: PositiveFloat = Field(
+        default=5.0, description="...or once the oldest waiting row is this old: what a SIGKILL can lose, at most."
+    )
+    queue_rows: PositiveInt = Field(
+        default=100_000,
+        description="Rows held for writing at most; past it rows are dropped and counted, never a request slowed.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.destination is not None and self.sample_rate > 0
+
+    def merged(self, model: PredictionLogConfig | None, root: Path) -> PredictionLogConfig:
+        """This server-wide default with the keys a model.yaml set (a relative model.yaml destination
+        is taken from ``root``, the repository)."""
+        if model is None:
+            return self
+        update = {key: getattr(model, key) for key in model.model_fields_set}
+        dest = update.get("destination")
+        if isinstance(dest, str) and "://" not in dest and not Path(dest).is_absolute():
+            update["destination"] = str(root / dest)
+        return self.model_copy(update=update)

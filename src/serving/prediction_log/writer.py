@@ -1,0 +1,221 @@
+""":class:`PredictionLog`: the request path hands it sampled requests; a thread of its own turns
+them into Parquet files. The request path only appends to a bounded list: when a version's list
+is full, the request's rows are dropped and counted (``serving_log_dropped_rows``), and the request
+goes on. A write that fails (a full disk, an object store away) is retried while the rows fit;
+:meth:`PredictionLog.close` writes everything still waiting (drain, SIGTERM)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from serving.prediction_log import columns
+from serving.prediction_log.files import file_name, open_destination, partition_of, write_atomically, writer_name
+from serving.prediction_log.records import (
+    ERROR,
+    LATENCY_MS,
+    META_SCHEMA,
+    REQUEST_ID,
+    ROUTE,
+    ROW,
+    STATUS,
+    TIME,
+    LoggedRequest,
+    LogStream,
+)
+from serving.telemetry.metrics import LOG_DROPPED, LOG_ROWS, Metrics
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 1.0
+"""Pause after a failed write before the next try."""
+
+
+@dataclass
+class _Waiting:
+    stream: LogStream
+    requests: list[LoggedRequest] = field(default_factory=list)
+    rows: int = 0
+    since: float = 0.0
+
+    def due(self, now: float) -> float:
+        """Seconds until this batch must be written (<= 0: now)."""
+        if self.rows >= self.stream.config.flush_rows:
+            return 0.0
+        return self.since + self.stream.config.flush_s - now
+
+
+class PredictionLog:
+    """The log of every version this process serves; one writer thread."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.writer = writer_name()
+        self._seq = itertools.count(1)
+        self._waiting: dict[tuple[str, str, str], _Waiting] = {}
+        self._cond = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def offer(self, stream: LogStream, request: LoggedRequest) -> None:
+        """Queue one request's rows (any thread; never blocks on I/O)."""
+        with self._cond:
+            waiting = self._waiting.get(stream.key)
+            if waiting is None:
+                waiting = self._waiting[stream.key] = _Waiting(stream)
+            if self._stopping or waiting.rows + request.rows > stream.config.queue_rows:
+                full = True
+            else:
+                full = False
+                first = not waiting.requests
+                if first:
+                    waiting.since = time.monotonic()
+                waiting.stream = stream
+                waiting.requests.append(request)
+                waiting.rows += request.rows
+                if first or waiting.rows >= stream.config.flush_rows:
+                    self._start()
+                    self._cond.notify()
+        if full:
+            self.metrics.inc(LOG_DROPPED, stream.labels, request.rows)
+
+    def next_seq(self) -> int:
+        """A number for the next file this process writes (unique with :attr:`writer`)."""
+        return next(self._seq)
+
+    def flush(self) -> None:
+        """Write everything waiting now, in the calling thread (blocks on I/O); a failed batch
+        goes back to the queue for the writer thread."""
+        batches = self._take(everything=True)
+        failed = [b for b in batches if not self._write(b, final=False)]
+        if failed:
+            self._put_back(failed)
+
+    def pending_rows(self) -> int:
+        with self._cond:
+            return sum(w.rows for w in self._waiting.values())
+
+    def close(self) -> None:
+        """Write everything waiting and stop the thread (blocks: call it off the event loop)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        for batch in self._take(everything=True):  # offered after the thread's last look
+            self._write(batch, final=True)
+
+    def _start(self) -> None:
+        if self._thread is None and not self._stopping:
+            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    now = time.monotonic()
+                    waits = [w.due(now) for w in self._waiting.values() if w.requests]
+                    if waits and min(waits) <= 0:
+                        break
+                    self._cond.wait(min(waits) if waits else None)
+                stopping = self._stopping
+            batches = self._take(everything=stopping)
+            failed = [b for b in batches if not self._write(b, final=stopping)]
+            if stopping:
+                return
+            if failed:
+                self._put_back(failed)
+                with self._cond:
+                    self._cond.wait(RETRY_S)
+
+    def _take(self, everything: bool) -> list[_Waiting]:
+        now = time.monotonic()
+        with self._cond:
+            due = [w for w in self._waiting.values() if w.requests and (everything or w.due(now) <= 0)]
+            for w in due:
+                self._waiting[w.stream.key] = _Waiting(w.stream)
+        return due
+
+    def _put_back(self, batches: list[_Waiting]) -> None:
+        """Failed batches go back in front of what came since, as far as the queue bound allows."""
+        for batch in batches:
+            with self._cond:
+                newer = self._waiting[batch.stream.key]
+                room = batch.stream.config.queue_rows - newer.rows
+                kept: list[LoggedRequest] = []
+                for r in batch.requests:
+                    if r.rows > room:
+                        break
+                    kept.append(r)
+                    room -= r.rows
+                lost = batch.rows - sum(r.rows for r in kept)
+                newer.requests[:0] = kept
+                newer.rows += batch.rows - lost
+                newer.since = batch.since
+            if lost:
+                self.metrics.inc(LOG_DROPPED, batch.stream.labels, lost)
+
+    def _write(self, batch: _Waiting, final: bool) -> bool:
+        """Write one version's waiting rows (a file per hour they span); False: failed, retry.
+        ``final``: no retry follows, so failed rows are counted as dropped here."""
+        stream = batch.stream
+        try:
+            fs, root = open_destination(str(stream.config.destination))
+            by_hour: dict[tuple[str, str], list[LoggedRequest]] = {}
+            for r in batch.requests:
+                by_hour.setdefault(partition_of(r.time_s), []).append(r)
+            for (date, hour), requests in by_hour.items():
+                folder = f"{root}/model={stream.model}/version={stream.version}/date={date}/hour={hour}"
+                write_atomically(fs, folder, file_name(self.writer, self.next_seq()), build_table(stream, requests))
+                for r in requests:
+                    batch.rows -= r.rows
+                    self.metrics.inc(LOG_ROWS, stream.labels, r.rows)
+                batch.requests = [r for r in batch.requests if partition_of(r.time_s) != (date, hour)]
+        except Exception:
+            log.exception(
+                "the prediction log of %s v%s could not write %d rows to %s%s",
+                stream.model,
+                stream.version,
+                batch.rows,
+                stream.config.destination,
+                " (dropped: the server is stopping)" if final else " (retrying)",
+            )
+            if final:
+                self.metrics.inc(LOG_DROPPED, stream.labels, batch.rows)
+            return False
+        return True
+
+
+def build_table(stream: LogStream, requests: list[LoggedRequest]) -> pa.Table:
+    """The log rows of ``requests``: one per row of each request."""
+    counts = np.fromiter((r.rows for r in requests), dtype=np.int64, count=len(requests))
+    meta = {
+        REQUEST_ID: pa.array(np.repeat(np.array([r.request_id for r in requests], dtype=object), counts), pa.string()),
+        ROW: pa.array(np.concatenate([np.arange(n, dtype=np.int32) for n in counts]), pa.int32()),
+        TIME: pa.array(np.repeat(np.array([int(r.time_s * 1e6) for r in requests], dtype=np.int64), counts)).cast(
+            pa.timestamp("us", tz="UTC")
+        ),
+        ROUTE: pa.array(np.repeat(np.array([r.route for r in requests], dtype=object), counts), pa.string()),
+        STATUS: pa.array(np.repeat(np.array([r.status for r in requests], dtype=object), counts), pa.string()),
+        ERROR: pa.array(np.repeat(np.array([r.error for r in requests], dtype=object), counts), pa.string()),
+        LATENCY_MS: pa.array(np.repeat(np.array([r.latency_ms for r in requests], dtype=np.float64), counts)),
+    }
+    cols: dict[str, pa.Array] = {name: meta[name] for name in META_SCHEMA.names}
+    rows = counts.tolist()
+    for spec in stream.inputs:
+        name = stream.input_columns.get(spec.name)
+        if name is not None:
+            cols[name] = columns.column(spec, [(r.inputs or {}).get(spec.name) for r in requests], rows)
+    for spec in stream.outputs:
+        name = stream.output_columns.get(spec.name)
+        if name is not None:
+            cols[name] = columns.column(spec, [(r.outputs or {}).get(spec.name) for r in requests], rows)
+    return pa.table(cols)
