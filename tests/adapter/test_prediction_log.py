@@ -12,7 +12,6 @@ from typing import Any
 
 import duckdb
 import grpc
-import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds

@@ -24,11 +24,11 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 import yaml
+from test_faults import replica_pids
 
 from load_clients import wait_until
 from models import add_model
 from server_process import MODES, ServerProcess, mode_args
-from test_faults import replica_pids
 
 pytestmark = pytest.mark.integration
 
