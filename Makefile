@@ -9,8 +9,10 @@ DEMO_DATA ?= demo_data
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# Where `make serve` logs the demo's predictions (docs/prediction-log.md).
+PREDICTION_LOG ?= prediction_log
 
-.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 bench-footprint bench-modes lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 bench-footprint bench-modes bench-log lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -32,7 +34,8 @@ $(DEMO_DATA)/.built: $(BIN)/.installed src/serving/demo.py
 	touch $@
 
 serve: $(DEMO_REPO)/.built $(DEMO_DATA)/.built
-	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/serving serve --repository $(DEMO_REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+	  --prediction-log $(PREDICTION_LOG)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench loadtests docs
@@ -135,11 +138,16 @@ loadtest: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(PY) bench/online.py
 	$(PY) bench/modes.py
+	$(PY) bench/prediction_log_cost.py
 	$(PY) bench/footprint.py
 
 # Standalone vs Ray mode throughput, the same data plane (bench/results/modes.md).
 bench-modes: $(BIN)/.installed
 	$(PY) bench/modes.py
+
+# The prediction log's cost at sample_rate 0.05 and 1 against no log (bench/results/prediction_log.md).
+bench-log: $(BIN)/.installed
+	$(PY) bench/prediction_log_cost.py
 
 # Cold start and idle memory: standalone, standalone --workers 2, Ray mode, PyTriton (bench/results/footprint.md).
 bench-footprint: $(BIN)/.installed

@@ -23,7 +23,12 @@ with DAG(
             'serving score --repository "$MODELS" --model "$MODEL" --input "$LAKE" '
             '--output "$SCORED/ds={{ ds }}" --incremental'
         ),
-        env={"MODELS": "/srv/models", "MODEL": "digits", "LAKE": "/srv/lake/digits", "SCORED": "/srv/lake/scored/digits"},
+        env={
+            "MODELS": "/srv/models",
+            "MODEL": "digits",
+            "LAKE": "/srv/lake/digits",
+            "SCORED": "/srv/lake/scored/digits",
+        },
         append_env=True,
         skip_on_exit_code=75,
         retries=2,

@@ -167,6 +167,7 @@ def doc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocServer]:
         f"METRICS_PORT={metrics}",
         f"DEMO_REPO={folder / 'model_repository'}",
         f"DEMO_DATA={folder / 'demo_data'}",
+        f"PREDICTION_LOG={folder / 'prediction_log'}",
     ]
     env = {**os.environ, "RAY_metrics_report_interval_ms": "1000", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)

@@ -36,8 +36,7 @@ from serving.lifecycle.lineage import (
 from serving.offline.inputs import resolve_inputs
 from serving.offline.mapping import extract_inputs, plan_columns
 from serving.offline.scorer import open_version, resolve_version
-from serving.prediction_log.feedback import LABEL
-from serving.prediction_log.joined import labelled_predictions
+from serving.prediction_log.joined import TRUTH, labelled_predictions
 from serving.prediction_log.records import META_SCHEMA, PARTITION_KEYS
 from serving.repository import ModelEntry
 
@@ -212,13 +211,13 @@ def evaluate_from_log(
     names = [o.name for o in outputs] if outputs else []
     kept = [c for c in found.table.column_names if c in names or (not names and c not in _LOG_META)]
     columns = {entry.config.batch.outputs.get(c, c): found.table.column(c) for c in kept}
-    labels = found.table.column(LABEL).to_pylist()
+    labels = found.table.column(TRUTH).to_pylist()
     numbers = _as_numbers(labels)
     regression = task == "regression" or (
         task is None and numbers is not None and not all(v.is_integer() for v in numbers)
     )
     truth = pa.array(numbers if regression and numbers is not None else labels)
-    metrics, kind = _metrics(entry, pa.table({**columns, LABEL: truth}), LABEL, "regression" if regression else task)
+    metrics, kind = _metrics(entry, pa.table({**columns, TRUTH: truth}), TRUTH, "regression" if regression else task)
     record = LiveEvaluationRecord(
         log=log,
         since=since.isoformat(timespec="seconds") if since else None,
@@ -235,7 +234,7 @@ def evaluate_from_log(
     return record
 
 
-_LOG_META = {*META_SCHEMA.names, *PARTITION_KEYS, LABEL}
+_LOG_META = {*META_SCHEMA.names, *PARTITION_KEYS, TRUTH}
 
 
 def _as_numbers(labels: list[Any]) -> list[float] | None:

@@ -66,9 +66,9 @@ class LiveEvaluationRecord(_Strict):
     """``serving evaluate --from-log``: the version's metrics on its logged live answers that got labels."""
 
     log: str
-    since: str | None
-    first: str | None
-    last: str | None
+    since: str | None = None
+    first: str | None = None
+    last: str | None = None
     predictions: int
     labelled: int
     coverage: float

@@ -16,9 +16,13 @@ from serving.prediction_log.files import LABELS_FOLDER, open_destination
 from serving.prediction_log.records import OK, REQUEST_ID, ROUTE, ROW, STATUS, TIME
 
 
+TRUTH = "feedback:label"
+"""The label's column in a joined table (a model may have an output named ``label``)."""
+
+
 @dataclass(frozen=True)
 class LabelledLog:
-    """The labelled rows (the log's columns plus ``label``), and what they were drawn from."""
+    """The labelled rows (the log's columns plus :data:`TRUTH`), and what they were drawn from."""
 
     table: pa.Table
     predictions: int
@@ -55,14 +59,10 @@ def labelled_predictions(destination: str, model: str, version: int, since: dt.d
         .aggregate([(LABEL, "last")])
         .rename_columns({f"{LABEL}_last": LABEL})
     )
-    label_of = dict(
-        zip(
-            zip(labels.column(REQUEST_ID).to_pylist(), labels.column(ROW).to_pylist()), labels.column(LABEL).to_pylist()
-        )
-    )
-    keys = zip(answered.column(REQUEST_ID).to_pylist(), answered.column(ROW).to_pylist())
-    hits = [(n, label_of[k]) for n, k in enumerate(keys) if k in label_of]  # Arrow joins carry no list columns
-    joined = answered.take(pa.array([n for n, _ in hits], pa.int64())).append_column(
-        LABEL, pa.array([v for _, v in hits], pa.string())
-    )
+    keys = zip(labels.column(REQUEST_ID).to_pylist(), labels.column(ROW).to_pylist())
+    label_of = dict(zip(keys, labels.column(LABEL).to_pylist()))
+    logged = zip(answered.column(REQUEST_ID).to_pylist(), answered.column(ROW).to_pylist())
+    hits = [(n, label_of[k]) for n, k in enumerate(logged) if k in label_of]  # Arrow joins carry no list columns
+    joined = answered.take(pa.array([n for n, _ in hits], pa.int64()))
+    joined = joined.append_column(TRUTH, pa.array([v for _, v in hits], pa.string()))
     return LabelledLog(joined, answered.num_rows, first, last)
