@@ -27,7 +27,8 @@ from serving.protocol._pb import inference_pb2_grpc
 from serving.service.local import LocalInferenceService
 from serving.telemetry.metrics import LIVE_ACCURACY, LIVE_LABELLED, LOG_DROPPED, LOG_ROWS, AggregatedMetrics
 
-from adapter_support import http_client_for, start_grpc
+from adapter_support import http_client_for, identity_values, start_grpc
+from models import IDENTITY_TYPES
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -264,3 +265,50 @@ async def test_a_log_scored_again_by_another_version_gives_that_versions_answers
         len(scored) == len(good) == 18 and result.manifest is not None and result.manifest.rows_failed == 1
     )  # the refused request's row
     assert np.allclose(np.stack(scored.y.to_numpy()), np.stack(good.x.to_numpy()) + 2)
+
+
+async def test_the_route_says_how_each_request_found_its_version_and_shadow_answers_are_logged_apart(
+    repository: Path, tmp_path: Path
+) -> None:
+    svc = LocalInferenceService.from_repository(
+        repository, state_dir=tmp_path / "state", prediction_log=PredictionLogConfig(destination=str(tmp_path / "log"))
+    )
+    assert svc.admin is not None
+    await svc.admin.promote("add", 3, "prod", "test", force=True)
+    await svc.admin.shadow("add", 2, "test")
+    async with await http_client_for(svc) as http:
+        for i in range(5):
+            assert (await http.post("/v2/models/add/infer", json=add_request(1, i, f"l{i}"))).status_code == 200
+            r = await http.post("/v2/models/add/versions/prod/infer", json=add_request(1, i, f"a{i}"))
+            assert r.status_code == 200
+    await svc.close()
+    log = read_log(tmp_path / "log")
+    routes = {(r.request_id, r.route, int(r.version)) for r in log.itertuples()}
+    for i in range(5):
+        assert {(f"l{i}", "latest", 3), (f"a{i}", "alias:prod", 3)} <= routes
+        assert {(f"l{i}", "shadow", 2), (f"a{i}", "shadow", 2)} <= routes  # the copy's answer, under the same id
+    shadow = log[log.route == "shadow"]
+    assert len(shadow) == 10 and np.allclose(np.stack(shadow.y.to_numpy()) - np.stack(shadow.x.to_numpy()), 2)
+
+
+async def test_every_datatype_is_logged_as_sent_and_answered(repository: Path, tmp_path: Path) -> None:
+    svc, metrics = open_service(repository, destination=str(tmp_path / "log"))
+    inputs = [
+        {"name": f"in_{t.lower()}", "datatype": t, "shape": [2, 2], "data": identity_values(t).ravel().tolist()}
+        for t in IDENTITY_TYPES
+        if t != "BYTES"
+    ] + [{"name": "in_bytes", "datatype": "BYTES", "shape": [2, 2], "data": ["ab", "", "é", "xyz"]}]
+    async with await http_client_for(svc) as http:
+        r = await http.post("/v2/models/identity/infer", json={"id": "all-types", "inputs": inputs})
+        assert r.status_code == 200, r.text
+    await svc.close()
+    log = ds.dataset(tmp_path / "log" / "model=identity", partitioning="hive").to_table()
+    assert log.num_rows == 2 and counter(metrics, LOG_DROPPED.name, {"model": "identity", "version": "1"}) == 0
+    for t in IDENTITY_TYPES:
+        sent = identity_values(t)
+        for name in (f"in_{t.lower()}", f"out_{t.lower()}"):
+            got = log.column(name).to_pylist()
+            if t == "BYTES":
+                assert got == [[b"ab", b""], [b"\xc3\xa9", b"xyz"]], (name, got)
+            else:
+                assert np.array_equal(np.asarray(got, dtype=sent.dtype), sent), (name, got)

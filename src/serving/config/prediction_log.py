@@ -34,7 +34,11 @@ class PredictionLogConfig(Strict):
     )
     queue_rows: PositiveInt = Field(
         default=100_000,
-        description="Rows held for writing at most; past it rows are dropped and counted, never a request slowed.",
+        description="Rows held for writing at most, per version; past it (or queue_mb) rows are dropped and counted, "
+        "never a request slowed.",
+    )
+    queue_mb: PositiveFloat = Field(
+        default=64.0, description="Megabytes of tensors held for writing at most, per version (the memory bound)."
     )
 
     @property

@@ -57,6 +57,16 @@ class LoggedRequest:
     rows: int
     inputs: dict[str, Array] | None
     outputs: dict[str, Array] | None
+    nbytes: int = 0
+    """What its arrays hold (the queue's bound in bytes counts it)."""
+
+
+def nbytes_of(arrays: dict[str, Array] | None) -> int:
+    """Bytes held by ``arrays``: numbers by their buffers, BYTES tensors by their elements."""
+    total = 0
+    for values in (arrays or {}).values():
+        total += values.nbytes if values.dtype != np.object_ else sum(len(v) for v in values.reshape(-1).tolist())
+    return total
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 """Pause after a failed write before the next try."""
+FAILURE_LOG_S = 60.0
+"""While writes keep failing, one log line per this many seconds."""
 
 
 @dataclass
@@ -42,7 +44,13 @@ class _Waiting:
     stream: LogStream
     requests: list[LoggedRequest] = field(default_factory=list)
     rows: int = 0
+    nbytes: int = 0
     since: float = 0.0
+
+    def fits(self, request: LoggedRequest) -> bool:
+        """Whether ``request`` fits in the version's queue bound (rows and bytes)."""
+        config = self.stream.config
+        return self.rows + request.rows <= config.queue_rows and self.nbytes + request.nbytes <= config.queue_mb * 1e6
 
     def due(self, now: float) -> float:
         """Seconds until this batch must be written (<= 0: now)."""
@@ -62,6 +70,7 @@ class PredictionLog:
         self._cond = threading.Condition(threading.Lock())
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._failure_logged = -FAILURE_LOG_S
 
     def offer(self, stream: LogStream, request: LoggedRequest) -> None:
         """Queue one request's rows (any thread; never blocks on I/O)."""
@@ -69,16 +78,17 @@ class PredictionLog:
             waiting = self._waiting.get(stream.key)
             if waiting is None:
                 waiting = self._waiting[stream.key] = _Waiting(stream)
-            if self._stopping or waiting.rows + request.rows > stream.config.queue_rows:
+            waiting.stream = stream
+            if self._stopping or not waiting.fits(request):
                 full = True
             else:
                 full = False
                 first = not waiting.requests
                 if first:
                     waiting.since = time.monotonic()
-                waiting.stream = stream
                 waiting.requests.append(request)
                 waiting.rows += request.rows
+                waiting.nbytes += request.nbytes
                 if first or waiting.rows >= stream.config.flush_rows:
                     self._start()
                     self._cond.notify()
@@ -118,6 +128,15 @@ class PredictionLog:
             self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            with self._cond:
+                self._stopping = True  # from now on rows are dropped and counted, not held
+            log.critical("the prediction log's writer thread died: no more log files are written", exc_info=True)
+            raise
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping:
@@ -149,49 +168,74 @@ class PredictionLog:
         for batch in batches:
             with self._cond:
                 newer = self._waiting[batch.stream.key]
-                room = batch.stream.config.queue_rows - newer.rows
                 kept: list[LoggedRequest] = []
                 for r in batch.requests:
-                    if r.rows > room:
+                    if not newer.fits(r):
                         break
                     kept.append(r)
-                    room -= r.rows
-                lost = batch.rows - sum(r.rows for r in kept)
+                    newer.rows += r.rows
+                    newer.nbytes += r.nbytes
                 newer.requests[:0] = kept
-                newer.rows += batch.rows - lost
-                newer.since = batch.since
+                newer.since = batch.since if kept else newer.since
+                lost = sum(r.rows for r in batch.requests[len(kept) :])
             if lost:
                 self.metrics.inc(LOG_DROPPED, batch.stream.labels, lost)
 
     def _write(self, batch: _Waiting, final: bool) -> bool:
-        """Write one version's waiting rows (a file per hour they span); False: failed, retry.
-        ``final``: no retry follows, so failed rows are counted as dropped here."""
+        """Write one version's waiting rows (a file per hour they span); False: the destination
+        failed, retry. ``final``: no retry follows, so rows not written are counted as dropped.
+        Rows that cannot become a table (a bug, never the destination) are dropped at once."""
         stream = batch.stream
+        by_hour: dict[tuple[str, str], list[LoggedRequest]] = {}
+        for r in batch.requests:
+            by_hour.setdefault(partition_of(r.time_s), []).append(r)
         try:
             fs, root = open_destination(str(stream.config.destination))
-            by_hour: dict[tuple[str, str], list[LoggedRequest]] = {}
-            for r in batch.requests:
-                by_hour.setdefault(partition_of(r.time_s), []).append(r)
-            for (date, hour), requests in by_hour.items():
-                folder = f"{root}/model={stream.model}/version={stream.version}/date={date}/hour={hour}"
-                write_atomically(fs, folder, file_name(self.writer, self.next_seq()), build_table(stream, requests))
-                for r in requests:
-                    batch.rows -= r.rows
-                    self.metrics.inc(LOG_ROWS, stream.labels, r.rows)
-                batch.requests = [r for r in batch.requests if partition_of(r.time_s) != (date, hour)]
         except Exception:
-            log.exception(
-                "the prediction log of %s v%s could not write %d rows to %s%s",
-                stream.model,
-                stream.version,
-                batch.rows,
-                stream.config.destination,
-                " (dropped: the server is stopping)" if final else " (retrying)",
-            )
-            if final:
-                self.metrics.inc(LOG_DROPPED, stream.labels, batch.rows)
-            return False
+            return self._failed(batch, final)
+        for (date, hour), requests in by_hour.items():
+            rows = sum(r.rows for r in requests)
+            try:
+                table = build_table(stream, requests)
+            except Exception:
+                log.exception("the prediction log of %s v%s dropped %d rows it could not convert", *stream.key[1:], rows)
+                self.metrics.inc(LOG_DROPPED, stream.labels, rows)
+                self._forget(batch, requests)
+                continue
+            folder = f"{root}/model={stream.model}/version={stream.version}/date={date}/hour={hour}"
+            try:
+                write_atomically(fs, folder, file_name(self.writer, self.next_seq()), table)
+            except Exception:
+                return self._failed(batch, final)
+            self.metrics.inc(LOG_ROWS, stream.labels, rows)
+            self._forget(batch, requests)
         return True
+
+    @staticmethod
+    def _forget(batch: _Waiting, done: list[LoggedRequest]) -> None:
+        gone = {id(r) for r in done}
+        batch.requests = [r for r in batch.requests if id(r) not in gone]
+        batch.rows -= sum(r.rows for r in done)
+        batch.nbytes -= sum(r.nbytes for r in done)
+
+    def _failed(self, batch: _Waiting, final: bool) -> bool:
+        """Log a failed write (at most once a minute while it keeps failing, and the last one)."""
+        stream = batch.stream
+        now = time.monotonic()
+        if not final and now - self._failure_logged < FAILURE_LOG_S:
+            return False
+        self._failure_logged = now
+        log.exception(
+            "the prediction log of %s v%s could not write %d rows to %s%s",
+            stream.model,
+            stream.version,
+            batch.rows,
+            stream.config.destination,
+            " (dropped: the server is stopping)" if final else " (retrying)",
+        )
+        if final:
+            self.metrics.inc(LOG_DROPPED, stream.labels, batch.rows)
+        return False
 
 
 def build_table(stream: LogStream, requests: list[LoggedRequest]) -> pa.Table:

@@ -20,7 +20,6 @@ from serving.control.reconcile import Reconciler, startup_stamps
 from serving.control.shadow import ShadowRunner
 from serving.control.store import LifecycleStore
 from serving.errors import InvalidInputError, ServingError
-from serving.prediction_log.records import sampled
 from serving.registry.lane import ModelVersion, VersionState
 from serving.registry.versions import ModelRegistry
 from serving.repository import scan_repository
@@ -120,7 +119,7 @@ class LocalInferenceService:
     def _log_shadow(self, shadow: ModelVersion, request_id: str, start_ns: int, arrays: Arrays, answer: Arrays) -> None:
         """A shadow version's answer to a copy, logged under the primary's request id (any thread)."""
         stream = self.logging.stream(shadow)
-        if stream is not None and sampled(request_id, stream.config.sample_rate):
+        if stream is not None:
             self.logging.offer(stream, shadow, request_id, SHADOW, start_ns, arrays, answer)
 
     # Tracking: meters, the operator page's snapshot, the autoscaler's load.
@@ -238,14 +237,14 @@ class LocalInferenceService:
             if stream is not None:
                 route = route_of(request.model_version, self.registry.routing.get(mv.name))
                 failure = (exc.kind.value, exc.message)
-                self.logging.record(stream, mv, request, route, start, arrays, None, failure)
+                self.logging.offer(stream, mv, request.log_id, route, start, arrays, None, failure)
             raise
         try:  # watching is never worth a served request: a failure here is logged, the answer sent
             if mv.drift is not None:
                 mv.drift.observe(arrays)
             if stream is not None:
                 route = route_of(request.model_version, self.registry.routing.get(mv.name))
-                self.logging.record(stream, mv, request, route, start, arrays, results)
+                self.logging.offer(stream, mv, request.log_id, route, start, arrays, results)
             shadow = self.registry.shadow_of(mv.name, mv)
             if shadow is not None:  # handed over once this task yields: after the answer is on its way
                 loop = asyncio.get_running_loop()

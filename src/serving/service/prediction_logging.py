@@ -12,11 +12,11 @@ import numpy as np
 from serving.config.prediction_log import PredictionLogConfig
 from serving.lifecycle.routing import ModelRouting
 from serving.prediction_log.feedback import LiveAccuracy, logged_rows, match, store_labels
-from serving.prediction_log.records import OK, LoggedRequest, LogStream, sampled
+from serving.prediction_log.records import OK, LoggedRequest, LogStream, nbytes_of, sampled
 from serving.prediction_log.writer import PredictionLog
 from serving.registry.lane import ModelVersion
 from serving.telemetry.metrics import FEEDBACK_LABELS, Metrics
-from serving.types import FeedbackResult, InferenceRequest, Label
+from serving.types import FeedbackResult, Label
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -59,24 +59,6 @@ class PredictionLogging:
         self._streams[key] = (mv.instance, stream)
         return stream
 
-    def record(
-        self,
-        stream: LogStream,
-        mv: ModelVersion,
-        request: InferenceRequest,
-        route: str,
-        start_ns: int,
-        inputs: Arrays | None,
-        outputs: Arrays | None,
-        failure: tuple[str, str] | None = None,
-    ) -> None:
-        """Hand one answered request to the log, when its id is in the sample (``failure``: its
-        error kind and message)."""
-        request_id = request.log_id
-        if not sampled(request_id, stream.config.sample_rate):
-            return
-        self.offer(stream, mv, request_id, route, start_ns, inputs, outputs, failure)
-
     def offer(
         self,
         stream: LogStream,
@@ -88,6 +70,10 @@ class PredictionLogging:
         outputs: Arrays | None,
         failure: tuple[str, str] | None = None,
     ) -> None:
+        """Hand one answered request to the log when its id is in the sample (any thread;
+        ``failure``: its error kind and message)."""
+        if not sampled(request_id, stream.config.sample_rate):
+            return
         latency_ms = (time.monotonic_ns() - start_ns) / 1e6
         if not mv.instance.max_batch_size:  # one request is one row
             inputs = None if inputs is None else {k: v[np.newaxis] for k, v in inputs.items()}
@@ -97,7 +83,18 @@ class PredictionLogging:
         status, error = failure if failure is not None else (OK, None)
         self.log.offer(
             stream,
-            LoggedRequest(request_id, time.time(), route, status, error, latency_ms, rows, inputs, outputs),
+            LoggedRequest(
+                request_id,
+                time.time(),
+                route,
+                status,
+                error,
+                latency_ms,
+                rows,
+                inputs,
+                outputs,
+                nbytes_of(inputs) + nbytes_of(outputs),
+            ),
         )
 
     def receive_feedback(
