@@ -14,6 +14,7 @@ from typing import Any
 from serving.admin_client import AdminClient, AdminClientError
 from serving.errors import InvalidInputError, ServingError
 from serving.identity import current_user
+from serving.lifecycle.lineage import EvaluationRecord
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
@@ -46,6 +47,15 @@ def _models(args: argparse.Namespace) -> int:
                 facts.append(f"code {lineage['code_revision']}")
             if "evaluation" in lineage:
                 facts.append(", ".join(f"{k} {x:.4g}" for k, x in sorted(lineage["evaluation"]["metrics"].items())))
+            if v.get("worst_slice"):
+                facts.append(f"worst slice {v['worst_slice']}")
+            if "live_evaluation" in lineage:
+                live = lineage["live_evaluation"]
+                facts.append(
+                    f"live accuracy {live['metrics']['accuracy']:.4g}"
+                    if "accuracy" in live["metrics"]
+                    else "live evaluation"
+                )
             if "profile" in lineage:
                 facts.append(f"profile of {len(lineage['profile']['features'])} features")
             aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
@@ -150,12 +160,46 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _evaluate_live(args)
     if not args.data or not args.label:
         return _fail("evaluate needs --data and --label (labelled data), or --from-log LOG (live traffic)")
-    record = evaluate(args.repository, args.version, args.data, args.label, task=args.task, executor=args.executor)
+    slice_by = [tuple(c.strip() for c in spec.split(",") if c.strip()) for spec in args.slice_by or ()]
+    record = evaluate(
+        args.repository,
+        args.version,
+        args.data,
+        args.label,
+        task=args.task,
+        executor=args.executor,
+        slice_by=slice_by,
+        sensitive=args.sensitive,
+    )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record.metrics.items()))
     print(f"{args.version} on {record.data.rows:,} rows ({record.task}): {metrics}")
+    for line in evaluation_details(record, args.repository, args.version):
+        print(line)
     print(f"stored in {args.repository / args.version.replace(':', '/')}/lineage.yaml")
     _audit_tool(args, "evaluate", {"metrics": record.metrics, "data": record.data.fingerprint, "label": record.label})
     return 0
+
+
+def evaluation_details(record: EvaluationRecord, repository: Path, spec: str) -> list[str]:
+    """The slices (metrics with their 95 % intervals; which are too small to gate) and the fairness."""
+    from serving.repository import load_model_entry
+
+    lines = []
+    try:
+        min_rows = load_model_entry(repository / spec.partition(":")[0]).config.gates.min_slice_rows
+    except ServingError:
+        min_rows = 0
+    for s in record.slices:
+        shown = ", ".join(
+            f"{k} {v:.4f} [{s.low[k]:.4f}, {s.high[k]:.4f}]" for k, v in sorted(s.metrics.items()) if k in s.low
+        )
+        small = f"  (under min_slice_rows {min_rows}: not gated)" if s.rows < min_rows else ""
+        lines.append(f"  slice {s.slice} ({s.rows:,} rows): {shown}{small}")
+    if record.fairness is not None:
+        f = record.fairness
+        numbers = ", ".join(f"{k} {v:.4f}" for k, v in sorted(f.metrics.items()))
+        lines.append(f"  fairness across {f.sensitive} (positive class {f.positive!r}, groups {f.groups}): {numbers}")
+    return lines
 
 
 def _evaluate_live(args: argparse.Namespace) -> int:
@@ -346,6 +390,15 @@ def add_commands(sub: Any) -> None:
         "--from-log", metavar="LOG", help="instead: the version's logged live answers joined with their feedback labels"
     )
     p.add_argument("--since", help="with --from-log: only predictions this recent (90s, 30m, 24h, 7d)")
+    p.add_argument(
+        "--slice-by",
+        action="append",
+        metavar="COL[,COL]",
+        help="metrics per slice too (columns crossed; repeatable), with bootstrap 95%% intervals",
+    )
+    p.add_argument(
+        "--sensitive", metavar="COL", help="demographic parity and equalized odds across this column's groups"
+    )
     p.add_argument("--task", choices=("classification", "regression"), help="default: regression for a float label")
     p.add_argument("--executor", choices=("auto", "local", "ray"), default="auto")
     p.set_defaults(func=_evaluate)

@@ -13,7 +13,7 @@ from serving.control.reconcile import LoadReport, Reconciler
 from serving.control.store import LifecycleStore
 from serving.errors import ConfigError, GateError, InvalidInputError, ModelNotFoundError, ModelNotReadyError
 from serving.lifecycle import routing as r
-from serving.lifecycle.gates import check_gates
+from serving.lifecycle.gates import check_gates, worst_slice
 from serving.lifecycle.lineage import Lineage, read_lineage
 from serving.lifecycle.routing import ModelRouting
 from serving.registry.lane import VersionState
@@ -69,6 +69,9 @@ class ModelAdmin:
                         "shadow": routing.shadow == mv.version,
                         "lineage": lineage,
                         "lineage_error": lineage_error or None,
+                        "worst_slice": worst_slice(
+                            fresh.evaluation if fresh is not None else None, mv.config.gates.min_slice_rows
+                        ),
                     }
                 )
             out.append({"name": name, "versions": versions, **routing.model_dump(mode="json")})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,16 @@ from serving.lifecycle.lineage import (
     ArtifactRecord,
     DataRecord,
     EvaluationRecord,
+    FairnessRecord,
     Lineage,
     LiveEvaluationRecord,
     ProfileRecord,
+    SliceRecord,
     file_sha256,
     read_lineage,
     write_lineage,
 )
+from serving.lifecycle.slices import fairness, slice_names, slice_report
 from serving.offline.inputs import resolve_inputs
 from serving.offline.mapping import extract_inputs, plan_columns
 from serving.offline.scorer import open_version, resolve_version
@@ -95,13 +99,24 @@ def record_lineage(
 
 
 def evaluate(
-    repository: Path, spec: str, data: list[str], label: str, *, task: str | None = None, executor: str = "auto"
+    repository: Path,
+    spec: str,
+    data: list[str],
+    label: str,
+    *,
+    task: str | None = None,
+    executor: str = "auto",
+    slice_by: list[tuple[str, ...]] | None = None,
+    sensitive: str | None = None,
 ) -> EvaluationRecord:
-    """Score ``data`` with the version, compare with column ``label``, store the metrics."""
+    """Score ``data`` with the version, compare with column ``label``, store the metrics (per slice
+    of each ``slice_by`` spec too, and the fairness across ``sensitive``'s groups)."""
     from serving.offline import job
     from serving.offline.plan import ScoreJob
 
     entry, version, lineage = _version(repository, spec)
+    slice_by = slice_by or []
+    extra = tuple(c for columns in slice_by for c in columns) + ((sensitive,) if sensitive else ())
     with tempfile.TemporaryDirectory(prefix="serving-evaluate-") as tmp:
         out = str(Path(tmp) / "scored")
         job.run(
@@ -110,14 +125,22 @@ def evaluate(
                 model=f"{entry.name}:{version}",
                 inputs=list(data),
                 output=out,
-                passthrough=(label,),
+                passthrough=tuple(dict.fromkeys((label, *extra))),
                 executor=executor,
                 progress=False,
             )
         )
         table = pq.read_table(out)
-    metrics, kind = _metrics(entry, table, label, task)
-    record = EvaluationRecord(data=data_record(data), label=label, task=kind, metrics=metrics, evaluated_at=_now())
+    found = _predictions(entry, table, label, task, skip=extra)
+    record = EvaluationRecord(
+        data=data_record(data),
+        label=label,
+        task=found.kind,
+        metrics=found.metrics(),
+        evaluated_at=_now(),
+        slices=slices_of(found, table, slice_by),
+        fairness=fairness_of(found, table, sensitive) if sensitive else None,
+    )
     write_lineage(entry.version_dir(version), lineage.model_copy(update={"evaluation": record}))
     return record
 
@@ -129,18 +152,43 @@ def _column(table: pa.Table, name: str) -> Array:
     return np.asarray(col.to_numpy(zero_copy_only=False))
 
 
-def _metrics(entry: ModelEntry, table: pa.Table, label: str, task: str | None) -> tuple[dict[str, float], str]:
+@dataclass(frozen=True)
+class Predictions:
+    """A version's answers on labelled rows, ready to be scored on any subset of them."""
+
+    kind: str
+    truth: Array
+    predicted: Array
+    scores: Array | None = None
+    classes: Array | None = None
+
+    def metrics(self, rows: Array | None = None) -> dict[str, float]:
+        """The metrics on every row, or on ``rows`` (indices, repeats allowed: a bootstrap resample)."""
+        truth, predicted, scores = self.truth, self.predicted, self.scores
+        if rows is not None:
+            truth, predicted = truth[rows], predicted[rows]
+            scores = None if scores is None else scores[rows]
+        if self.kind == "regression":
+            return regression_metrics(truth, predicted)
+        assert self.classes is not None
+        return classification_metrics(truth, predicted, scores, self.classes)
+
+
+def _predictions(
+    entry: ModelEntry, table: pa.Table, label: str, task: str | None, skip: tuple[str, ...] = ()
+) -> Predictions:
+    """``skip``: passed-through columns that are not outputs (slices, the sensitive column)."""
     truth = _column(table, label)
     outputs = [(o.name, entry.config.batch.outputs.get(o.name, o.name)) for o in entry.config.outputs or ()]
     if not outputs:  # outputs read from the artifact: every non-passthrough column but ours
-        skip = {label, "model_name", "model_version"}
-        outputs = [(c, c) for c in table.column_names if c not in skip and not c.endswith("_class")]
+        ignored = {label, "model_name", "model_version", *skip}
+        outputs = [(c, c) for c in table.column_names if c not in ignored and not c.endswith("_class")]
     kind = task or ("regression" if truth.dtype.kind == "f" else "classification")
     if kind == "regression":
         for _, column in outputs:
             values = _column(table, column)
             if values.dtype.kind == "f" and values.reshape(len(values), -1).shape[1] == 1:
-                return regression_metrics(truth, values), kind
+                return Predictions(kind, truth, values.reshape(-1))
         raise InvalidInputError("no output with one number per row to compare with the label (regression)")
     scores = next(
         (v for _, c in outputs if (v := _column(table, c)).dtype.kind == "f" and v.ndim == 2 and v.shape[1] > 1),
@@ -155,7 +203,37 @@ def _metrics(entry: ModelEntry, table: pa.Table, label: str, task: str | None) -
         predicted = classes[np.argmax(scores, axis=1)]
     else:
         raise InvalidInputError("no class scores or class output to compare with the label")
-    return classification_metrics(truth, predicted, scores, classes), kind
+    return Predictions(kind, truth, predicted, scores, classes)
+
+
+def _metrics(entry: ModelEntry, table: pa.Table, label: str, task: str | None) -> tuple[dict[str, float], str]:
+    found = _predictions(entry, table, label, task)
+    return found.metrics(), found.kind
+
+
+def slices_of(found: Predictions, table: pa.Table, slice_by: list[tuple[str, ...]]) -> list[SliceRecord]:
+    """Metrics per slice of each ``slice_by`` spec (its columns crossed), with bootstrap 95 % intervals."""
+    records = []
+    for columns in slice_by:
+        names = slice_names({c: _column(table, c).reshape(-1) for c in columns})
+        for name, stat in slice_report(names, found.metrics).items():
+            records.append(SliceRecord(slice=name, rows=stat.rows, metrics=stat.metrics, low=stat.low, high=stat.high))
+    return records
+
+
+def fairness_of(found: Predictions, table: pa.Table, sensitive: str) -> FairnessRecord:
+    """Demographic parity and equalized odds of a binary classifier across ``sensitive``'s groups.
+
+    Raises:
+        InvalidInputError: not a binary classification.
+    """
+    if found.kind != "classification" or found.classes is None or len(found.classes) != 2:
+        raise InvalidInputError("--sensitive needs a binary classifier (two classes): fairness is defined for those")
+    groups = slice_names({sensitive: _column(table, sensitive).reshape(-1)})
+    positive = str(found.classes[1])
+    counts = {str(g).partition("=")[2]: int(np.sum(groups == g)) for g in sorted(set(groups.tolist()))}
+    numbers = fairness(found.truth, found.predicted, groups, positive)
+    return FairnessRecord(sensitive=sensitive, positive=positive, groups=counts, metrics=numbers)
 
 
 def _classes(labels: tuple[str, ...] | None, scores: Array | None, truth: Array) -> Array:

@@ -54,12 +54,34 @@ class DataRecord(_Strict):
     rows: int | None = None
 
 
+class SliceRecord(_Strict):
+    """One slice of the evaluation data: ``col=value[,col=value]``, its rows, metrics and their
+    bootstrap 95 % intervals."""
+
+    slice: str
+    rows: int
+    metrics: dict[str, float]
+    low: dict[str, float]
+    high: dict[str, float]
+
+
+class FairnessRecord(_Strict):
+    """A binary classifier's fairness across the groups of a sensitive column."""
+
+    sensitive: str
+    positive: str
+    groups: dict[str, int]
+    metrics: dict[str, float]
+
+
 class EvaluationRecord(_Strict):
     data: DataRecord
     label: str
     task: str = Field(pattern=r"^(classification|regression)$")
     metrics: dict[str, float]
     evaluated_at: str
+    slices: list[SliceRecord] = Field(default_factory=list)
+    fairness: FairnessRecord | None = None
 
 
 class LiveEvaluationRecord(_Strict):
