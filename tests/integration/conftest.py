@@ -52,10 +52,11 @@ def otlp() -> Iterator[OtlpReceiver]:
 def session_server(
     mode: str, repository: Path, tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
 ) -> Iterator[ServerProcess]:
+    logs = tmp_path_factory.mktemp(f"logs-{mode}")
     proc = ServerProcess(
         repository,
-        tmp_path_factory.mktemp(f"logs-{mode}") / "server.log",
-        args=mode_args(mode),
+        logs / "server.log",
+        args=(*mode_args(mode), "--prediction-log", str(logs / "prediction_log")),
         env={
             "SERVING_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "OTEL_TRACES_EXPORTER": "otlp",

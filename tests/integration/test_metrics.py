@@ -123,7 +123,10 @@ def test_overload_rejections_are_counted(server: ServerProcess) -> None:
 
 
 def test_every_metric_the_alerts_and_dashboard_use_is_exported(server: ServerProcess) -> None:
-    assert post(server, "/v2/models/add/infer", add_body([1, 4])) == 200
+    probe = json.dumps({"id": "metrics-probe", **json.loads(add_body([1, 4]))}).encode()
+    assert post(server, "/v2/models/add/infer", probe) == 200
+    # A label for it: the live accuracy series exist once feedback matched a logged prediction.
+    assert post(server, "/v2/models/add/feedback", b'[{"id": "metrics-probe", "label": 0}]') == 200
     used = metric_names_in_configs()
     assert {"ray_serving_requests_total", "ray_serving_request_duration_seconds_bucket"} <= used
     deadline = time.monotonic() + 30

@@ -6,29 +6,36 @@ against the same computation done by hand on the log."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import boto3
 import duckdb
 import numpy as np
 import pandas as pd
 import psutil
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 import yaml
+from metrics_scrape import scrape
+from prometheus_process import alerts, get, running_prometheus, wait_for
 from test_faults import replica_pids
 
 from load_clients import wait_until
 from models import add_model
-from server_process import MODES, ServerProcess, mode_args
+from server_process import MODES, ServerProcess, free_port, mode_args
 
 pytestmark = pytest.mark.integration
 
@@ -138,9 +145,12 @@ def test_the_log_keeps_every_answer_through_a_kill_and_a_drain_and_feedback_scor
         answered.stop.set()
         for t in threads:
             t.join(30)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)  # drain: what waits to be written is written
+        code = server.proc.wait(90)
     finally:
         answered.stop.set()
-        code = server.stop()
+        server.stop()
     assert code == 0, server.log()
 
     # Every file is whole (a partial one would not open); nothing but Parquet files is visible.
@@ -174,3 +184,136 @@ def test_the_log_keeps_every_answer_through_a_kill_and_a_drain_and_feedback_scor
     assert live["metrics"]["accuracy"] == pytest.approx(expected)
     assert live["labelled"] == 40 and live["predictions"] == len(log)
     assert f"accuracy {expected:.4f}" in evaluated.stdout
+
+
+def post_json(url: str, doc: object) -> tuple[int, object]:
+    request = urllib.request.Request(url, data=json.dumps(doc).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_bad_labels_fire_the_live_accuracy_alert_on_a_real_prometheus_and_good_ones_resolve_it(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(3,))
+    server = ServerProcess(
+        repo, tmp_path / "server.log", args=("--standalone", "--prediction-log", str(tmp_path / "log"))
+    )
+    server.start()
+    try:
+        with running_prometheus(server.metrics_port, tmp_path / "prometheus") as prometheus:
+            rng = np.random.default_rng(7)
+            best: dict[tuple[str, int], int] = {}
+            for r in range(24):  # 24 requests of 50 rows: 1,200 predictions
+                x = rng.normal(size=(50, 4)).round(3)
+                doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [50, 4], "data": x.ravel().tolist()}]}
+                code, answer = post_json(f"http://{server.http_url}/v2/models/add/infer", doc | {"id": f"b{r}"})
+                assert code == 200
+                y = np.asarray(answer["outputs"][0]["data"]).reshape(50, 4)  # type: ignore[index]
+                best.update({(f"b{r}", i): int(np.argmax(y[i])) for i in range(50)})
+            keys = sorted(best)
+            wrong = [{"id": i, "row": n, "label": (best[(i, n)] + 1) % 4} for i, n in keys[:200]]
+            right = [{"id": i, "row": n, "label": best[(i, n)]} for i, n in keys[200:]]
+            # 200 labels, half of them wrong: accuracy 0.5 over >= 100 labelled predictions.
+            code, answer = post_json(f"http://{server.http_url}/v2/models/add/feedback", wrong[:100] + right[:100])
+            assert (code, answer) == (200, {"received": 200, "matched": 200, "unmatched": 0})
+
+            def live_accuracy() -> float | None:
+                doc = get(f"{prometheus}/api/v1/query?query=ray_serving_live_accuracy") or {}
+                result = doc.get("data", {}).get("result", [])
+                return float(result[0]["value"][1]) if result else None
+
+            wait_for(lambda: live_accuracy() == 0.5, 30, "Prometheus never read the live accuracy")
+            wait_for(lambda: alerts(prometheus).get(("ServingLiveAccuracyDrop", "add")) == "firing", 60, "no alert")
+            # Good labels push the window (the last 1,000 labelled) back above 80 %.
+            code, answer = post_json(f"http://{server.http_url}/v2/models/add/feedback", right[100:])
+            assert code == 200 and answer["matched"] == 900  # type: ignore[index]
+            wait_for(lambda: live_accuracy() == 0.95, 30, "the live accuracy did not recover")
+            wait_for(lambda: ("ServingLiveAccuracyDrop", "add") not in alerts(prometheus), 60, "did not resolve")
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
+
+
+S3 = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+
+
+def test_a_stalled_object_store_fills_the_queue_which_drops_and_counts_while_every_request_is_answered(
+    tmp_path: Path,
+) -> None:
+    """The log's destination is a real S3 API server (moto), stopped with SIGSTOP while requests go
+    on: writes stall, the queue fills, rows past it are dropped and counted; no request fails or
+    waits on the log. Continued, the stalled rows are written: written + dropped = every row."""
+    port = free_port()
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    repo = tmp_path / "repo"
+    add_model(repo, versions=(3,), log={"flush_rows": 50, "flush_s": 0.2, "queue_rows": 300})
+    destination = f"s3://log/pred?endpoint_override=127.0.0.1:{port}&scheme=http"
+    server = ServerProcess(
+        repo, tmp_path / "server.log", env=S3, args=("--standalone", "--prediction-log", destination)
+    )
+    try:
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/") is not None, 30, "moto_server did not start")
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", **_boto(S3)).create_bucket(Bucket="log")
+        server.start()
+        url = f"http://{server.http_url}/v2/models/add/infer"
+        one = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0] * 4}]}
+        for i in range(100):
+            assert post_json(url, one | {"id": f"before-{i}"})[0] == 200
+        wait_for(lambda: _log_rows(server)[0] == 100, 30, "the first 100 rows were not written")
+        moto.send_signal(signal.SIGSTOP)
+        slowest = 0.0
+        for i in range(1000):
+            began = time.monotonic()
+            code, _ = post_json(url, one | {"id": f"stalled-{i}", "parameters": {"timeout": 2_000_000}})
+            slowest = max(slowest, time.monotonic() - began)
+            assert code == 200
+        written, dropped = _log_rows(server)
+        assert dropped >= 1000 - 300 - 50, (written, dropped)  # the queue held at most 300 rows
+        moto.send_signal(signal.SIGCONT)
+        wait_for(lambda: sum(_log_rows(server)) == 1100, 60, "the stalled rows were not written")
+        log = ds.dataset("log/pred/model=add", filesystem=_s3(port), format="parquet", partitioning="hive")
+        ids = log.to_table(columns=["request_id"]).column("request_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 1100 - dropped
+        code = server.stop()
+        assert code == 0, server.log()
+    finally:
+        moto.send_signal(signal.SIGCONT)
+        server.stop()
+        moto.terminate()
+        moto.wait(10)
+    print(
+        f"a stalled S3 destination: {dropped:.0f} of 1,000 rows dropped and counted, the rest written once it "
+        f"continued; the slowest of the 1,000 requests took {slowest * 1000:.0f} ms"
+    )
+
+
+def _s3(port: int) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(
+        access_key="test", secret_key="test", region="us-east-1", endpoint_override=f"127.0.0.1:{port}", scheme="http"
+    )
+
+
+def _boto(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_REGION"],
+    }
+
+
+def _log_rows(server: ServerProcess) -> tuple[float, float]:
+    """(rows written, rows dropped) of the add model, from the server's /metrics."""
+    series = scrape(server.metrics_url)
+    written = sum(v for name, _, v in series if name == "ray_serving_log_rows_total")
+    dropped = sum(v for name, _, v in series if name == "ray_serving_log_dropped_rows_total")
+    return written, dropped

@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -21,7 +23,7 @@ import pytest
 import tritonclient.http as thttp
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from serving.demo import digits_data, png_bytes
+from serving.demo import build_demo_dataset, digits_data, png_bytes
 
 from models import build_demo_repository
 from server_process import MODES, ServerProcess, free_port, mode_args
@@ -392,6 +394,31 @@ def test_a_page_opened_after_traffic_draws_the_last_minutes_at_once(
         drawn = page.page.evaluate("() => ({points: series.length, busy: series.some((p) => p.byScope[''].rate > 0)})")
         assert drawn["points"] >= 2 and drawn["busy"], drawn
         assert int(page.page.locator("#chart-throughput").get_attribute("data-points") or "0") >= 2
+        assert page.console_errors == []
+    finally:
+        page.close()
+
+
+def test_the_models_table_shows_each_versions_worst_slice(
+    browser: Browser, web_server: ServerProcess, tmp_path: Path
+) -> None:
+    data = build_demo_dataset(tmp_path / "digits")
+    evaluated = subprocess.run(
+        [str(Path(sys.executable).parent / "serving"), "evaluate", "digits:2", "--data", str(data), "--label", "target",
+         "--slice-by", "split", "--repository", str(web_server.repository), "--executor", "local"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "slice split=test" in evaluated.stdout and "slice split=train" in evaluated.stdout
+    page = OpenPage(browser, web_server)
+    try:
+        row = page.page.locator('#models tr[data-model="digits"][data-version="2"]')
+        row.locator("td.slice", has_text="split=").wait_for(timeout=30_000)
+        shown = row.locator("td.slice").inner_text()
+        assert "accuracy" in shown and "overall" in shown, shown
+        assert (
+            page.page.locator('#models tr[data-model="digits"][data-version="1"] td.slice').inner_text() == "\u2013"
+        )  # an en dash: no slices
         assert page.console_errors == []
     finally:
         page.close()

@@ -5,6 +5,7 @@
 "use strict";
 
 const POLL_MS = 1000;
+const SLICES_POLL_MS = 10000;
 const KEEP_S = 300;
 let apiKey = null;          // this tab's memory only
 let previous = null;        // the last stats document
@@ -169,11 +170,29 @@ function renderModels(doc, byScope) {
     tr.dataset.version = v.version;
     tr.append(cell(v.model), cell(v.version), cell(v.state, "state-" + v.state), cell(v.device || "–"),
       cell(v.platform || "–"), cell(v.max_batch_size ?? "–"), cell(fmt(d.rate), "num"), cell(fmt(d.p50, 2), "num"),
-      cell(fmt(d.p99, 2), "num"), cell(fmt(d.errors, 2), "num"), cell(fmt(d.queue, 0), "num"), cell(fmt(d.batch), "num"));
+      cell(fmt(d.p99, 2), "num"), cell(fmt(d.errors, 2), "num"), cell(fmt(d.queue, 0), "num"), cell(fmt(d.batch), "num"),
+      cell(worstSlices[v.model + ":" + v.version] || "–", "slice"));
     if (v.reason) tr.title = v.reason;
     return tr;
   });
   body.replaceChildren(...rows);
+}
+
+// Each version's worst evaluation slice (serving evaluate --slice-by), from the operator route; a
+// server without it, or a key that is not an admin key, leaves the column empty.
+let worstSlices = {};
+async function pollSlices() {
+  try {
+    const response = await api("/v2/admin/models");
+    if (!response.ok) return;
+    const next = {};
+    for (const model of (await response.json()).models) {
+      for (const v of model.versions) if (v.worst_slice) next[model.name + ":" + v.version] = v.worst_slice;
+    }
+    worstSlices = next;
+  } catch (err) {
+    worstSlices = {};
+  }
 }
 
 function renderErrors(errors) {
@@ -437,8 +456,10 @@ async function start() {
   } catch (err) {
     $("server").textContent = "server metadata unavailable";
   }
+  await pollSlices();
   await poll(true);
   setInterval(poll, POLL_MS);
+  setInterval(pollSlices, SLICES_POLL_MS);
 }
 
 start();
