@@ -15,7 +15,6 @@ from serving.prediction_log.feedback import LABEL, RECEIVED
 from serving.prediction_log.files import LABELS_FOLDER, open_destination
 from serving.prediction_log.records import OK, REQUEST_ID, ROUTE, ROW, STATUS, TIME
 
-
 TRUTH = "feedback:label"
 """The label's column in a joined table (a model may have an output named ``label``)."""
 

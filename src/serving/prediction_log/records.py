@@ -44,7 +44,7 @@ def sampled(request_id: str, rate: float) -> bool:
     return zlib.crc32(request_id.encode("utf-8", "surrogatepass")) < rate * 4294967296.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LoggedRequest:
     """One request as the log keeps it: ``rows`` rows, the first dimension of each tensor."""
 
@@ -78,6 +78,8 @@ class LogStream:
     config: PredictionLogConfig
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    batched: bool = True
+    """False: the model takes no batch dimension, and each request is one row of the log."""
     input_columns: dict[str, str] = field(init=False)
     output_columns: dict[str, str] = field(init=False)
 

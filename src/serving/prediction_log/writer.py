@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,8 @@ from serving.prediction_log.records import (
 from serving.telemetry.metrics import LOG_DROPPED, LOG_ROWS, Metrics
 
 log = logging.getLogger(__name__)
+
+Array = np.ndarray[Any, Any]
 
 RETRY_S = 1.0
 """Pause after a failed write before the next try."""
@@ -198,13 +201,15 @@ class PredictionLog:
             try:
                 table = build_table(stream, requests)
             except Exception:
-                log.exception("the prediction log of %s v%s dropped %d rows it could not convert", *stream.key[1:], rows)
+                log.exception(
+                    "the prediction log of %s v%s dropped %d rows it could not convert", *stream.key[1:], rows
+                )
                 self.metrics.inc(LOG_DROPPED, stream.labels, rows)
                 self._forget(batch, requests)
                 continue
             folder = f"{root}/model={stream.model}/version={stream.version}/date={date}/hour={hour}"
             try:
-                write_atomically(fs, folder, file_name(self.writer, self.next_seq()), table)
+                write_atomically(fs, folder, file_name(self.writer, self.next_seq()), table, stream.config.compression)
             except Exception:
                 return self._failed(batch, final)
             self.metrics.inc(LOG_ROWS, stream.labels, rows)
@@ -254,12 +259,17 @@ def build_table(stream: LogStream, requests: list[LoggedRequest]) -> pa.Table:
     }
     cols: dict[str, pa.Array] = {name: meta[name] for name in META_SCHEMA.names}
     rows = counts.tolist()
+
+    def part(arrays: dict[str, Array] | None, name: str) -> Array | None:
+        values = (arrays or {}).get(name)
+        return values if values is None or stream.batched else np.asarray(values)[np.newaxis]
+
     for spec in stream.inputs:
         name = stream.input_columns.get(spec.name)
         if name is not None:
-            cols[name] = columns.column(spec, [(r.inputs or {}).get(spec.name) for r in requests], rows)
+            cols[name] = columns.column(spec, [part(r.inputs, spec.name) for r in requests], rows)
     for spec in stream.outputs:
         name = stream.output_columns.get(spec.name)
         if name is not None:
-            cols[name] = columns.column(spec, [(r.outputs or {}).get(spec.name) for r in requests], rows)
+            cols[name] = columns.column(spec, [part(r.outputs, spec.name) for r in requests], rows)
     return pa.table(cols)

@@ -52,7 +52,14 @@ class PredictionLogging:
             return known[1]
         config = self._default.merged(mv.config.log, self._root)
         stream = (
-            LogStream(mv.name, str(mv.version), config, mv.instance.inputs, mv.instance.outputs)
+            LogStream(
+                mv.name,
+                str(mv.version),
+                config,
+                mv.instance.inputs,
+                mv.instance.outputs,
+                mv.instance.max_batch_size > 0,
+            )
             if config.enabled
             else None
         )
@@ -75,11 +82,8 @@ class PredictionLogging:
         if not sampled(request_id, stream.config.sample_rate):
             return
         latency_ms = (time.monotonic_ns() - start_ns) / 1e6
-        if not mv.instance.max_batch_size:  # one request is one row
-            inputs = None if inputs is None else {k: v[np.newaxis] for k, v in inputs.items()}
-            outputs = None if outputs is None else {k: np.asarray(v)[np.newaxis] for k, v in outputs.items()}
-        first = next(iter((inputs or outputs or {}).values()), None)
-        rows = int(first.shape[0]) if first is not None and first.ndim else 1
+        first = next(iter((inputs or outputs or {}).values()), None) if stream.batched else None
+        rows = int(first.shape[0]) if first is not None and first.ndim else 1  # unbatched: a request is a row
         status, error = failure if failure is not None else (OK, None)
         self.log.offer(
             stream,
