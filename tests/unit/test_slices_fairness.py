@@ -23,8 +23,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 from serving.control.tools import evaluate
+from serving.errors import GateError
 from serving.lifecycle.gates import GatesConfig, check_gates
 from serving.lifecycle.lineage import read_lineage
+from serving.service.local import LocalInferenceService
 
 Array = np.ndarray[Any, Any]
 FEATURES = ["x", "in_b"]
@@ -57,6 +59,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Data
     config = {
         "platform": "sklearn",
         "max_batch_size": 256,
+        "version_policy": {"all": True},
         "inputs": [{"name": "features", "datatype": "FP64", "shape": [2]}],
         "outputs": [{"name": "probabilities", "datatype": "FP64", "shape": [2]}],
         "batch": {"inputs": {"features": {"columns": FEATURES}}},
@@ -145,3 +148,27 @@ def test_a_gate_on_slices_without_slices_in_the_evaluation_says_what_to_run(
     ]
     with pytest.raises(ValueError, match="unknown fairness metric"):
         GatesConfig(fairness={"parity": 0.1})
+
+
+async def test_promote_refuses_the_biased_version_naming_the_slice_and_audits_it(
+    setup: tuple[Path, Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    repo, path, _ = setup
+    for version in (1, 2):
+        evaluate(repo, f"credit:{version}", [str(path)], "y", executor="local", slice_by=[("region",)], sensitive="sex")
+    svc = LocalInferenceService.from_repository(repo, state_dir=tmp_path / "state")
+    try:
+        assert svc.admin is not None
+        with pytest.raises(GateError, match=r"gate max_slice_gap\.accuracy: slice region=b \(\d+ rows\) has accuracy"):
+            await svc.admin.promote("credit", 1, "prod", "alice")
+        await svc.admin.promote("credit", 2, "prod", "alice")
+        audit = await svc.admin.audit()
+        assert [(e["action"], e["details"]["version"]) for e in audit] == [("promote-refused", 1), ("promote", 2)]
+        refused = audit[0]["details"]
+        assert any("region=b" in m for m in refused["gates_missed"]), refused
+        overview = {v["version"]: v["worst_slice"] for m in svc.admin.overview() for v in m["versions"]}
+        assert overview[1].startswith("region=b: accuracy") and overview[2].startswith(
+            "region=c: accuracy"
+        )  # tiny, noisy: shown, not gated by its interval
+    finally:
+        await svc.close()
