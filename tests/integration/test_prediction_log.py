@@ -206,16 +206,17 @@ def test_bad_labels_fire_the_live_accuracy_alert_on_a_real_prometheus_and_good_o
     )
     server.start()
     try:
+        (tmp_path / "prometheus").mkdir()
         with running_prometheus(server.metrics_port, tmp_path / "prometheus") as prometheus:
             rng = np.random.default_rng(7)
             best: dict[tuple[str, int], int] = {}
-            for r in range(24):  # 24 requests of 50 rows: 1,200 predictions
-                x = rng.normal(size=(50, 4)).round(3)
-                doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [50, 4], "data": x.ravel().tolist()}]}
+            for r in range(75):  # 75 requests of 16 rows (the model's largest batch): 1,200 predictions
+                x = rng.normal(size=(16, 4)).round(3)
+                doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [16, 4], "data": x.ravel().tolist()}]}
                 code, answer = post_json(f"http://{server.http_url}/v2/models/add/infer", doc | {"id": f"b{r}"})
-                assert code == 200
-                y = np.asarray(answer["outputs"][0]["data"]).reshape(50, 4)  # type: ignore[index]
-                best.update({(f"b{r}", i): int(np.argmax(y[i])) for i in range(50)})
+                assert code == 200, answer
+                y = np.asarray(answer["outputs"][0]["data"]).reshape(16, 4)  # type: ignore[index]
+                best.update({(f"b{r}", i): int(np.argmax(y[i])) for i in range(16)})
             keys = sorted(best)
             wrong = [{"id": i, "row": n, "label": (best[(i, n)] + 1) % 4} for i, n in keys[:200]]
             right = [{"id": i, "row": n, "label": best[(i, n)]} for i, n in keys[200:]]
@@ -230,10 +231,12 @@ def test_bad_labels_fire_the_live_accuracy_alert_on_a_real_prometheus_and_good_o
 
             wait_for(lambda: live_accuracy() == 0.5, 30, "Prometheus never read the live accuracy")
             wait_for(lambda: alerts(prometheus).get(("ServingLiveAccuracyDrop", "add")) == "firing", 60, "no alert")
-            # Good labels push the window (the last 1,000 labelled) back above 80 %.
+            # 900 good labels push the 100 wrong ones out of the window (the last 1,000 labelled).
             code, answer = post_json(f"http://{server.http_url}/v2/models/add/feedback", right[100:])
             assert code == 200 and answer["matched"] == 900  # type: ignore[index]
-            wait_for(lambda: live_accuracy() == 0.95, 30, "the live accuracy did not recover")
+            wait_for(
+                lambda: live_accuracy() == 1.0, 30, "the live accuracy did not recover"
+            )  # the wrong 100 left the window
             wait_for(lambda: ("ServingLiveAccuracyDrop", "add") not in alerts(prometheus), 60, "did not resolve")
     finally:
         code = server.stop()
