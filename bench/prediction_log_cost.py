@@ -1,9 +1,10 @@
-"""What the prediction log costs (`make bench-log`, also run by `make bench`): three standalone
-servers of the reference MLP, one without a log, one logging 5 % of requests, one logging every
-request (inputs and outputs: 784 + 10 floats a row), all running at once. perf_analyzer sends
-batch-1 requests over gRPC (sync and --async) and HTTP at concurrency 16 to each, back to back,
-the order rotated every round, so a VM whose speed drifts moves all three alike. Writes
-bench/results/prediction_log.md, with the noise (the same server, round to round).
+"""What the prediction log costs (`make bench-log`, also run by `make bench`): four standalone
+servers of the reference MLP, all running at once: one without a log, one logging 5 % of
+requests, one logging every request (inputs and outputs: 784 + 10 floats a row), and one logging
+every request's outputs only (where the cost is). perf_analyzer sends batch-1 requests over gRPC
+(sync and --async) and HTTP at concurrency 16 to each, back to back, the order rotated every
+round, so a VM whose speed drifts moves all alike. Writes bench/results/prediction_log.md, with
+the noise (the same server, round to round).
 """
 
 from __future__ import annotations
@@ -20,11 +21,75 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from modes import PROTOCOLS, one  # noqa: E402
-from online import reference_setup  # noqa: E402
+from online import MODEL, reference_setup  # noqa: E402
 
 from server_process import ServerProcess, mode_args  # noqa: E402
 
-RATES = {"off": None, "5 %": "0.05", "100 %": "1"}
+CONFIGS = {
+    "off": {},
+    "5 %": {"SERVING_PREDICTION_LOG__SAMPLE_RATE": "0.05"},
+    "100 %": {"SERVING_PREDICTION_LOG__SAMPLE_RATE": "1"},
+    "100 % outputs": {"SERVING_PREDICTION_LOG__SAMPLE_RATE": "1", "SERVING_PREDICTION_LOG__KEEP": "outputs"},
+}
+
+
+def in_process(repo: Path, work: Path, rounds: int = 6, requests: int = 3000) -> str:
+    """The same four settings, and the request path alone (rows kept, never written), on
+    ``LocalInferenceService.infer`` in this process: no transport, so the log's own cost shows
+    with less noise. 16 requests at a time; the settings interleaved, order reversed every round."""
+    import asyncio
+
+    import numpy as np
+
+    from serving.config.prediction_log import PredictionLogConfig
+    from serving.service.local import LocalInferenceService
+    from serving.types import InferenceRequest, Tensor
+
+    variants: dict[str, dict[str, object] | None] = {
+        "off": None,
+        "5 %": {"sample_rate": 0.05},
+        "100 %": {},
+        "100 % outputs": {"keep": "outputs"},
+        "100 %, never written": {"flush_rows": 10**9, "flush_s": 1e9, "queue_rows": 10**9, "queue_mb": 1e9},
+    }
+
+    async def run() -> dict[str, list[float]]:
+        services = {
+            name: LocalInferenceService.from_repository(
+                repo,
+                prediction_log=None if kw is None else PredictionLogConfig(destination=str(work / f"ip-{k}"), **kw),  # type: ignore[arg-type]
+            )
+            for k, (name, kw) in enumerate(variants.items())
+        }
+        spec = services["off"].model_metadata(MODEL).inputs[0]
+        x = np.random.default_rng(0).random((1, spec.shape[-1]), dtype=np.float32)
+        rates: dict[str, list[float]] = {name: [] for name in services}
+        try:
+            for round_ in range(rounds):
+                order = list(services) if round_ % 2 == 0 else list(services)[::-1]
+                for name in order:
+                    svc = services[name]
+                    began = time.perf_counter()
+                    for k in range(0, requests, 16):
+                        await asyncio.gather(
+                            *(
+                                svc.infer(
+                                    InferenceRequest(MODEL, [Tensor(spec.name, "FP32", x)], request_id=f"{k}-{j}")
+                                )
+                                for j in range(16)
+                            )
+                        )
+                    rates[name].append(requests / (time.perf_counter() - began))
+        finally:
+            for svc in services.values():
+                await svc.close()
+        return rates
+
+    rates = asyncio.run(run())
+    median = {n: sorted(v)[len(v) // 2] for n, v in rates.items()}
+    lines = ["| setting | infer/s (median) | ratio to no log |", "|---|---|---|"]
+    lines += [f"| {n} | {median[n]:,.0f} | {median[n] / median['off']:.3f} |" for n in rates]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -35,44 +100,52 @@ def main() -> None:
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
     work, repo, data = reference_setup("serving-log-cost-")
     servers = {}
-    for name, rate in RATES.items():
-        log_args = ("--prediction-log", str(work / f"log-{rate}")) if rate else ()
-        env = {"SERVING_PREDICTION_LOG__SAMPLE_RATE": rate} if rate else {}
-        servers[name] = ServerProcess(repo, work / f"{rate}.log", env=env, args=(*mode_args("standalone"), *log_args))
+    for k, (name, env) in enumerate(CONFIGS.items()):
+        log_args = ("--prediction-log", str(work / f"log-{k}")) if env else ()
+        servers[name] = ServerProcess(repo, work / f"{k}.log", env=env, args=(*mode_args("standalone"), *log_args))
     rates: dict[str, dict[str, list[float]]] = {name: {p: [] for p, _, _ in PROTOCOLS} for name in servers}
+    names = list(servers)
     try:
         for server in servers.values():
             server.start()
-        names = list(servers)
         for round_ in range(args.rounds):
-            order = names[round_ % 3 :] + names[: round_ % 3]
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for label, _, _ in PROTOCOLS:
                 for name in order:
                     rates[name][label].append(one(servers[name], label, args.concurrency, data))
                 shown = "  ".join(f"{n} {rates[n][label][-1]:7,.0f}" for n in names)
                 print(f"[round {round_ + 1}] {label:10s} c={args.concurrency}: {shown} infer/s", flush=True)
-        logged = sum(f.stat().st_size for f in work.glob("log-1/**/*.parquet"))
+        logged = sum(f.stat().st_size for f in work.glob("log-2/**/*.parquet"))
     finally:
         for server in servers.values():
             server.stop()
+    inproc = in_process(repo, work)
+    print(inproc, flush=True)
     mean = {n: {p: sum(v) / len(v) for p, v in by.items()} for n, by in rates.items()}
-    lines = ["| protocol | no log infer/s | 5 % logged | ratio | 100 % logged | ratio |", "|---|---|---|---|---|---|"]
+    others = [n for n in names if n != "off"]
+    lines = [
+        "| protocol | no log infer/s | " + " | ".join(f"{n} logged | ratio" for n in others) + " |",
+        "|---|---|" + "---|---|" * len(others),
+    ]
     for label, _, _ in PROTOCOLS:
-        off, five, all_ = mean["off"][label], mean["5 %"][label], mean["100 %"][label]
-        lines.append(f"| {label} | {off:,.0f} | {five:,.0f} | {five / off:.3f} | {all_:,.0f} | {all_ / off:.3f} |")
+        off = mean["off"][label]
+        cells = " | ".join(f"{mean[n][label]:,.0f} | {mean[n][label] / off:.3f}" for n in others)
+        lines.append(f"| {label} | {off:,.0f} | {cells} |")
     noise = sorted(max(v) / min(v) - 1 for by in rates.values() for v in by.values())
     text = (
         "\n".join(lines)
         + f"\n\nTarget: >= 0.97 at 100 % (cost <= 3 %). The noise: the same server, round to round, differs by a "
         f"median {noise[len(noise) // 2]:.1%} per row (up to {noise[-1]:.1%}). The 100 % log wrote "
-        f"{logged / 1e6:,.1f} MB of Parquet (zstd)."
+        f"{logged / 1e6:,.1f} MB of Parquet (zstd, level 1: the default)."
     )
     print("\n" + text)
     (HERE / "results" / "prediction_log.md").write_text(
         f"# The prediction log's cost ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
         "Reference MLP 784->1024->1024->10 FP32, standalone servers (the data plane of Ray mode), perf_analyzer "
-        f"batch-1 requests at concurrency {args.concurrency}; the three servers running at once, each row measured "
-        f"on the three back to back ({args.rounds} rounds, order rotated); the mean of the rounds.\n\n{text}\n"
+        f"batch-1 requests at concurrency {args.concurrency}; the four servers running at once, each row measured "
+        f"on the four back to back ({args.rounds} rounds, order rotated); the mean of the rounds.\n\n{text}\n\n"
+        "In process (`LocalInferenceService.infer`, 16 requests at a time, the settings interleaved): the log's "
+        f"own cost without the transport's noise.\n\n{inproc}\n"
     )
 
 
