@@ -312,3 +312,20 @@ async def test_every_datatype_is_logged_as_sent_and_answered(repository: Path, t
                 assert got == [[b"ab", b""], [b"\xc3\xa9", b"xyz"]], (name, got)
             else:
                 assert np.array_equal(np.asarray(got, dtype=sent.dtype), sent), (name, got)
+
+
+async def test_ids_and_labels_that_are_not_unicode_text_are_refused_or_kept_escaped(
+    logged: tuple[LocalInferenceService, AggregatedMetrics], tmp_path: Path
+) -> None:
+    svc, metrics = logged
+    async with await http_client_for(svc) as http:
+        body = b'[{"id": "\\ud800", "label": 1}]'  # valid JSON, but a lone surrogate is no text
+        r = await http.post("/v2/models/add/feedback", content=body)
+        assert r.status_code == 400 and "not valid Unicode" in r.json()["error"]
+        body = b'[{"id": "ok", "label": "\\udfff"}]'
+        assert (await http.post("/v2/models/add/feedback", content=body)).status_code == 400
+        doc = json.dumps(add_request(1, 1.0)).replace("{", '{"id": "\\ud800x", ', 1).encode()
+        assert (await http.post("/v2/models/add/infer", content=doc)).status_code == 200
+    await svc.close()
+    assert list(read_log(tmp_path / "log").request_id) == ["\\ud800x"]
+    assert counter(metrics, LOG_DROPPED.name, {"model": "add", "version": "3"}) == 0

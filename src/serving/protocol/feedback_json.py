@@ -45,7 +45,13 @@ def _label(i: int, item: Any) -> Label:
         raise InvalidInputError(f"feedback item {i}: label must be a string or a number")
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < 2**31:
         raise InvalidInputError(f"feedback item {i}: row must be a whole number >= 0")
-    return Label(request_id, str(as_text(np.asarray([label], dtype=object))[0]), row)
+    text = str(as_text(np.asarray([label], dtype=object))[0])
+    for what, value in (("id", request_id), ("label", text)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"feedback item {i}: {what} is not valid Unicode text (a lone surrogate)") from None
+    return Label(request_id, text, row)
 
 
 def result_json(result: FeedbackResult) -> dict[str, int]:

@@ -85,6 +85,8 @@ class PredictionLogging:
         first = next(iter((inputs or outputs or {}).values()), None) if stream.batched else None
         rows = int(first.shape[0]) if first is not None and first.ndim else 1  # unbatched: a request is a row
         status, error = failure if failure is not None else (OK, None)
+        if not request_id.isascii():  # a V2 id may hold any JSON string, lone surrogates included
+            request_id = request_id.encode("utf-8", "backslashreplace").decode("utf-8")
         self.log.offer(
             stream,
             LoggedRequest(
