@@ -74,6 +74,7 @@ class PredictionLog:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failure_logged = -FAILURE_LOG_S
+        self._retry_at = 0.0
 
     def offer(self, stream: LogStream, request: LoggedRequest) -> None:
         """Queue one request's rows (any thread; never blocks on I/O)."""
@@ -92,7 +93,8 @@ class PredictionLog:
                 waiting.requests.append(request)
                 waiting.rows += request.rows
                 waiting.nbytes += request.nbytes
-                if first or waiting.rows >= stream.config.flush_rows:
+                threshold = stream.config.flush_rows
+                if first or waiting.rows - request.rows < threshold <= waiting.rows:  # wake it once, not per row
                     self._start()
                     self._cond.notify()
         if full:
@@ -145,9 +147,10 @@ class PredictionLog:
                 while not self._stopping:
                     now = time.monotonic()
                     waits = [w.due(now) for w in self._waiting.values() if w.requests]
-                    if waits and min(waits) <= 0:
+                    pause = self._retry_at - now  # after a failed write, nothing is tried before it
+                    if waits and min(waits) <= 0 and pause <= 0:
                         break
-                    self._cond.wait(min(waits) if waits else None)
+                    self._cond.wait(max(min(waits), pause) if waits else None)
                 stopping = self._stopping
             batches = self._take(everything=stopping)
             failed = [b for b in batches if not self._write(b, final=stopping)]
@@ -155,8 +158,7 @@ class PredictionLog:
                 return
             if failed:
                 self._put_back(failed)
-                with self._cond:
-                    self._cond.wait(RETRY_S)
+                self._retry_at = time.monotonic() + RETRY_S
 
     def _take(self, everything: bool) -> list[_Waiting]:
         now = time.monotonic()
