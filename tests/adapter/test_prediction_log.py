@@ -25,7 +25,14 @@ from serving.prediction_log.records import sampled
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb import inference_pb2_grpc
 from serving.service.local import LocalInferenceService
-from serving.telemetry.metrics import LIVE_ACCURACY, LIVE_LABELLED, LOG_DROPPED, LOG_ROWS, AggregatedMetrics
+from serving.telemetry.metrics import (
+    LIVE_ACCURACY,
+    LIVE_LABELLED,
+    LOG_DROPPED,
+    LOG_ROWS,
+    SHADOW_REQUESTS,
+    AggregatedMetrics,
+)
 
 from adapter_support import http_client_for, identity_values, start_grpc
 from models import IDENTITY_TYPES
@@ -270,8 +277,12 @@ async def test_a_log_scored_again_by_another_version_gives_that_versions_answers
 async def test_the_route_says_how_each_request_found_its_version_and_shadow_answers_are_logged_apart(
     repository: Path, tmp_path: Path
 ) -> None:
+    metrics = AggregatedMetrics()
     svc = LocalInferenceService.from_repository(
-        repository, state_dir=tmp_path / "state", prediction_log=PredictionLogConfig(destination=str(tmp_path / "log"))
+        repository,
+        metrics=metrics,
+        state_dir=tmp_path / "state",
+        prediction_log=PredictionLogConfig(destination=str(tmp_path / "log")),
     )
     assert svc.admin is not None
     await svc.admin.promote("add", 3, "prod", "test", force=True)
@@ -281,6 +292,11 @@ async def test_the_route_says_how_each_request_found_its_version_and_shadow_answ
             assert (await http.post("/v2/models/add/infer", json=add_request(1, i, f"l{i}"))).status_code == 200
             r = await http.post("/v2/models/add/versions/prod/infer", json=add_request(1, i, f"a{i}"))
             assert r.status_code == 200
+    compared = {"model": "add", "version": "2", "outcome": "compared"}
+    for _ in range(500):  # the copies run after the answers, on the shadow's worker; a close skips queued ones
+        if counter(metrics, SHADOW_REQUESTS.name, compared) == 10:
+            break
+        await asyncio.sleep(0.01)
     await svc.close()
     log = read_log(tmp_path / "log")
     routes = {(r.request_id, r.route, int(r.version)) for r in log.itertuples()}
