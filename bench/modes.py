@@ -16,11 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from online import MODEL, perf_analyzer, reference_setup  # noqa: E402
+from online import FEATURES, MODEL, perf_analyzer, reference_setup  # noqa: E402
+from paired import compare, infer_request  # noqa: E402
 
 from server_process import ServerProcess, mode_args  # noqa: E402
 
@@ -36,7 +39,8 @@ def one(server: ServerProcess, label: str, concurrency: int, data: Path) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="perf_analyzer rounds (0: only the paired windows)")
+    parser.add_argument("--pairs", type=int, default=40, help="paired 1 s gRPC windows, standalone vs Ray mode")
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
     work, repo, data = reference_setup("serving-modes-")
@@ -56,9 +60,27 @@ def main() -> None:
                     f"standalone {rates['standalone'][row][-1]:7,.0f} infer/s",
                     flush=True,
                 )
+        request = infer_request(MODEL, "input", FEATURES)
+        urls = {mode: server.grpc_url for mode, server in servers.items()}
+        paired = compare(urls, request, pairs=args.pairs)
+        control = compare({"ray": urls["ray"], "ray again": urls["ray"]}, request, pairs=args.pairs)
     finally:
         for server in servers.values():
             server.stop()
+    paired_text = (
+        f"Paired 1 s windows (`bench/paired.py`: a grpc.aio client, 16 calls in flight, alternating A B / B A, "
+        f"{args.pairs} pairs): standalone / Ray mode = **{paired.ratio:.3f}** (95 % interval {paired.low:.3f}-"
+        f"{paired.high:.3f}); the same method on Ray mode against itself: {control.ratio:.3f} "
+        f"({control.low:.3f}-{control.high:.3f}). Mean rates {np.mean(paired.rates['ray']):,.0f} (Ray mode) and "
+        f"{np.mean(paired.rates['standalone']):,.0f} (standalone) calls/s."
+    )
+    print("\n" + paired_text, flush=True)
+    if not args.rounds:
+        (HERE / "results" / "modes_paired.md").write_text(
+            f"# Standalone vs Ray mode, paired ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
+            f"Reference MLP 784->1024->1024->10 FP32, batch-1 requests.\n\n{paired_text}\n"
+        )
+        return
     best = {mode: {row: sum(v) / len(v) for row, v in by_row.items()} for mode, by_row in rates.items()}
     lines = [
         "| protocol | concurrency | Ray mode infer/s (mean) | standalone infer/s (mean) | standalone / Ray mode |",
@@ -80,7 +102,7 @@ def main() -> None:
             f"\n\nThe noise: the same server, round to round, differs by a median {noise[len(noise) // 2]:.1%} "
             f"per row (up to {noise[-1]:.1%})."
         )
-    text = "\n".join(lines) + "\n\n" + summary
+    text = "\n".join(lines) + "\n\n" + summary + "\n\n" + paired_text
     print("\n" + text)
     (HERE / "results" / "modes.md").write_text(
         f"# Standalone vs Ray mode ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
