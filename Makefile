@@ -12,7 +12,7 @@ METRICS_PORT ?= 8002
 # Where `make serve` logs the demo's predictions (docs/prediction-log.md).
 PREDICTION_LOG ?= prediction_log
 
-.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 bench-footprint bench-modes bench-log lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 check-image bench-footprint bench-modes bench-log lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -99,6 +99,11 @@ check-aarch64: $(BIN)/.installed
 # arm64 python3.11 and the aarch64 wheels; apt adds the arm64 architecture and qemu-user-static).
 check-arm64: $(BIN)/.installed
 	bash tests/arm64/check.sh
+
+# The CPU image built from the Dockerfile and served, without a Docker daemon or a registry
+# (podman, and a debootstrap stand-in for python:3.11-slim; root needed; not in make test).
+check-image: $(BIN)/.installed
+	bash tests/image/check.sh
 
 integration: $(BIN)/.installed prometheus chromium
 	$(BIN)/pytest tests/integration -q -n $(TEST_WORKERS) --dist loadscope --durations=15
