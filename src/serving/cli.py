@@ -139,7 +139,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         _print_ready(settings, seconds)
         while True:
-            stop_event.wait()
+            # Woken every half second: a signal the kernel delivers to one of Ray's threads sets
+            # no event until the main thread runs Python again (a bare wait() can sleep forever).
+            while not stop_event.wait(0.5):
+                pass
             if not reload_event.is_set():
                 break
             stop_event.clear()
