@@ -112,10 +112,6 @@ class PredictionLog:
         if failed:
             self._put_back(failed)
 
-    def pending_rows(self) -> int:
-        with self._cond:
-            return sum(w.rows for w in self._waiting.values())
-
     def close(self) -> None:
         """Write everything waiting and stop the thread (blocks: call it off the event loop)."""
         with self._cond:
