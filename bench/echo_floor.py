@@ -14,9 +14,9 @@ import numpy as np
 from google.protobuf import json_format
 
 from serving.protocol._pb import inference_pb2 as pb
+from serving.protocol.grpc_frontends import grpc_server_options
 from serving.protocol.grpc_v2 import SERVICE_NAME as SERVICE
 from serving.protocol.grpc_v2 import from_core
-from serving.protocol.servers import grpc_server_options
 from serving.protocol.triton import config_json
 from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor

@@ -81,7 +81,7 @@ def test_local_ray_workers_preload_the_replica_and_only_the_frameworks_in_use(tm
 
 def test_grpc_limits_reach_the_server_options() -> None:
     from serving.config.server import ServerSettings
-    from serving.protocol.servers import grpc_server_options
+    from serving.protocol.grpc_frontends import grpc_server_options
 
     options = dict(grpc_server_options(1 << 20, 7))
     assert options["grpc.max_receive_message_length"] == 1 << 20 == options["grpc.max_send_message_length"]

@@ -156,6 +156,11 @@ class ServerConfig(Strict):
     grpc_max_concurrent_streams: PositiveInt = Field(
         default=256, description="Concurrent calls one gRPC connection may have open."
     )
+    grpc_frontend: Literal["auto", "compiled", "aio"] = Field(
+        default="auto",
+        description="gRPC front end: `compiled` (the C++ extension `make` builds: grpc++ hands Python many calls "
+        "per wake-up), `aio` (grpc.aio, one coroutine per call), or `auto` (compiled where it is built).",
+    )
     replicas: ReplicasConfig = Field(
         default_factory=lambda: ReplicasConfig(), description="How many replicas serve, fixed or autoscaled."
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -181,34 +181,58 @@ _RPCS: dict[str, tuple[Any, Any]] = {
 SERVICE_NAME = "inference.GRPCInferenceService"
 
 
-def add_inference_service(servicer: Any, server: Any) -> None:
-    """Register ``inference.GRPCInferenceService`` on a grpc server (Ray Serve's too).
+HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
 
-    Like the generated ``add_GRPCInferenceServiceServicer_to_server``, except that a
-    request that is not valid protobuf reaches the servicer as :class:`MalformedRequest`
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One RPC as a front end dispatches it: the handler, and its message codecs."""
+
+    handler: Callable[[Any, Any], Coroutine[Any, Any, Any]]
+    deserialize: Callable[[bytes], Any]
+    serialize: Callable[[Any], bytes]
+
+
+def rpc_methods(servicer: Any) -> dict[str, Method]:
+    """Every RPC of ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health/Check`` by its
+    full path (``/inference.GRPCInferenceService/ModelInfer``).
+
+    A request that is not valid protobuf reaches the servicer as :class:`MalformedRequest`
     (answered INVALID_ARGUMENT) instead of failing inside grpc with INTERNAL.
     """
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, name),
-            request_deserializer=_tolerant(req.FromString),
-            response_serializer=resp.SerializeToString,
-        )
+    methods = {
+        f"/{SERVICE_NAME}/{name}": Method(getattr(servicer, name), _tolerant(req.FromString), resp.SerializeToString)
         for name, (req, resp) in _RPCS.items()
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    methods[f"/{HEALTH_SERVICE_NAME}/Check"] = Method(
+        servicer.Check,
+        _tolerant(health_pb2.HealthCheckRequest.FromString),
+        health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    return methods
+
+
+def _add_methods(server: Any, service: str, methods: dict[str, Method]) -> None:
+    prefix = f"/{service}/"
+    handlers = {
+        path.removeprefix(prefix): grpc.unary_unary_rpc_method_handler(
+            m.handler, request_deserializer=m.deserialize, response_serializer=m.serialize
+        )
+        for path, m in methods.items()
+        if path.startswith(prefix)
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
+def add_inference_service(servicer: Any, server: Any) -> None:
+    """Register ``inference.GRPCInferenceService`` on a grpc server (Ray Serve's too), with
+    the tolerant parsing of :func:`rpc_methods`."""
+    _add_methods(server, SERVICE_NAME, rpc_methods(servicer))
 
 
 def add_health_service(servicer: Any, server: Any) -> None:
     """Register ``grpc.health.v1.Health/Check`` with the same tolerant parsing."""
-    handler = grpc.unary_unary_rpc_method_handler(
-        servicer.Check,
-        request_deserializer=_tolerant(health_pb2.HealthCheckRequest.FromString),
-        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": handler}),)
-    )
+    _add_methods(server, HEALTH_SERVICE_NAME, rpc_methods(servicer))
 
 
 def _request_id(metadata: dict[str, str]) -> str:

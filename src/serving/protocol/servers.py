@@ -28,9 +28,9 @@ from serving.auth import Authenticator
 from serving.config.server import CorsConfig, ServerConfig, TlsConfig
 from serving.control.admin import OperatorCommands
 from serving.protocol.bounded_http import BoundedHttpToolsProtocol
-from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.grpc_frontends import GRPC_MAX_CONCURRENT_STREAMS, FrontEndKind, GrpcPort, front_end
+from serving.protocol.grpc_v2 import SERVICE_NAME, GrpcAdapter
 from serving.protocol.http import HttpApp
-from serving.protocol.http_messages import MAX_HEADER_BYTES
 from serving.protocol.http_operator import LiveSource
 from serving.service.api import InferenceService
 from serving.service.local import LocalInferenceService
@@ -44,26 +44,10 @@ PROBE_TIMEOUT_S = 5.0
 BACKLOG = 2048
 
 
-GRPC_MAX_CONCURRENT_STREAMS = 256
 GIL_SWITCH_INTERVAL_S = 0.0005
 """The event loop (I/O, refusals) and the model's worker thread share the GIL: a thread waiting
 for it gets it after at most this long (CPython's default, 5 ms, starved the model under a
 refusal storm: bench/results/overload.md). Set by every serving process (``sys.setswitchinterval``)."""
-
-
-def grpc_server_options(
-    max_message_bytes: int, max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS
-) -> list[tuple[str, int]]:
-    """grpcio honours ``grpc.so_reuseport`` only as an integer (the string "0" is ignored).
-    ``max_concurrent_streams`` bounds the calls one connection may have open at once; metadata
-    is bounded like HTTP headers."""
-    return [
-        ("grpc.so_reuseport", 1),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_concurrent_streams", max_concurrent_streams),
-        ("grpc.max_metadata_size", MAX_HEADER_BYTES),  # the HTTP headers' limit
-    ]
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -88,16 +72,6 @@ def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket
         sock.close()
         raise
     return sock
-
-
-def grpc_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    """Server credentials; with a client CA, clients must present a certificate it signed."""
-    client_ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
-    return grpc.ssl_server_credentials(
-        [(tls.key.read_bytes(), tls.cert.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
 
 
 def uvicorn_tls(tls: TlsConfig | None) -> dict[str, Any]:
@@ -151,6 +125,7 @@ class ReplicaServers:
         grpc_max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS,
         protect_health: bool = False,
         admin: OperatorCommands | None = None,
+        grpc_frontend: FrontEndKind = "auto",
     ) -> None:
         self.service = service
         # Health with keys on: this replica's probes show a random token only it knows.
@@ -170,10 +145,8 @@ class ReplicaServers:
             probe_token=self._probe_token,
             admin=admin,
         )
-        self._grpc = grpc.aio.server(options=grpc_server_options(max_request_bytes, grpc_max_concurrent_streams))
         self._grpc_adapter = GrpcAdapter(service, auth, protect_health, self._probe_token, admin)
-        add_inference_service(self._grpc_adapter, self._grpc)
-        add_health_service(self._grpc_adapter, self._grpc)
+        self._grpc = front_end(grpc_frontend, self._grpc_adapter, max_request_bytes, grpc_max_concurrent_streams)
         self._uvicorn: _Uvicorn | None = None
         self._private_uvicorn: _Uvicorn | None = None
         self._sockets: list[socket.socket] = []
@@ -187,15 +160,6 @@ class ReplicaServers:
         Raises:
             OSError: a port cannot be bound.
         """
-        address = _grpc_address(self.host, self.grpc_port)
-        if self.tls is None:
-            grpc_port = self._grpc.add_insecure_port(address)
-        else:
-            grpc_port = self._grpc.add_secure_port(address, grpc_credentials(self.tls))
-        if grpc_port == 0:
-            raise OSError(f"cannot bind gRPC port {self.grpc_port} on {self.host}")
-        # The private ports (this replica's own health probes, 127.0.0.1) stay plain text.
-        private_grpc = self._grpc.add_insecure_port("127.0.0.1:0")
         shared = listening_socket(self.host, self.http_port, reuse_port=True)
         self._sockets = [shared]  # closed by stop(), even when the next bind fails
         private = listening_socket("127.0.0.1", 0, reuse_port=False)
@@ -212,7 +176,13 @@ class ReplicaServers:
         )
         self._uvicorn = _Uvicorn(uvicorn.Config(self.http_app, **options, **uvicorn_tls(self.tls)))
         self._private_uvicorn = _Uvicorn(uvicorn.Config(self.http_app, **options))
-        await self._grpc.start()
+        # The private ports (this replica's own health probes, 127.0.0.1) stay plain text.
+        try:
+            grpc_port, private_grpc = await self._grpc.start(
+                [GrpcPort(_grpc_address(self.host, self.grpc_port), self.tls), GrpcPort("127.0.0.1:0")]
+            )
+        except OSError as exc:
+            raise OSError(f"cannot bind gRPC port {self.grpc_port} on {self.host}: {exc}") from None
         await self._uvicorn.begin([shared])
         await self._private_uvicorn.begin([private])
         self.addresses = ServerAddresses(
@@ -333,6 +303,7 @@ def servers_for(service: LocalInferenceService, config: ServerConfig, live: Live
         grpc_max_concurrent_streams=config.grpc_max_concurrent_streams,
         protect_health=config.protect_health,
         admin=service.admin,
+        grpc_frontend=config.grpc_frontend,
     )
 
 
