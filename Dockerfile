@@ -18,10 +18,13 @@ FROM ${PYTHON_IMAGE} AS build
 ARG EXTRAS=onnx
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# g++ and grpc++'s headers: `pip install` builds the compiled gRPC front end (setup.py).
+RUN apt-get update && apt-get install -y --no-install-recommends g++ pkg-config libgrpc++-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 COPY protos ./protos
 # Wheels only: every dependency has them for both architectures (`make check-aarch64`).
@@ -29,6 +32,9 @@ RUN pip install --only-binary=:all: --extra-index-url "${TORCH_INDEX}" ".[${EXTR
 
 # ---- runtime: the venv on a slim Python, no build tools --------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# grpc++'s shared libraries, which the compiled gRPC front end links.
+RUN apt-get update && apt-get install -y --no-install-recommends libgrpc++1.51 \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin serving
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

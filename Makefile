@@ -12,9 +12,9 @@ METRICS_PORT ?= 8002
 # Where `make serve` logs the demo's predictions (docs/prediction-log.md).
 PREDICTION_LOG ?= prediction_log
 
-.PHONY: serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 check-image bench-footprint bench-modes bench-log lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: grpcpp frontend-check serve test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 check-image bench-footprint bench-modes bench-log lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml setup.py src/serving/protocol/_frontend.cpp | grpcpp
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -23,6 +23,17 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed
+
+# grpc++'s headers (Debian's libgrpc++-dev) for the compiled gRPC front end that `pip install`
+# builds (setup.py). Where they cannot be installed, the package still installs and serves gRPC
+# with grpc.aio; `make test` checks the front end was built (frontend-check).
+grpcpp:
+	@pkg-config --exists grpc++ 2>/dev/null || { \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    g++ pkg-config libgrpc++-dev; } || echo "no grpc++: the compiled gRPC front end will not be built (grpc.aio serves gRPC)"
+
+frontend-check: $(BIN)/.installed
+	$(PY) -c "from serving.protocol import _frontend; print('compiled gRPC front end: built, grpc++', _frontend.GRPC_VERSION)"
 
 $(DEMO_REPO)/.built: $(BIN)/.installed src/serving/demo.py $(wildcard src/serving/demo_models/*.py)
 	$(BIN)/serving demo-repo $(DEMO_REPO)
@@ -131,7 +142,7 @@ rules: prometheus
 docs: $(BIN)/.installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
-test: lint proto-check rules gpu-extra check-aarch64 docs unit integration
+test: lint proto-check frontend-check rules gpu-extra check-aarch64 docs unit integration
 
 # Load test a running server (defaults: the one `make serve` starts): a 60 s step load up to 16 users
 # (LOADTEST_ARGS changes it). Report in loadtest-report/.

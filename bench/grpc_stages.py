@@ -51,6 +51,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         ("serving/batching", "concurrent/futures", "threading.py", "call_soon_threadsafe"),
     ),
     ("service and routing", ("serving/service", "serving/registry", "serving/lifecycle", "serving/model_instance")),
+    ("compiled front end (take, dispatch, finish)", ("serving/protocol/grpc_frontends", "_frontend")),
     ("gRPC adapter (metadata, answer)", ("serving/protocol",)),
     ("grpc.aio (Cython glue)", ("grpc/_cython", "cygrpc", "_cygrpc")),
     ("grpc core (C++)", ("grpc_core", "grpc_", "gpr_", "tsi_", "absl")),
@@ -158,7 +159,9 @@ def py_spy(pid: int, out: Path, seconds: float, *flags: str) -> None:
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log, timeout=seconds + 60, check=False)
 
 
-def run(server: ServerProcess, data: Path, mode: str, concurrency: int, seconds: float, work: Path) -> str:
+def run(
+    server: ServerProcess, data: Path, mode: str, concurrency: int, seconds: float, work: Path, frontend: str
+) -> str:
     replica = next(p for p in server.descendants() if p.name().startswith("ray::ServeReplica"))
     assert server.proc is not None
     others = [p.pid for p in server.descendants() if p.pid != replica.pid] + [server.proc.pid]
@@ -172,7 +175,7 @@ def run(server: ServerProcess, data: Path, mode: str, concurrency: int, seconds:
     env = {**os.environ, "LD_LIBRARY_PATH": str(TOOLS / "lib")}
     client = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
     time.sleep(4)  # past perf_analyzer's warm-up
-    raw = work / f"pyspy-{mode}.txt"
+    raw = work / f"pyspy-{frontend}-{mode}.txt"
     # Window 1, nothing attached: the rate and the CPU per request, by process and by thread.
     t0, (n0, b0) = time.monotonic(), answered(server)
     threads0, rep0 = thread_times(replica.pid), process_cpu([replica.pid])
@@ -187,14 +190,15 @@ def run(server: ServerProcess, data: Path, mode: str, concurrency: int, seconds:
     py_spy(replica.pid, raw, seconds, "--nonblocking", "--rate", "250")
     # Window 3: py-spy --native (it pauses the process for each sample, so slower; only the
     # shares inside the event loop thread's C time are taken from it).
-    native = work / f"pyspy-native-{mode}.txt"
+    native = work / f"pyspy-native-{frontend}-{mode}.txt"
     py_spy(replica.pid, native, seconds, "--native", "--rate", "50")
     client.wait(120)
     n = max(n1 - n0, 1)
     per = 1e6 / n
     sampled = samples_by_thread(raw)
     lines = [
-        f"### gRPC, perf_analyzer {'--async' if mode == 'async' else 'sync'}, concurrency {concurrency}",
+        f"### `{frontend}` front end, perf_analyzer {'--async' if mode == 'async' else 'sync'}, "
+        f"concurrency {concurrency}",
         "",
         f"{n:,} requests in {t1 - t0:.1f} s = {n / (t1 - t0):,.0f} req/s, {n / max(b1 - b0, 1):.1f} rows per batch. "
         f"CPU per request: replica {(rep1 - rep0) * per:,.0f} us, perf_analyzer {(cli1 - cli0) * per:,.0f} us, "
@@ -211,7 +215,7 @@ def run(server: ServerProcess, data: Path, mode: str, concurrency: int, seconds:
         used.append((us, name))
         counts = sampled[tid][1] if tid in sampled else collections.Counter()
         if not counts:  # no Python here (or never busy when sampled): the thread is its stage
-            stage = "grpc core EventEngine threads" if "event_engine" in kernel_name else f"thread `{name}`"
+            stage = "grpc core threads" if _is_grpc_core(kernel_name) else f"thread `{name}`"
             by_stage[stage if us >= 1 else "threads under 1 us each"] += us
             continue
         total = sum(counts.values())
@@ -239,27 +243,37 @@ def run(server: ServerProcess, data: Path, mode: str, concurrency: int, seconds:
     return "\n".join(lines) + "\n"
 
 
+def _is_grpc_core(kernel_name: str) -> bool:
+    """grpc's own threads: grpc.aio's EventEngine, grpc++'s executor, timer and resolver threads."""
+    return any(part in kernel_name for part in ("event_engine", "grpc", "default-execu", "resolver", "timer"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--frontends", default="aio,compiled", help="grpc_frontend values to measure, in order (before, after)"
+    )
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
     work, repo, data = reference_setup("serving-stages-")
-    server = ServerProcess(repo, work / "serving.log")
-    server.start()
     sections = []
-    try:
-        for mode in ("sync", "async"):
-            section = run(server, data, mode, args.concurrency, args.seconds, work)
-            print(section, flush=True)
-            sections.append(section)
-    finally:
-        server.stop()
+    for frontend in args.frontends.split(","):
+        server = ServerProcess(repo, work / f"serving-{frontend}.log", env={"SERVING_GRPC_FRONTEND": frontend})
+        server.start()
+        try:
+            for mode in ("sync", "async"):
+                section = run(server, data, mode, args.concurrency, args.seconds, work, frontend)
+                print(section, flush=True)
+                sections.append(section)
+        finally:
+            server.stop()
     out = HERE / "results" / "grpc_stages.md"
     out.write_text(
         "# gRPC request cost by stage (bench/grpc_stages.py)\n\n"
-        f"{os.cpu_count()} cores; model {MODEL} ({FEATURES} inputs), default model.yaml; "
+        f"{os.cpu_count()} cores; model {MODEL} ({FEATURES} inputs), default model.yaml; gRPC front ends "
+        f"{args.frontends} (`grpc_frontend`), one after the other in one run; "
         f"{time.strftime('%Y-%m-%d')}.\n\n" + "\n".join(sections)
     )
     print(f"wrote {out}")

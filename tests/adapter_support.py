@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 
 from serving import codecs
 from serving.control.admin import OperatorCommands
-from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.grpc_frontends import FrontEndKind, GrpcFrontEnd, GrpcPort, front_end
+from serving.protocol.grpc_v2 import GrpcAdapter
 from serving.protocol.http import build_http_app
 from serving.service.api import InferenceService
 
@@ -30,13 +30,20 @@ async def http_client_for(svc: InferenceService) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
 
 
-async def start_grpc(svc: InferenceService) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
-    adapter = GrpcAdapter(svc, admin=operator_commands(svc))
-    add_inference_service(adapter, server)
-    add_health_service(adapter, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+UNBOUNDED_STREAMS = 2**31 - 1
+GRPC_FRONT_ENDS: tuple[FrontEndKind, ...] = ("compiled", "aio")
+"""Every gRPC adapter test runs over both front ends: the compiled one and grpc.aio, its fallback."""
+
+
+async def start_grpc(
+    svc: InferenceService, kind: FrontEndKind = "auto", adapter: GrpcAdapter | None = None
+) -> tuple[GrpcFrontEnd, str]:
+    """A gRPC front end serving ``adapter`` (default: an open one over ``svc``) on an ephemeral port,
+    with no bound on a connection's concurrent calls (grpc's default; the servers' own bound is
+    tested through ReplicaServers)."""
+    adapter = adapter or GrpcAdapter(svc, admin=operator_commands(svc))
+    server = front_end(kind, adapter, MAX_REQUEST_BYTES, UNBOUNDED_STREAMS)
+    (port,) = await server.start([GrpcPort("127.0.0.1:0")])
     return server, f"127.0.0.1:{port}"
 
 

@@ -1,5 +1,6 @@
 """Adapter tests: a real LocalInferenceService over tiny real models, reached through
-httpx's ASGI transport (HTTP) and a real grpc.aio server on an ephemeral port (gRPC)."""
+httpx's ASGI transport (HTTP) and a real gRPC server on an ephemeral port: each gRPC test runs
+over both front ends, the compiled one and grpc.aio."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import httpx
 import pytest
 
 from serving.protocol._pb import inference_pb2_grpc
+from serving.protocol.grpc_frontends import FrontEndKind
 from serving.service.local import LocalInferenceService
 
-from adapter_support import http_client_for, start_grpc
+from adapter_support import GRPC_FRONT_ENDS, http_client_for, start_grpc
 from models import build_test_repository
 
 
@@ -46,9 +48,15 @@ async def http(service: LocalInferenceService) -> AsyncIterator[httpx.AsyncClien
         yield client
 
 
+@pytest.fixture(params=GRPC_FRONT_ENDS)
+def grpc_front_end(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture
-async def grpc_target(service: LocalInferenceService) -> AsyncIterator[str]:
-    server, target = await start_grpc(service)
+async def grpc_target(service: LocalInferenceService, grpc_front_end: FrontEndKind) -> AsyncIterator[str]:
+    server, target = await start_grpc(service, grpc_front_end)
     yield target
     await server.stop(None)
 

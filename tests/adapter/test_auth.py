@@ -16,9 +16,12 @@ from serving import auth
 from serving.config.server import MAX_REQUEST_BYTES
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb import inference_pb2_grpc
-from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.grpc_frontends import FrontEndKind
+from serving.protocol.grpc_v2 import GrpcAdapter
 from serving.protocol.http import build_http_app
 from serving.service.local import LocalInferenceService
+
+from adapter_support import start_grpc
 
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
@@ -36,18 +39,13 @@ def keys(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 @pytest.fixture
 async def secured(
-    service: LocalInferenceService, keys: tuple[Path, dict[str, str]]
+    service: LocalInferenceService, keys: tuple[Path, dict[str, str]], grpc_front_end: FrontEndKind
 ) -> AsyncIterator[tuple[httpx.AsyncClient, inference_pb2_grpc.GRPCInferenceServiceStub]]:
     authenticator = auth.Authenticator(keys[0])
     app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator, admin=service.admin)
-    server = grpc.aio.server()
-    adapter = GrpcAdapter(service, authenticator, admin=service.admin)
-    add_inference_service(adapter, server)
-    add_health_service(adapter, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, target = await start_grpc(service, grpc_front_end, GrpcAdapter(service, authenticator, admin=service.admin))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(target) as channel:
             yield http, inference_pb2_grpc.GRPCInferenceServiceStub(channel)
     await server.stop(None)
 
@@ -157,17 +155,13 @@ async def test_lifecycle_operations_need_an_admin_key(
 
 
 async def test_health_can_require_a_key_and_the_replicas_own_probe_token_passes(
-    service: LocalInferenceService, keys: tuple[Path, dict[str, str]]
+    service: LocalInferenceService, keys: tuple[Path, dict[str, str]], grpc_front_end: FrontEndKind
 ) -> None:
     authenticator = auth.Authenticator(keys[0])
     app = build_http_app(service, max_request_bytes=MAX_REQUEST_BYTES, auth=authenticator, admin=service.admin)
     app.protect_health, app.probe_token = True, "probe-secret"
-    server = grpc.aio.server()
     adapter = GrpcAdapter(service, authenticator, protect_health=True, probe_token="probe-secret")
-    add_inference_service(adapter, server)
-    add_health_service(adapter, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, target = await start_grpc(service, grpc_front_end, adapter)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
             for path in ("/v2/health/live", "/v2/health/ready"):
@@ -175,7 +169,7 @@ async def test_health_can_require_a_key_and_the_replicas_own_probe_token_passes(
                 assert (await http.get(path, headers=bearer(keys[1]["add-only"]))).status_code == 200
                 assert (await http.get(path, headers=bearer("probe-secret"))).status_code == 200
                 assert (await http.get(path, headers=bearer("probe-secre"))).status_code == 401
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(target) as channel:
             stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
             assert await grpc_code(stub.ServerLive(pb.ServerLiveRequest())) == grpc.StatusCode.UNAUTHENTICATED
             token = (("authorization", "Bearer probe-secret"),)

@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 
 from serving.config.server import MAX_REQUEST_BYTES
 from serving.protocol._pb import inference_pb2 as pb
-from serving.protocol.grpc_v2 import GrpcAdapter, add_health_service, add_inference_service
+from serving.protocol.grpc_frontends import GrpcFrontEnd
 from serving.protocol.http import build_http_app
 from serving.service.local import LocalInferenceService
 
+from adapter_support import start_grpc
 from models import add_model, identity_model
 
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -137,7 +138,7 @@ def near_valid(draw: st.DrawFn) -> dict[str, Any]:
 
 
 class Harness:
-    """One event loop for every example: the service, its ASGI app and a grpc.aio server on it."""
+    """One event loop for every example: the service, its ASGI app and a gRPC server (the compiled front end) on it."""
 
     def __init__(self, repository: Path) -> None:
         self.loop = asyncio.new_event_loop()
@@ -146,14 +147,9 @@ class Harness:
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://fuzz")
         self.server, self.channel = self.run(self._start_grpc())
 
-    async def _start_grpc(self) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
-        server = grpc.aio.server()
-        adapter = GrpcAdapter(self.service, admin=self.service.admin)
-        add_inference_service(adapter, server)
-        add_health_service(adapter, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async def _start_grpc(self) -> tuple[GrpcFrontEnd, grpc.aio.Channel]:
+        server, target = await start_grpc(self.service)
+        return server, grpc.aio.insecure_channel(target)
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(coro, ANSWER_TIMEOUT_S))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving import codecs
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
+from serving.protocol.grpc_frontends import FrontEndKind
 from serving.service.local import LocalInferenceService
 
 from adapter_support import identity_values, start_grpc
@@ -151,13 +153,13 @@ async def test_malformed_protobuf_is_invalid_argument(grpc_target: str, stub: GR
     assert (await stub.ModelInfer(infer_req())).outputs[0].name == "y"
 
 
-async def test_calls_cancelled_mid_flight_leave_nothing_in_flight(tmp_path: Path) -> None:
+async def test_calls_cancelled_mid_flight_leave_nothing_in_flight(tmp_path: Path, grpc_front_end: FrontEndKind) -> None:
     """Clients that cancel calls the server is working on cancel its handlers
     (asyncio.CancelledError, not an Exception): each call must still leave the in-flight count
     the autoscaler reads, and the count must return to 0."""
     spin_model(tmp_path, max_batch_size=1)
     service = LocalInferenceService.from_repository(tmp_path)
-    server, target = await start_grpc(service)
+    server, target = await start_grpc(service, grpc_front_end)
     try:
         request = pb.ModelInferRequest(model_name="spin")
         request.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend([0.0] * 4)
@@ -175,7 +177,7 @@ async def test_calls_cancelled_mid_flight_leave_nothing_in_flight(tmp_path: Path
                 for call in calls:
                     call.cancel()
                 ends = await asyncio.gather(*(_code_of(c) for c in calls))
-                assert ends.count("cancelled") > 100
+                assert ends.count("cancelled") > 100, collections.Counter(ends)
                 for _ in range(500):  # the server hears of each cancellation shortly after the client
                     if service.in_flight_and_queued()[0] == 0:
                         break
