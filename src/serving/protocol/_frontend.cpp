@@ -216,6 +216,9 @@ class Frontend {
       grpc::Slice slice(data, static_cast<size_t>(size));
       message.emplace(&slice, 1);
     }
+    // grpc++ may write the answer to the socket on this thread: without the GIL, so that the
+    // model's thread and the event loop go on meanwhile.
+    py::gil_scoped_release unlocked;
     call->Answer(grpc::Status(static_cast<grpc::StatusCode>(code), details), std::move(message), trailing);
     return true;
   }
