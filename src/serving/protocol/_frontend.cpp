@@ -84,6 +84,7 @@ class Service final : public grpc::CallbackGenericService {
 };
 
 constexpr int METADATA_SLACK = 64;
+constexpr size_t RELEASE_GIL_ABOVE = 64 * 1024;
 
 // Metadata size as HTTP/2 counts it (RFC 7540 6.5.2): name + value + 32 per entry.
 size_t metadata_bytes(const grpc::GenericCallbackServerContext* context) {
@@ -113,7 +114,7 @@ class Frontend {
     if (server_) {
       std::vector<Call*> held;
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        std::lock_guard<std::recursive_mutex> lock(mu_);
         for (auto& [id, call] : held_) held.push_back(call);
         held_.clear();
         arrived_.clear();
@@ -161,7 +162,7 @@ class Frontend {
     std::vector<Call*> calls;
     std::vector<uint64_t> cancelled;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<std::recursive_mutex> lock(mu_);
       uint64_t count;
       (void)!read(wake_fd_, &count, sizeof count);
       calls.swap(arrived_);
@@ -202,7 +203,7 @@ class Frontend {
               const std::vector<std::pair<std::string, std::string>>& trailing) {
     Call* call;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      std::lock_guard<std::recursive_mutex> lock(mu_);
       auto found = held_.find(id);
       if (found == held_.end()) return false;
       call = found->second;
@@ -216,17 +217,32 @@ class Frontend {
       grpc::Slice slice(data, static_cast<size_t>(size));
       message.emplace(&slice, 1);
     }
-    // grpc++ may write the answer to the socket on this thread: without the GIL, so that the
-    // model's thread and the event loop go on meanwhile.
-    py::gil_scoped_release unlocked;
-    call->Answer(grpc::Status(static_cast<grpc::StatusCode>(code), details), std::move(message), trailing);
+    grpc::Status status(static_cast<grpc::StatusCode>(code), details);
+    if (message.has_value() && message->Length() > RELEASE_GIL_ABOVE) {
+      // grpc++ may write the answer to the socket on this thread: a large one without the GIL, so
+      // that the model's thread goes on meanwhile (a small one is not worth the GIL's hand-off).
+      py::gil_scoped_release unlocked;
+      call->Answer(status, std::move(message), trailing);
+    } else {
+      call->Answer(status, std::move(message), trailing);
+    }
     return true;
   }
 
   // Cancel every call still open (those whose request has not arrived included): the end of a drain.
   void cancel_all() {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [id, call] : live_) call->context()->TryCancel();
+    std::vector<uint64_t> ids;
+    {
+      std::lock_guard<std::recursive_mutex> lock(mu_);
+      for (const auto& [id, call] : live_) ids.push_back(id);
+    }
+    // One at a time, looked up again: a cancellation may end a call (OnCancel, OnDone) before
+    // TryCancel returns, on this thread (hence the recursive mutex) or another.
+    for (uint64_t id : ids) {
+      std::lock_guard<std::recursive_mutex> lock(mu_);
+      auto found = live_.find(id);
+      if (found != live_.end()) found->second->context()->TryCancel();
+    }
   }
 
   // Stop accepting; calls still open at the deadline are cancelled. Blocks (without the GIL)
@@ -240,34 +256,34 @@ class Frontend {
   }
 
   size_t open_calls() {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::recursive_mutex> lock(mu_);
     return live_.size();
   }
 
   // ---- called on grpc's threads ----
   Call* created(grpc::GenericCallbackServerContext* context) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::recursive_mutex> lock(mu_);
     auto* call = new Call(this, context, ++last_id_);
     live_.emplace(call->id(), call);
     return call;
   }
 
   void arrived(Call* call) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::recursive_mutex> lock(mu_);
     held_.emplace(call->id(), call);
     wake(arrived_.empty() && cancelled_.empty());
     arrived_.push_back(call);
   }
 
   void cancelled(Call* call) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::recursive_mutex> lock(mu_);
     if (held_.count(call->id()) == 0) return;  // not Python's (yet, or any more)
     wake(arrived_.empty() && cancelled_.empty());
     cancelled_.push_back(call->id());
   }
 
   void done(Call* call) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::recursive_mutex> lock(mu_);
     live_.erase(call->id());
   }
 
@@ -307,7 +323,7 @@ class Frontend {
   Service service_;
   std::unique_ptr<grpc::Server> server_;
   int max_message_bytes_, max_concurrent_streams_, max_metadata_bytes_;
-  std::mutex mu_;
+  std::recursive_mutex mu_;
   uint64_t last_id_ = 0;
   std::unordered_map<uint64_t, Call*> live_;  // every call not yet done
   std::unordered_map<uint64_t, Call*> held_;  // calls whose answer is Python's to give
