@@ -89,6 +89,9 @@ def _print_ready(settings: ServerSettings, seconds: float) -> None:
         _banner(settings.host, settings.http_port, settings.grpc_port, settings.metrics_port, settings.tls is not None),
         flush=True,
     )
+    from serving.protocol.grpc_frontends import chosen
+
+    print(f"gRPC front end: {chosen(settings.grpc_frontend)}", flush=True)
     if settings.api_keys is None:
         print(f"access: OPEN, no API keys (bound to {settings.host}); --api-keys FILE to require keys", flush=True)
     else:
@@ -96,10 +99,16 @@ def _print_ready(settings: ServerSettings, seconds: float) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from serving.protocol.grpc_frontends import chosen  # grpc: only the commands that serve import it
+
     try:
         settings = _load_serve_settings(args)
+        chosen(settings.grpc_frontend)
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # grpc_frontend: compiled, not built
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if settings.standalone:
         return _serve_standalone(_serve_source(args), settings)

@@ -15,7 +15,7 @@ import pytest
 from serving import codecs
 from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
-from serving.protocol.grpc_frontends import FrontEndKind, GrpcFrontEnd
+from serving.protocol.grpc_frontends import FrontEndKind, GrpcFrontEnd, chosen, compiled_available
 from serving.service.local import LocalInferenceService
 
 from adapter_support import start_grpc
@@ -132,3 +132,10 @@ async def test_a_stop_with_no_grace_cancels_open_calls(
             await held
         assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert await settled(service) == (0, 0)
+
+
+def test_auto_serves_with_the_compiled_front_end_where_it_is_built() -> None:
+    """`make` builds the extension (make frontend-check fails the run otherwise): `auto` takes it."""
+    assert compiled_available() is None
+    assert chosen("auto").startswith("compiled (grpc++ ")
+    assert chosen("aio").startswith("grpc.aio")

@@ -59,4 +59,25 @@ ANSWER=$(curl -sf -X POST -H "Authorization: Bearer $KEY" -H 'Content-Type: appl
 echo "$ANSWER" | grep -q '"name":"label"' || { echo "no answer: $ANSWER"; tail -20 "$WORK/run.log"; exit 1; }
 CODE=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d "$BODY" "127.0.0.1:$PORT/v2/models/digits/infer")
 [ "$CODE" = 401 ] || { echo "without a key: $CODE, expected 401"; exit 1; }
+# gRPC through the image's compiled front end (built by the Dockerfile's pip install against grpc++).
+env -i $ENV /usr/sbin/chroot --userspec="$USER_:$USER_" "$MNT" python -c \
+  "from serving.protocol import _frontend; print('compiled gRPC front end in the image, grpc++', _frontend.GRPC_VERSION)"
+"$ROOT/.venv/bin/python" - "$((PORT + 1))" "$KEY" <<'PY'
+import sys
+
+import grpc
+
+from serving.protocol._pb import inference_pb2 as pb
+from serving.protocol._pb.inference_pb2_grpc import GRPCInferenceServiceStub
+
+port, key = sys.argv[1], sys.argv[2]
+stub = GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+assert stub.ModelReady(pb.ModelReadyRequest(name="digits"), metadata=(("authorization", f"Bearer {key}"),), timeout=10).ready
+try:
+    stub.ModelReady(pb.ModelReadyRequest(name="digits"), timeout=10)
+    raise SystemExit("gRPC without a key answered")
+except grpc.RpcError as exc:
+    assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc
+print("gRPC: ModelReady with the key, UNAUTHENTICATED without")
+PY
 echo "the image serves: ready, an answer with the key, 401 without ($(grep -o 'started in [0-9.]*s' "$WORK/run.log"))"

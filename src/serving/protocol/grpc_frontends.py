@@ -64,6 +64,23 @@ def compiled_available() -> str | None:
     return None
 
 
+def chosen(kind: FrontEndKind) -> str:
+    """Which front end ``kind`` serves with here, in words (the startup banner's line).
+
+    Raises:
+        RuntimeError: ``compiled`` asked for where the extension is not built.
+    """
+    missing = compiled_available()
+    if kind == "aio":
+        return "grpc.aio (grpc_frontend: aio)"
+    if missing is None:
+        frontend = importlib.import_module("serving.protocol._frontend")
+        return f"compiled (grpc++ {frontend.GRPC_VERSION})"
+    if kind == "compiled":
+        raise RuntimeError(f"grpc_frontend: compiled, but the extension is not built ({missing}): run `make`")
+    return f"grpc.aio (the compiled front end is not built: {missing})"
+
+
 def front_end(
     kind: FrontEndKind, adapter: GrpcAdapter, max_message_bytes: int, max_concurrent_streams: int
 ) -> GrpcFrontEnd:
