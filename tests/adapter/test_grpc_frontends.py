@@ -40,6 +40,14 @@ async def spin_server(
         await service.close()
 
 
+@pytest.fixture
+async def stub(
+    spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str],
+) -> AsyncIterator[GRPCInferenceServiceStub]:
+    async with grpc.aio.insecure_channel(spin_server[2]) as channel:
+        yield GRPCInferenceServiceStub(channel)
+
+
 def spin_request(spins: int, request_id: str = "") -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="spin", id=request_id)
     request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
@@ -59,15 +67,11 @@ async def settled(service: LocalInferenceService) -> tuple[int, int]:
 
 
 async def test_many_calls_at_once_each_get_their_own_answer(
-    spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str],
+    spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str], stub: GRPCInferenceServiceStub
 ) -> None:
-    service, _, target = spin_server
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = GRPCInferenceServiceStub(channel)
-        ids = [f"call-{'x' * (n % 7)}-{n}" for n in range(300)]
-        answers = await asyncio.gather(
-            *(stub.ModelInfer(spin_request(n % 5, i), timeout=30) for n, i in enumerate(ids))
-        )
+    service = spin_server[0]
+    ids = [f"call-{'x' * (n % 7)}-{n}" for n in range(300)]
+    answers = await asyncio.gather(*(stub.ModelInfer(spin_request(n % 5, i), timeout=30) for n, i in enumerate(ids)))
     for n, (request_id, answer) in enumerate(zip(ids, answers, strict=True)):
         assert answer.id == request_id
         y = np.frombuffer(answer.raw_output_contents[0], np.float32)
@@ -76,16 +80,13 @@ async def test_many_calls_at_once_each_get_their_own_answer(
 
 
 async def test_a_deadline_stops_the_handler_and_the_server_serves_on(
-    spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str],
+    spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str], stub: GRPCInferenceServiceStub
 ) -> None:
-    service, _, target = spin_server
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = GRPCInferenceServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as late:
-            await stub.ModelInfer(spin_request(5 * SPIN_SECOND), timeout=0.3)
-        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert await settled(service) == (0, 0)
-        assert (await stub.ModelInfer(spin_request(1, "after"), timeout=30)).id == "after"
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await stub.ModelInfer(spin_request(SPIN_SECOND), timeout=0.3)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await settled(spin_server[0]) == (0, 0)
+    assert (await stub.ModelInfer(spin_request(1, "after"), timeout=30)).id == "after"
 
 
 async def test_an_unknown_method_is_unimplemented(spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str]) -> None:
@@ -119,18 +120,16 @@ async def test_a_stop_lets_open_calls_finish_and_refuses_new_ones(
 
 
 async def test_a_stop_with_no_grace_cancels_open_calls(
-    spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str],
+    spin_server: tuple[LocalInferenceService, GrpcFrontEnd, str], stub: GRPCInferenceServiceStub
 ) -> None:
-    service, server, target = spin_server
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = GRPCInferenceServiceStub(channel)
-        held = stub.ModelInfer(spin_request(3 * SPIN_SECOND, "held"), timeout=60)
-        while service.in_flight_and_queued()[0] == 0:
-            await asyncio.sleep(0.005)
-        await asyncio.wait_for(server.stop(None), 20)
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await held
-        assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    service, server, _ = spin_server
+    held = stub.ModelInfer(spin_request(3 * SPIN_SECOND, "held"), timeout=60)
+    while service.in_flight_and_queued()[0] == 0:
+        await asyncio.sleep(0.005)
+    await asyncio.wait_for(server.stop(None), 20)
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await held
+    assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert await settled(service) == (0, 0)
 
 
