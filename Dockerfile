@@ -29,6 +29,8 @@ COPY src ./src
 COPY protos ./protos
 # Wheels only: every dependency has them for both architectures (`make check-aarch64`).
 RUN pip install --only-binary=:all: --extra-index-url "${TORCH_INDEX}" ".[${EXTRAS}]"
+# The compiled gRPC front end must have been built (setup.py falls back to grpc.aio silently).
+RUN python -c "from serving.protocol import _frontend"
 
 # ---- runtime: the venv on a slim Python, no build tools --------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -2,7 +2,8 @@
 # `make check-image`: the CPU image (Dockerfile) built and served, on a machine with no Docker daemon
 # and no container registry (only Debian's and PyPI's mirrors). Needs root.
 #  1. A local stand-in for python:3.11-slim-bookworm: Debian bookworm (debootstrap) with Debian's
-#     python3.11, and this machine's CA bundle (its network may re-sign TLS).
+#     python3.11 and its headers (the official image ships Python.h, which the compiled gRPC front
+#     end builds against), and this machine's CA bundle (its network may re-sign TLS).
 #  2. `podman build` of the Dockerfile unchanged, with PYTHON_IMAGE pointing at that base
 #     (TORCH_INDEX at PyPI: download.pytorch.org is not reachable here; EXTRAS=onnx needs no torch).
 #  3. The image's root filesystem run with its ENTRYPOINT and CMD, as its user, under chroot:
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 WORK=${WORK:-/tmp/serving-image-check}
-BASE=localhost/python:3.11-bookworm-local
+BASE=localhost/python:3.11-bookworm-local-headers
 PODMAN=(podman --storage-driver=vfs)
 PORT=${PORT:-28000}
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2"; }; }
@@ -22,7 +23,7 @@ if ! "${PODMAN[@]}" image exists "$BASE"; then
   rm -rf "$WORK/rootfs"
   debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
   chroot "$WORK/rootfs" bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    --no-install-recommends python3.11 python3.11-venv python-is-python3 ca-certificates" >"$WORK/base.log"
+    --no-install-recommends python3.11 python3.11-venv python3.11-dev python-is-python3 ca-certificates" >"$WORK/base.log"
   cp /etc/ssl/certs/ca-certificates.crt "$WORK/rootfs/etc/ssl/certs/ca-certificates.crt"
   rm -rf "$WORK/rootfs/var/lib/apt/lists/"*
   tar -C "$WORK/rootfs" -c . | "${PODMAN[@]}" import --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" - "$BASE"
