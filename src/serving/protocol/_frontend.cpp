@@ -294,17 +294,19 @@ class Frontend {
     (void)!write(wake_fd_, &one, sizeof one);
   }
 
+  // The request message as one bytes object (one copy of grpc's slices). A buffer that cannot be
+  // read gives empty bytes, which the adapter answers as a malformed or empty request.
   static py::bytes request_bytes(grpc::ByteBuffer& buffer) {
-    size_t length = buffer.Length();
+    std::vector<grpc::Slice> slices;
+    if (!buffer.Dump(&slices).ok()) return py::bytes();
+    size_t length = 0;
+    for (const grpc::Slice& slice : slices) length += slice.size();
     PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(length));
     if (bytes == nullptr) throw py::error_already_set();
     char* out = PyBytes_AS_STRING(bytes);
-    std::vector<grpc::Slice> slices;
-    if (buffer.Dump(&slices).ok()) {
-      for (const grpc::Slice& slice : slices) {
-        std::memcpy(out, slice.begin(), slice.size());
-        out += slice.size();
-      }
+    for (const grpc::Slice& slice : slices) {
+      std::memcpy(out, slice.begin(), slice.size());
+      out += slice.size();
     }
     return py::reinterpret_steal<py::bytes>(bytes);
   }

@@ -241,7 +241,12 @@ class CompiledFrontEnd:
                 self._native.finish(call, grpc.StatusCode.UNIMPLEMENTED.value[0], f"unknown method {path}", None, [])
                 continue
             context = CallContext(metadata, None if remaining is None else now + remaining, peer)
-            task: asyncio.Task[Any] = self._loop.create_task(method.handler(method.deserialize(payload), context))
+            try:
+                task: asyncio.Task[Any] = self._loop.create_task(method.handler(method.deserialize(payload), context))
+            except Exception as exc:  # every call taken is answered, even when it cannot start
+                log.error("gRPC call %s could not start", path, exc_info=exc)
+                self._native.finish(call, grpc.StatusCode.INTERNAL.value[0], "the call could not start", None, [])
+                continue
             self._tasks[call] = task
             task.add_done_callback(functools.partial(self._finish, call, context, method))
         for call in cancelled:
