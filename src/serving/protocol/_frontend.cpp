@@ -20,6 +20,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <future>
+#include <thread>
 #include <string_view>
 #include <tuple>
 #include <cstdint>
@@ -121,7 +123,11 @@ class Frontend {
       }
       for (Call* call : held) call->Answer(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server stopped"), {}, {});
       py::gil_scoped_release unlocked;
-      server_->Shutdown(std::chrono::system_clock::now());
+      if (stopper_.joinable()) {
+        stopper_.join();
+      } else {
+        server_->Shutdown(std::chrono::system_clock::now());
+      }
       server_.reset();
     }
     close(wake_fd_);
@@ -245,14 +251,30 @@ class Frontend {
     }
   }
 
-  // Stop accepting; calls still open at the deadline are cancelled. Blocks (without the GIL)
-  // until every call is done, so Python must keep finishing the calls it holds meanwhile.
-  void shutdown(double grace_s) {
-    if (!server_) return;
-    py::gil_scoped_release unlocked;
+  // Stop accepting; calls still open after grace_s are cancelled. grpc++'s Shutdown blocks until
+  // every call is done, so it runs on a thread of its own, started here and now: this returns once
+  // that thread is about to call it, so that grpc's GOAWAYs go out ahead of the answers Python
+  // writes from here on. (Left to a pool thread that may be busy, answers written in between let
+  // a client send its next call to a server whose shutdown then fails it: CANCELLED.)
+  void begin_shutdown(double grace_s) {
+    if (!server_ || stopper_.joinable()) return;
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(grace_s));
-    server_->Shutdown(deadline);
+    std::promise<void> starting;
+    std::future<void> started = starting.get_future();
+    stopper_ = std::thread([this, deadline, starting = std::move(starting)]() mutable {
+      starting.set_value();
+      server_->Shutdown(deadline);
+    });
+    py::gil_scoped_release unlocked;
+    started.wait();
+  }
+
+  // Waits (without the GIL) until the shutdown begun above is over: every call done. Python must
+  // keep finishing the calls it holds meanwhile.
+  void wait_shutdown() {
+    py::gil_scoped_release unlocked;
+    if (stopper_.joinable()) stopper_.join();
   }
 
   size_t open_calls() {
@@ -324,6 +346,7 @@ class Frontend {
   int wake_fd_;
   Service service_;
   std::unique_ptr<grpc::Server> server_;
+  std::thread stopper_;  // runs grpc++'s blocking Shutdown (begin_shutdown)
   int max_message_bytes_, max_concurrent_streams_, max_metadata_bytes_;
   std::recursive_mutex mu_;
   uint64_t last_id_ = 0;
@@ -370,7 +393,8 @@ PYBIND11_MODULE(_frontend, m) {
       .def("finish", &Frontend::finish, py::arg("call"), py::arg("code"), py::arg("details"), py::arg("response"),
            py::arg("trailing"))
       .def("cancel_all", &Frontend::cancel_all)
-      .def("shutdown", &Frontend::shutdown, py::arg("grace_s"))
+      .def("begin_shutdown", &Frontend::begin_shutdown, py::arg("grace_s"))
+      .def("wait_shutdown", &Frontend::wait_shutdown)
       .def("open_calls", &Frontend::open_calls);
   m.attr("GRPC_VERSION") = grpc::Version();
 }

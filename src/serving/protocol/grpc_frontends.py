@@ -224,7 +224,8 @@ class CompiledFrontEnd:
         except RuntimeError as exc:
             raise OSError(f"cannot bind gRPC ports {[p.address for p in ports]}: {exc}") from None
         if 0 in bound:
-            await asyncio.to_thread(self._native.shutdown, 0.0)
+            self._native.begin_shutdown(0.0)
+            await asyncio.to_thread(self._native.wait_shutdown)
             raise OSError(f"cannot bind gRPC port {ports[bound.index(0)].address}")
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._native.fileno(), self._take)
@@ -277,7 +278,8 @@ class CompiledFrontEnd:
         if self._loop is None:
             return
         if self._shutdown is None:
-            self._shutdown = asyncio.ensure_future(asyncio.to_thread(self._native.shutdown, grace or 0.0))
+            self._native.begin_shutdown(grace or 0.0)  # GOAWAY now, ahead of any answer written after
+            self._shutdown = asyncio.ensure_future(asyncio.to_thread(self._native.wait_shutdown))
             self._shutdown.add_done_callback(self._stopped)
         if grace is None:
             self._native.cancel_all()
