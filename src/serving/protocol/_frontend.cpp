@@ -48,7 +48,6 @@ class Call final : public grpc::ServerGenericBidiReactor {
   }
 
   void OnReadDone(bool ok) override;
-  void Refuse(grpc::StatusCode code, const std::string& why) { Finish(grpc::Status(code, why)); }
   void OnCancel() override;
   void OnDone() override;
 
@@ -277,11 +276,6 @@ class Frontend {
     if (stopper_.joinable()) stopper_.join();
   }
 
-  size_t open_calls() {
-    std::lock_guard<std::recursive_mutex> lock(mu_);
-    return live_.size();
-  }
-
   // ---- called on grpc's threads ----
   Call* created(grpc::GenericCallbackServerContext* context) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -363,9 +357,9 @@ grpc::ServerGenericBidiReactor* Service::CreateReactor(grpc::GenericCallbackServ
 void Call::OnReadDone(bool ok) {
   size_t metadata = ok ? metadata_bytes(context_) : 0;
   if (metadata > frontend_->max_metadata_bytes()) {
-    Refuse(grpc::StatusCode::RESOURCE_EXHAUSTED, "request metadata of " + std::to_string(metadata) +
+    Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "request metadata of " + std::to_string(metadata) +
                                                      " bytes exceeds the limit of " +
-                                                     std::to_string(frontend_->max_metadata_bytes()));
+                                                         std::to_string(frontend_->max_metadata_bytes())));
   } else if (ok) {
     frontend_->arrived(this);
   } else {  // no request message: the client went away, or sent none
@@ -394,7 +388,6 @@ PYBIND11_MODULE(_frontend, m) {
            py::arg("trailing"))
       .def("cancel_all", &Frontend::cancel_all)
       .def("begin_shutdown", &Frontend::begin_shutdown, py::arg("grace_s"))
-      .def("wait_shutdown", &Frontend::wait_shutdown)
-      .def("open_calls", &Frontend::open_calls);
+      .def("wait_shutdown", &Frontend::wait_shutdown);
   m.attr("GRPC_VERSION") = grpc::Version();
 }

@@ -64,21 +64,32 @@ def compiled_available() -> str | None:
     return None
 
 
+def _compiled(kind: FrontEndKind) -> tuple[bool, str]:
+    """Whether ``kind`` serves with the compiled front end here, and why not when it does not.
+
+    Raises:
+        RuntimeError: ``compiled`` asked for where the extension is not built.
+    """
+    if kind == "aio":
+        return False, "grpc_frontend: aio"
+    missing = compiled_available()
+    if missing is None:
+        return True, ""
+    if kind == "compiled":
+        raise RuntimeError(f"grpc_frontend: compiled, but the extension is not built ({missing}): run `make`")
+    return False, f"the compiled front end is not built: {missing}"
+
+
 def chosen(kind: FrontEndKind) -> str:
     """Which front end ``kind`` serves with here, in words (the startup banner's line).
 
     Raises:
         RuntimeError: ``compiled`` asked for where the extension is not built.
     """
-    missing = compiled_available()
-    if kind == "aio":
-        return "grpc.aio (grpc_frontend: aio)"
-    if missing is None:
-        frontend = importlib.import_module("serving.protocol._frontend")
-        return f"compiled (grpc++ {frontend.GRPC_VERSION})"
-    if kind == "compiled":
-        raise RuntimeError(f"grpc_frontend: compiled, but the extension is not built ({missing}): run `make`")
-    return f"grpc.aio (the compiled front end is not built: {missing})"
+    compiled, why_not = _compiled(kind)
+    if compiled:
+        return f"compiled (grpc++ {importlib.import_module('serving.protocol._frontend').GRPC_VERSION})"
+    return f"grpc.aio ({why_not})"
 
 
 def front_end(
@@ -89,13 +100,11 @@ def front_end(
     Raises:
         RuntimeError: ``compiled`` asked for where the extension is not built.
     """
-    if kind != "aio":
-        missing = compiled_available()
-        if missing is None:
-            return CompiledFrontEnd(adapter, max_message_bytes, max_concurrent_streams)
-        if kind == "compiled":
-            raise RuntimeError(f"grpc_frontend: compiled, but the extension is not built ({missing}): run `make`")
-        log.info("the compiled gRPC front end is not built (%s): serving gRPC with grpc.aio", missing)
+    compiled, why_not = _compiled(kind)
+    if compiled:
+        return CompiledFrontEnd(adapter, max_message_bytes, max_concurrent_streams)
+    if kind == "auto":
+        log.info("serving gRPC with grpc.aio (%s)", why_not)
     return AioFrontEnd(adapter, max_message_bytes, max_concurrent_streams)
 
 

@@ -212,29 +212,6 @@ def rpc_methods(servicer: Any) -> dict[str, Method]:
     return methods
 
 
-def _add_methods(server: Any, service: str, methods: dict[str, Method]) -> None:
-    prefix = f"/{service}/"
-    handlers = {
-        path.removeprefix(prefix): grpc.unary_unary_rpc_method_handler(
-            m.handler, request_deserializer=m.deserialize, response_serializer=m.serialize
-        )
-        for path, m in methods.items()
-        if path.startswith(prefix)
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
-
-
-def add_inference_service(servicer: Any, server: Any) -> None:
-    """Register ``inference.GRPCInferenceService`` on a grpc server (Ray Serve's too), with
-    the tolerant parsing of :func:`rpc_methods`."""
-    _add_methods(server, SERVICE_NAME, rpc_methods(servicer))
-
-
-def add_health_service(servicer: Any, server: Any) -> None:
-    """Register ``grpc.health.v1.Health/Check`` with the same tolerant parsing."""
-    _add_methods(server, HEALTH_SERVICE_NAME, rpc_methods(servicer))
-
-
 def _request_id(metadata: dict[str, str]) -> str:
     return client_request_id(metadata.get("x-request-id"))
 
