@@ -5,6 +5,13 @@ every request's outputs only (where the cost is). perf_analyzer sends batch-1 re
 (sync and --async) and HTTP at concurrency 16 to each, back to back, the order rotated every
 round, so a VM whose speed drifts moves all alike. Writes bench/results/prediction_log.md, with
 the noise (the same server, round to round).
+
+perf_analyzer's multi-second windows cannot resolve 3 % on a VM whose speed drifts by a quarter
+within minutes, so the verdict comes from paired 1 s windows (`bench/paired.py`): one gRPC client
+alternates between the server without a log and the one logging (A B, B A, ...), the median of
+the pairs' ratios with a bootstrap interval, the same method run on the unlogged server against
+itself for its own spread, and each server's CPU per call in those windows, which the client's
+own cost does not dilute.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from modes import PROTOCOLS, one  # noqa: E402
-from online import MODEL, reference_setup  # noqa: E402
+from online import FEATURES, MODEL, reference_setup  # noqa: E402
+from paired import PairedResult, compare, infer_request  # noqa: E402
 
 from server_process import ServerProcess, mode_args  # noqa: E402
 
@@ -95,7 +103,8 @@ def in_process(repo: Path, work: Path, rounds: int = 6, requests: int = 3000) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="perf_analyzer rounds (0: only the paired windows)")
+    parser.add_argument("--pairs", type=int, default=40, help="paired 1 s gRPC windows per comparison")
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
     work, repo, data = reference_setup("serving-log-cost-")
@@ -115,10 +124,15 @@ def main() -> None:
                     rates[name][label].append(one(servers[name], label, args.concurrency, data))
                 shown = "  ".join(f"{n} {rates[n][label][-1]:7,.0f}" for n in names)
                 print(f"[round {round_ + 1}] {label:10s} c={args.concurrency}: {shown} infer/s", flush=True)
+        paired = paired_windows(servers, args.pairs, args.concurrency)
+        print(paired, flush=True)
         logged = sum(f.stat().st_size for f in work.glob("log-2/**/*.parquet"))
     finally:
         for server in servers.values():
             server.stop()
+    if not args.rounds:
+        write(f"Reference MLP 784->1024->1024->10 FP32, standalone servers, batch-1 requests.\n\n{paired}\n")
+        return
     inproc = in_process(repo, work)
     print(inproc, flush=True)
     mean = {n: {p: sum(v) / len(v) for p, v in by.items()} for n, by in rates.items()}
@@ -139,13 +153,61 @@ def main() -> None:
         f"{logged / 1e6:,.1f} MB of Parquet (zstd, level 1: the default)."
     )
     print("\n" + text)
-    (HERE / "results" / "prediction_log.md").write_text(
-        f"# The prediction log's cost ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
+    write(
         "Reference MLP 784->1024->1024->10 FP32, standalone servers (the data plane of Ray mode), perf_analyzer "
         f"batch-1 requests at concurrency {args.concurrency}; the four servers running at once, each row measured "
         f"on the four back to back ({args.rounds} rounds, order rotated); the mean of the rounds.\n\n{text}\n\n"
         "In process (`LocalInferenceService.infer`, 16 requests at a time, the settings interleaved): the log's "
-        f"own cost without the transport's noise.\n\n{inproc}\n"
+        f"own cost without the transport's noise.\n\n{inproc}\n\n{paired}\n"
+    )
+
+
+def write(body: str) -> None:
+    (HERE / "results" / "prediction_log.md").write_text(
+        f"# The prediction log's cost ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n{body}"
+    )
+
+
+def paired_windows(servers: dict[str, ServerProcess], pairs: int, concurrency: int) -> str:
+    """The verdict: each logging setting against no log in paired 1 s gRPC windows, and no log
+    against itself (the method's own spread); with each server's CPU per call."""
+    request = infer_request(MODEL, "input", FEATURES)
+    off = servers["off"]
+    results: dict[str, PairedResult] = {}
+    for name in ("100 %", "5 %", "100 % outputs"):
+        other = servers[name]
+        assert off.proc is not None and other.proc is not None
+        results[name] = compare(
+            {"off": off.grpc_url, name: other.grpc_url},
+            request,
+            pairs=pairs,
+            concurrency=concurrency,
+            pids={"off": off.proc.pid, name: other.proc.pid},
+        )
+        print(f"paired: {name} / off = {results[name].ratio:.3f}", flush=True)
+    assert off.proc is not None
+    results["off (control)"] = compare(
+        {"off": off.grpc_url, "off (control)": off.grpc_url}, request, pairs=pairs, concurrency=concurrency
+    )
+    lines = [
+        "| logged | throughput / no log (median of pairs) | 95 % interval | server CPU per call, no log | logged | "
+        "the log's CPU per call |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if r.cpu_us is None:
+            lines.append(f"| {name} | {r.ratio:.3f} | {r.low:.3f}-{r.high:.3f} | | | |")
+            continue
+        a, b = (sorted(r.cpu_us[k])[len(r.cpu_us[k]) // 2] for k in ("off", name))
+        lines.append(
+            f"| {name} | **{r.ratio:.3f}** | {r.low:.3f}-{r.high:.3f} | {a:.0f} us | {b:.0f} us | {b - a:+.1f} us |"
+        )
+    mean_off = sum(results["100 %"].rates["off"]) / pairs
+    return (
+        f"Paired 1 s windows (`bench/paired.py`: a grpc.aio client, {concurrency} calls in flight on one channel, "
+        f"alternating A B / B A, {pairs} pairs per row; the no-log server at {mean_off:,.0f} calls/s on average). "
+        "Target: the log at 100 % keeps >= 0.97 of the throughput. CPU per call: the median over the windows of the "
+        "server process's user + system time over the calls it answered.\n\n" + "\n".join(lines)
     )
 
 

@@ -84,6 +84,10 @@ class PredictionLogging:
         latency_ms = (time.monotonic_ns() - start_ns) / 1e6
         first = next(iter((inputs or outputs or {}).values()), None) if stream.batched else None
         rows = int(first.shape[0]) if first is not None and first.ndim else 1  # unbatched: a request is a row
+        if not stream.input_columns:  # keep: outputs; hold nothing the log will not write
+            inputs = None
+        if not stream.output_columns:
+            outputs = None
         status, error = failure if failure is not None else (OK, None)
         if not request_id.isascii():  # a V2 id may hold any JSON string, lone surrogates included
             request_id = request_id.encode("utf-8", "backslashreplace").decode("utf-8")

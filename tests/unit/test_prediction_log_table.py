@@ -1,0 +1,93 @@
+"""The log's table and files from queued requests: row numbers, null tensors of failed requests,
+batches of different shapes in one column, and a file per hour the requests span."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+
+from serving.config.prediction_log import PredictionLogConfig
+from serving.prediction_log.records import LoggedRequest, LogStream
+from serving.prediction_log.writer import PredictionLog, build_table, row_numbers
+from serving.telemetry.metrics import LOG_ROWS, MemoryMetrics
+from serving.types import TensorSpec
+
+INPUTS = (TensorSpec("x", "FP32", (-1,)),)
+OUTPUTS = (TensorSpec("y", "INT64", (1,)),)
+
+
+def request(request_id: str, time_s: float, x: np.ndarray | None, y: np.ndarray | None) -> LoggedRequest:
+    rows = len(x) if x is not None else 1
+    return LoggedRequest(request_id, time_s, "latest", "ok" if y is not None else "invalid_input", None, 1.0, rows,
+                         None if x is None else {"x": x}, None if y is None else {"y": y})  # fmt: skip
+
+
+def stream(tmp_path: Path) -> LogStream:
+    return LogStream("m", "1", PredictionLogConfig(destination=str(tmp_path), sample_rate=1.0), INPUTS, OUTPUTS)
+
+
+def test_row_numbers_count_from_zero_within_each_request() -> None:
+    assert row_numbers(np.array([1, 3, 2])).tolist() == [0, 0, 1, 2, 0, 1]
+    assert row_numbers(np.array([1])).tolist() == [0]
+
+
+def test_a_table_keeps_every_row_nulls_for_a_failed_request_and_mixed_widths(tmp_path: Path) -> None:
+    a = np.arange(6, dtype=np.float32).reshape(3, 2)
+    b = np.arange(4, dtype=np.float32).reshape(1, 4)  # a variable dimension: another width
+    requests = [
+        request("a", 10.0, a, np.array([[0], [1], [2]], np.int64)),
+        request("f", 10.0, None, None),
+        request("b", 10.0, b, np.array([[7]], np.int64)),
+    ]
+    table = build_table(stream(tmp_path), requests).to_pylist()
+    assert [(r["request_id"], r["row"]) for r in table] == [("a", 0), ("a", 1), ("a", 2), ("f", 0), ("b", 0)]
+    assert [r["x"] for r in table] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], None, [0.0, 1.0, 2.0, 3.0]]
+    assert [r["y"] for r in table] == [0, 1, 2, None, 7]
+
+
+def test_the_same_rows_whether_converted_at_once_or_in_runs(tmp_path: Path) -> None:
+    xs = [np.full((1, 3), k, np.float32) for k in range(5)]
+    whole = build_table(stream(tmp_path), [request(str(k), 0.0, x, np.array([[k]])) for k, x in enumerate(xs)])
+    mixed = [request(str(k), 0.0, x, np.array([[k]])) for k, x in enumerate(xs)]
+    mixed.insert(2, request("f", 0.0, None, None))
+    runs = build_table(stream(tmp_path), mixed)
+    assert whole.column("x").to_pylist() == [r for r in runs.column("x").to_pylist() if r is not None]
+
+
+def test_requests_spanning_two_hours_go_to_a_file_each_in_their_hour(tmp_path: Path) -> None:
+    metrics = MemoryMetrics()
+    log = PredictionLog(metrics)
+    s = stream(tmp_path)
+    hour = 3600 * 490_000  # 2025-11-24 16:00 UTC
+    for k, t in enumerate((hour - 1.0, hour + 0.5, hour - 0.5)):
+        log.offer(s, request(f"r{k}", t, np.ones((1, 2), np.float32), np.array([[k]], np.int64)))
+    log.close()
+    files = sorted(p.relative_to(tmp_path).parent.as_posix() for p in tmp_path.rglob("*.parquet"))
+    assert files == ["model=m/version=1/date=2025-11-24/hour=15", "model=m/version=1/date=2025-11-24/hour=16"]
+    found = ds.dataset(tmp_path, partitioning="hive").to_table().to_pylist()
+    assert sorted((r["request_id"], str(r["hour"]).zfill(2)) for r in found) == [
+        ("r0", "15"),
+        ("r1", "16"),
+        ("r2", "15"),
+    ]
+    assert metrics.values[(LOG_ROWS.name, ("m", "1"))] == 3
+
+
+def test_large_tensors_are_written_once_a_quarter_of_the_byte_bound_waits(tmp_path: Path) -> None:
+    """Rows of large tensors fill ``queue_mb`` long before ``flush_rows``: the writer does not wait
+    for either bound (or ``flush_s``) to be reached."""
+    config = PredictionLogConfig(destination=str(tmp_path), flush_rows=10**6, flush_s=3600, queue_mb=0.1)
+    s = LogStream("m", "1", config, INPUTS, OUTPUTS)
+    log = PredictionLog(MemoryMetrics())
+    try:
+        x = np.zeros((1, 8000), np.float32)  # 32 kB: over a quarter of 100 kB
+        log.offer(s, LoggedRequest("big", 0.0, "latest", "ok", None, 1.0, 1, {"x": x}, None, x.nbytes))
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.rglob("*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(tmp_path.rglob("*.parquet"))) == 1
+    finally:
+        log.close()
