@@ -251,7 +251,8 @@ class PredictionLog:
 def row_numbers(counts: Array) -> Array:
     """0..n-1 for each request of n rows, one after the other."""
     starts = np.cumsum(counts) - counts
-    return (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)).astype(np.int32)
+    numbers: Array = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)).astype(np.int32)
+    return numbers
 
 
 def build_table(stream: LogStream, requests: list[LoggedRequest]) -> pa.Table:
