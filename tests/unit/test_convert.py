@@ -67,17 +67,47 @@ def test_a_conversion_that_changes_predictions_is_refused_naming_the_rows(tmp_pa
 
 
 def test_a_model_the_converter_cannot_take_is_refused_with_its_reason(tmp_path: Path) -> None:
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.semi_supervised import LabelSpreading
 
     x, y = iris()
+    folder = tmp_path / "spread" / "1"
+    folder.mkdir(parents=True)
+    joblib.dump(LabelSpreading().fit(x, y), folder / "model.joblib")  # skl2onnx has no converter for it
+    (tmp_path / "spread" / "model.yaml").write_text(yaml.safe_dump({"platform": "sklearn", "max_batch_size": 64}))
+    with pytest.raises(UnsupportedError) as refused:
+        convert(tmp_path, "spread:1", features_file(tmp_path / "x.parquet", x))
+    assert "LabelSpreading" in refused.value.message and "\n" not in refused.value.message
+    assert not (tmp_path / "spread" / "2").exists()
+
+
+@pytest.mark.parametrize("data", ["iris", "breast cancer with missing values"])
+def test_hist_gradient_boosting_converts_and_answers_alike(tmp_path: Path, data: str) -> None:
+    """skl2onnx 1.20 with onnx 1.23 could not build its tree node (a boolean flag); with the flag
+    made an int, the converted version must still pass the parity check, missing values included
+    (the flag says which way a NaN goes)."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    if data == "iris":
+        x, y = iris()
+    else:
+        x, y = load_breast_cancer(return_X_y=True)
+        x = x.copy()
+        x[np.random.default_rng(0).random(x.shape) < 0.1] = np.nan
     folder = tmp_path / "hgb" / "1"
     folder.mkdir(parents=True)
-    joblib.dump(HistGradientBoostingClassifier(max_iter=5).fit(x, y), folder / "model.joblib")
+    joblib.dump(HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(x, y), folder / "model.joblib")
     (tmp_path / "hgb" / "model.yaml").write_text(yaml.safe_dump({"platform": "sklearn", "max_batch_size": 64}))
+    done = convert(tmp_path, "hgb:1", features_file(tmp_path / "x.parquet", x))
+    assert done.version == 2
+    lineage = yaml.safe_load((tmp_path / "hgb" / "2" / "lineage.yaml").read_text())
+    assert lineage["conversion"]["label_mismatches"] == 0 and lineage["conversion"]["data"]["rows"] == len(x)
+    native = open_version(*resolve_version(tmp_path, "hgb:1"))
+    onnx = open_version(*resolve_version(tmp_path, "hgb:2"))
     try:
-        convert(tmp_path, "hgb:1", features_file(tmp_path / "x.parquet", x))
-    except UnsupportedError as exc:  # skl2onnx 1.20 with onnx 1.23 cannot build its tree node
-        assert "HistGradientBoostingClassifier" in exc.message and "\n" not in exc.message
-        assert not (tmp_path / "hgb" / "2").exists()
-    else:  # a converter that can: then it was checked like any other
-        assert (tmp_path / "hgb" / "2" / "lineage.yaml").exists()
+        a, b = native.predict({"input": x}), onnx.predict({"input": x})
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-4)
+    finally:
+        native.unload()
+        onnx.unload()

@@ -13,8 +13,10 @@ traffic splits and shadows move between the native and the ONNX version as betwe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,7 +174,8 @@ def _to_onnx(platform: Platform, native: ModelInstance) -> tuple[bytes, str]:
 
             raw = model.raw
             options = {id(raw): {"zipmap": False}} if est.classes is not None else None
-            onx = skl2onnx.to_onnx(raw, initial_types=[("features", FloatTensorType([None, n]))], options=options)
+            with _missing_value_flags_as_ints():
+                onx = skl2onnx.to_onnx(raw, initial_types=[("features", FloatTensorType([None, n]))], options=options)
             tool = f"skl2onnx {skl2onnx.__version__}"
         else:
             import onnxmltools
@@ -194,6 +197,26 @@ def _to_onnx(platform: Platform, native: ModelInstance) -> tuple[bytes, str]:
             f"{type(exc).__name__}: {first}"
         ) from exc
     return _wrap(onx, native.inputs, model, est.classes is not None), tool
+
+
+@contextlib.contextmanager
+def _missing_value_flags_as_ints() -> Iterator[None]:
+    """skl2onnx 1.20 hands a HistGradientBoosting tree's leaves to ``nodes_missing_value_tracks_true``
+    as Python ``False`` (its branches as numpy integers), which onnx >= 1.22 refuses in an INTS
+    attribute ("Expected an int, got a boolean"), so no HistGradientBoosting model converted. The
+    flag is coerced to an int while this conversion runs; the parity check still decides."""
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
 
 
 def _wrap(onx: Any, inputs: tuple[TensorSpec, ...], model: TabularModel, classifier: bool) -> bytes:
