@@ -32,8 +32,13 @@ def test_a_conversion_that_answers_alike_becomes_the_next_version(tmp_path: Path
     lineage = yaml.safe_load((tmp_path / model / "2" / "lineage.yaml").read_text())
     assert lineage["conversion"]["from_version"] == 1 and lineage["conversion"]["label_mismatches"] == 0
     assert lineage["conversion"]["data"]["rows"] == 150
-    native = open_version(*resolve_version(tmp_path, f"{model}:1"))
-    onnx = open_version(*resolve_version(tmp_path, f"{model}:2"))
+    assert_versions_answer_alike(tmp_path, model, x)
+
+
+def assert_versions_answer_alike(root: Path, model: str, x: np.ndarray) -> None:
+    """Version 2 (ONNX) takes version 1's inputs and gives its labels and probabilities."""
+    native = open_version(*resolve_version(root, f"{model}:1"))
+    onnx = open_version(*resolve_version(root, f"{model}:2"))
     try:
         assert onnx.model.platform == "onnxruntime_onnx"
         assert [(s.name, s.datatype, s.shape) for s in onnx.inputs] == [
@@ -102,12 +107,4 @@ def test_hist_gradient_boosting_converts_and_answers_alike(tmp_path: Path, data:
     assert done.version == 2
     lineage = yaml.safe_load((tmp_path / "hgb" / "2" / "lineage.yaml").read_text())
     assert lineage["conversion"]["label_mismatches"] == 0 and lineage["conversion"]["data"]["rows"] == len(x)
-    native = open_version(*resolve_version(tmp_path, "hgb:1"))
-    onnx = open_version(*resolve_version(tmp_path, "hgb:2"))
-    try:
-        a, b = native.predict({"input": x}), onnx.predict({"input": x})
-        np.testing.assert_array_equal(a["label"], b["label"])
-        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-4)
-    finally:
-        native.unload()
-        onnx.unload()
+    assert_versions_answer_alike(tmp_path, "hgb", x)
