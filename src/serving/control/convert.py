@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,19 +205,24 @@ def _missing_value_flags_as_ints() -> Iterator[None]:
     """skl2onnx 1.20 hands a HistGradientBoosting tree's leaves to ``nodes_missing_value_tracks_true``
     as Python ``False`` (its branches as numpy integers), which onnx >= 1.22 refuses in an INTS
     attribute ("Expected an int, got a boolean"), so no HistGradientBoosting model converted. The
-    flag is coerced to an int while this conversion runs; the parity check still decides."""
+    flag is coerced to an int while this conversion runs (one conversion at a time patches the
+    module); the parity check still decides."""
     from skl2onnx.common import tree_ensemble
 
-    original = tree_ensemble.add_node
+    with _PATCHING:
+        original = tree_ensemble.add_node
 
-    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
-        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+        def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
+            return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
 
-    tree_ensemble.add_node = add_node
-    try:
-        yield
-    finally:
-        tree_ensemble.add_node = original
+        tree_ensemble.add_node = add_node
+        try:
+            yield
+        finally:
+            tree_ensemble.add_node = original
+
+
+_PATCHING = threading.Lock()
 
 
 def _wrap(onx: Any, inputs: tuple[TensorSpec, ...], model: TabularModel, classifier: bool) -> bytes:
