@@ -281,7 +281,9 @@ def test_a_stalled_object_store_fills_the_queue_which_drops_and_counts_while_eve
             slowest = max(slowest, time.monotonic() - began)
             assert code == 200
         written, dropped = _log_rows(server)
-        assert dropped >= 1000 - 300 - 50, (written, dropped)  # the queue held at most 300 rows
+        # The queue held at most 300 rows; the stalled write holds one batch besides: the 50 rows
+        # that woke the writer and those answered before its thread took them (seen: 51).
+        assert dropped >= 1000 - 300 - 2 * 50, (written, dropped)
         moto.send_signal(signal.SIGCONT)
         wait_for(lambda: sum(_log_rows(server)) == 1100, 60, "the stalled rows were not written")
         log = ds.dataset("log/pred/model=add", filesystem=_s3(port), format="parquet", partitioning="hive")
