@@ -185,7 +185,6 @@ def paired_windows(servers: dict[str, ServerProcess], pairs: int, concurrency: i
             pids={"off": off.proc.pid, name: other.proc.pid},
         )
         print(f"paired: {name} / off = {results[name].ratio:.3f}", flush=True)
-    assert off.proc is not None
     results["off (control)"] = compare(
         {"off": off.grpc_url, "off (control)": off.grpc_url}, request, pairs=pairs, concurrency=concurrency
     )

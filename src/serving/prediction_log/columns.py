@@ -32,11 +32,9 @@ def column(spec: TensorSpec, parts: list[Array | None], rows: list[int]) -> pa.A
     """One column from the batches of several requests (``None``: a request without this tensor,
     its ``rows`` rows are null). Runs of batches of one shape are converted together."""
     typ = arrow_type(spec)
-    if parts and all(p is not None for p in parts):  # the usual case: one conversion
-        shapes = {p.shape[1:] for p in parts if p is not None}
-        if len(shapes) == 1:
-            whole = [p for p in parts if p is not None]
-            return _convert(np.concatenate(whole) if len(whole) > 1 else whole[0], spec, typ)
+    present = [p for p in parts if p is not None]
+    if present and len(present) == len(parts) and len({p.shape[1:] for p in present}) == 1:  # the usual case
+        return _convert(np.concatenate(present) if len(present) > 1 else present[0], spec, typ)
     chunks: list[pa.Array] = []
     run: list[Array] = []
     for part, n in zip(parts, rows):
