@@ -52,7 +52,7 @@ async def check_service(repo: Path) -> None:
     svc = LocalInferenceService.from_repository(repo)
     for mv in svc.registry.all_versions():
         say(
-            f"model {mv.name} v{mv.version}: state {mv.state.value}, device {mv.model.device}, platform {mv.model.platform}"
+            f"model {mv.name} v{mv.version}: state {mv.state.value}, device {mv.instance.model.device}, platform {mv.instance.model.platform}"
         )
     x, _ = digits_data()
     rows = x[:512]
