@@ -105,9 +105,14 @@ def line(label: str, r: dict[str, float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--rounds", type=int, default=3, help="branch / slowest-step pairs, order alternated")
+    parser.add_argument(
+        "--branch-only", action="store_true", help="only the branching pipeline against its slowest step (no file)"
+    )
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
-    subprocess.run(["bash", str(HERE / "pytriton_env.sh")], check=True)
+    if not args.branch_only:
+        subprocess.run(["bash", str(HERE / "pytriton_env.sh")], check=True)
     work = Path(tempfile.mkdtemp(prefix="serving-bench-models-"))
     repo = build_demo_repository(work / "repo")
     branch_pipeline(repo)
@@ -117,6 +122,12 @@ def main() -> None:
 
     serving = ServerProcess(repo, work / "serving.log")
     serving.start()
+    if args.branch_only:
+        try:
+            branch_rounds(serving.grpc_url, data, args.rounds)
+        finally:
+            serving.stop()
+        return
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     py = str(HERE / ".pytriton/bin/python")
     peer = Peer(
@@ -155,22 +166,40 @@ def main() -> None:
         # sync: perf_analyzer's --async records no valid request against the echo's canned answer
         echo = perf_analyzer(f"127.0.0.1:{floor_port}", "grpc", "digits", "2", 64, pixels)
         print(line("[floor   ] grpc.aio echo sync c=64", echo), flush=True)
-        branched = perf_analyzer(serving.grpc_url, "grpc", "digits_branch", "1", 64, data, extra=("--async",))
-        decode = perf_analyzer(serving.grpc_url, "grpc", "digits_decode", "1", 64, data, extra=("--async",))
-        print(line("[serving ] digits_branch grpc async c=64", branched), flush=True)
-        print(line("[serving ] digits_decode alone grpc async c=64", decode), flush=True)
+        floor.stop()  # the branch is measured with the peers stopped: it and its step share the machine alone
+        peer.stop()
+        pairs = branch_rounds(serving.grpc_url, data, args.rounds)
     finally:
         floor.stop()
         peer.stop()
         serving.stop()
-    write(rows, limit, echo, branched, decode, args.concurrency)
+    write(rows, limit, echo, pairs, args.concurrency)
+
+
+def branch_rounds(url: str, data: Path, rounds: int) -> list[tuple[float, float]]:
+    """(branch, slowest step alone) infer/s at 64 clients over gRPC (``--async``), ``rounds`` pairs
+    with the order alternated (B D, D B, ...): the machine's drift between windows falls on both."""
+    pairs = []
+    for i in range(rounds):
+        measured = {}
+        for model in ("digits_branch", "digits_decode") if i % 2 == 0 else ("digits_decode", "digits_branch"):
+            measured[model] = perf_analyzer(url, "grpc", model, "1", 64, data, extra=("--async",))
+            print(line(f"[serving ] {model} grpc async c=64", measured[model]), flush=True)
+        pair = (measured["digits_branch"]["infer_s"], measured["digits_decode"]["infer_s"])
+        print(f"round {i + 1}: branch / slowest step = {pair[0] / pair[1] if pair[1] else 0.0:.2f}", flush=True)
+        pairs.append(pair)
+    print(f"median: {median_share(pairs):.2f} of the slowest step", flush=True)
+    return pairs
+
+
+def median_share(pairs: list[tuple[float, float]]) -> float:
+    return float(np.median([b / d if d else 0.0 for b, d in pairs]))
 
 
 def write(
-    rows: list[str], limit: float, echo: dict[str, float], branched: dict[str, float], decode: dict[str, float],
-    concurrency: list[int],
-) -> None:  # fmt: skip
-    share = branched["infer_s"] / decode["infer_s"] if decode["infer_s"] else 0.0
+    rows: list[str], limit: float, echo: dict[str, float], pairs: list[tuple[float, float]], concurrency: list[int]
+) -> None:
+    each = ", ".join(f"{b:,.0f} / {d:,.0f} = {b / d if d else 0.0:.2f}" for b, d in pairs)
     text = [
         "# Python steps and pipelines: `digits_image` against PyTriton, a branching pipeline, the floors",
         "",
@@ -189,8 +218,9 @@ def write(
         f"- Floor: a bare grpc.aio echo server (precomputed answer, `digits`-sized request) at 64 clients "
         f"(sync): {echo['infer_s']:,.0f} requests/s.",
         f"- Branching pipeline `digits_branch` (decode, `digits` v1, `digits` v2 only where v1's top probability "
-        f"< 0.9, label) at 64 clients over gRPC: {branched['infer_s']:,.0f} infer/s, against its slowest step "
-        f"`digits_decode` alone: {decode['infer_s']:,.0f} infer/s: {share:.2f} of it.",
+        f"< 0.9, label) at 64 clients over gRPC (`--async`) against its slowest step `digits_decode` alone, "
+        f"{len(pairs)} pairs in alternated order with the peers stopped, infer/s: {each}; median "
+        f"**{median_share(pairs):.2f}** of the slowest step.",
     ]
     RESULTS.write_text("\n".join(text) + "\n", encoding="utf-8")
     print(f"written to {RESULTS} (concurrency {concurrency})")

@@ -215,6 +215,36 @@ def test_batch_scoring_runs_a_pipeline_with_the_same_branches_as_online(tmp_path
         instance.unload()
 
 
+async def test_concurrent_requests_run_through_the_steps_together_each_with_its_own_branch(tmp_path: Path) -> None:
+    """Requests of one loop turn go through the steps as one set of rows (pipeline/coalesce.py):
+    each still gets the branch its own rows took, a row failed by a step fails only its request,
+    and a request larger than the others runs beside them."""
+    root = repository_with_steps(tmp_path)
+    failing = PY_LARGE.replace(
+        'return {"y": inputs["x"] * 100.0}',
+        """x = inputs["x"]
+        return {"y": x * 100.0, "_errors": ["bad" if v == 0.25 else None for v in x[:, 0]]}""",
+    )
+    python_model(root, "py_large", failing)
+    pipeline(root, "branchy", **{k: v for k, v in steps_config().model_dump(by_alias=True, exclude_defaults=True).items()
+                                 if k in ("steps", "outputs")})  # fmt: skip
+    svc = LocalInferenceService.from_repository(root)
+    try:
+        values = [0.1, 0.9, 0.5, 0.7, 0.25, 0.3, 0.95] * 6
+        calls = [ask(svc, "branchy", x(v)) for v in values] + [ask(svc, "branchy", x(0.2, 0.8))]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        for v, answer in zip(values, answers, strict=False):
+            if v == 0.25:
+                assert isinstance(answer, InvalidInputError) and "step 'large': bad" in answer.message
+            else:
+                assert isinstance(answer, np.ndarray)
+                np.testing.assert_allclose(answer, x(v * 100 if v < 0.6 else v), rtol=1e-6)
+        np.testing.assert_allclose(answers[-1], x(20, 0.8), rtol=1e-6)  # type: ignore[arg-type]
+        assert svc.registry.get("branchy").active == 0
+    finally:
+        await svc.close()
+
+
 async def test_row_errors_of_a_python_model_fail_only_their_own_request(tmp_path: Path) -> None:
     code = PY_SMALL.replace(
         'return {"y": x, "confidence": x}',

@@ -238,6 +238,8 @@ class ModelVersion:
             self.metrics.set(READY, self.labels, 0)
         if self.batcher is not None:
             await self.batcher.close()
+        if self.pipeline is not None:
+            await self.pipeline.close()
         if await self._stop_worker():
             self.instance.unload()
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serving.errors import ConfigError
+from serving.pipeline.coalesce import Coalescer
 from serving.pipeline.execute import Arrays, run_pipeline
 from serving.pipeline.graph import Signature, Step, StepRef, check_types
 from serving.pipeline.model import PipelineModel
@@ -87,6 +88,7 @@ class PipelineRunner:
         self._steps = steps
         self._metrics = metrics
         self._labels = labels
+        self._together = Coalescer(self._run_rows, model.config.max_batch_size)
 
     def check(self) -> None:
         """Type-check the wiring against the step models served now.
@@ -117,8 +119,19 @@ class PipelineRunner:
         return out
 
     async def run(self, inputs: Arrays, deadline_s: float | None) -> Arrays:
-        steps: RegistrySteps | _Traced = _Traced(self._steps, self._model.name) if tracing.enabled() else self._steps
-        return await run_pipeline(self._model.graph, inputs, steps, deadline_s, self._observe)
+        """The pipeline's outputs for one request, run with the other requests of this loop turn
+        (traced requests run alone: each one's steps in its own trace)."""
+        if tracing.enabled():
+            traced = _Traced(self._steps, self._model.name)
+            return await run_pipeline(self._model.graph, inputs, traced, deadline_s, self._observe)
+        return await self._together.submit(inputs, deadline_s)
+
+    async def _run_rows(self, inputs: Arrays, deadline_s: float | None) -> Arrays:
+        return await run_pipeline(self._model.graph, inputs, self._steps, deadline_s, self._observe)
+
+    async def close(self) -> None:
+        """Stop the runs in progress (an unload: their requests are answered UNAVAILABLE)."""
+        await self._together.close()
 
     def _observe(self, step: Step, version: str, seconds: float) -> None:
         self._metrics.observe(PIPELINE_STEP_SECONDS, {**self._labels, "step": step.name}, seconds)
