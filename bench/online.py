@@ -196,26 +196,28 @@ MODEL = "reference_mlp"
 FEATURES = 784
 
 
-def measure(
-    label: str, http_url: str | None, grpc_url: str, version: str, data: Path, concurrency: list[int]
-) -> dict[tuple[str, int], dict[str, float]]:
-    results = {}
-    for protocol, url in (("grpc", grpc_url), ("grpc-async", grpc_url), ("http", http_url)):
-        if url is None:
-            continue
-        for c in concurrency:
-            wire, extra = ("grpc", ("--async",)) if protocol == "grpc-async" else (protocol, ())
-            r = results[(protocol, c)] = perf_analyzer(url, wire, MODEL, version, c, data, extra=extra)
-            print(
-                f"[{label:8s}] {protocol:10s} c={c:<3d} {r['infer_s']:9,.0f} infer/s  "
-                f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms",
-                flush=True,
-            )
-    # Zero-filled batches: perf_analyzer's random bytes hold NaN and inf, which serving answers with
-    # 400 (only finite numbers are accepted); the MLP's work is the same for any finite values.
-    r = results[("grpc-batch64", 16)] = perf_analyzer(grpc_url, "grpc", MODEL, version, 16, "zero", batch=64)
-    print(f"[{label:8s}] grpc [64,784] batches c=16 {r['infer_s']:9,.0f} rows/s", flush=True)
-    return results
+def cells(concurrency: list[int]) -> list[tuple[str, int]]:
+    """What is measured: each protocol at each concurrency, then [64, 784] batches at 16."""
+    return [(p, c) for p in ("grpc", "grpc-async", "http") for c in concurrency] + [("grpc-batch64", 16)]
+
+
+def measure_cell(label: str, urls: dict[str, str], cell: tuple[str, int], data: Path) -> dict[str, float]:
+    """One perf_analyzer measurement of ``cell`` against one server (``urls``: grpc and http)."""
+    protocol, c = cell
+    if protocol == "grpc-batch64":
+        # Zero-filled batches: perf_analyzer's random bytes hold NaN and inf, which serving answers with
+        # 400 (only finite numbers are accepted); the MLP's work is the same for any finite values.
+        r = perf_analyzer(urls["grpc"], "grpc", MODEL, "1", c, "zero", batch=64)
+        print(f"[{label:8s}] grpc [64,784] batches c={c} {r['infer_s']:9,.0f} rows/s", flush=True)
+        return r
+    wire, extra = ("grpc", ("--async",)) if protocol == "grpc-async" else (protocol, ())
+    r = perf_analyzer(urls["http" if wire == "http" else "grpc"], wire, MODEL, "1", c, data, extra=extra)
+    print(
+        f"[{label:8s}] {protocol:10s} c={c:<3d} {r['infer_s']:9,.0f} infer/s  "
+        f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms",
+        flush=True,
+    )
+    return r
 
 
 def ratio(a: float, b: float) -> str:
@@ -237,31 +239,37 @@ def main() -> None:
     service_rate = in_process_service(repo, MODEL, FEATURES, 64)
     print(f"serving's own code in-process (no network, no Ray) c=64: {service_rate:,.0f} req/s", flush=True)
 
-    results: dict[str, dict[tuple[str, int], dict[str, float]]] = {}
+    # Both servers run from the start, and each cell is measured on one then the other, the order
+    # alternated cell by cell: this VM's speed drifts by a quarter within minutes, and measured
+    # one server after the other, the drift fell on the ratio.
+    results: dict[str, dict[tuple[str, int], dict[str, float]]] = {"serving": {}, "pytriton": {}}
     server = ServerProcess(repo, work / "serving.log")
     began = time.monotonic()
     server.start()
     print(f"[serving ] ready in {time.monotonic() - began:.1f}s", flush=True)
     try:
-        results["serving"] = measure("serving", server.http_url, server.grpc_url, "1", data, args.concurrency)
+        http, grpc_port, metrics = free_port(), free_port(), free_port()
+        began = time.monotonic()
+        pytriton_python = str(HERE / ".pytriton/bin/python")
+        triton = Peer(
+            [pytriton_python, str(HERE / "pytriton_server.py"), "--model", str(onnx_path),
+             "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
+            work / "pytriton.log",
+            env={"LD_LIBRARY_PATH": libpython_dir(pytriton_python)},
+        )  # fmt: skip
+        print(f"[pytriton] ready in {time.monotonic() - began:.1f}s", flush=True)
+        urls = {
+            "serving": {"grpc": server.grpc_url, "http": server.http_url},
+            "pytriton": {"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http}"},
+        }
+        try:
+            for i, cell in enumerate(cells(args.concurrency)):
+                for label in ("serving", "pytriton") if i % 2 == 0 else ("pytriton", "serving"):
+                    results[label][cell] = measure_cell(label, urls[label], cell, data)
+        finally:
+            triton.stop()
     finally:
         server.stop()
-    http, grpc_port, metrics = free_port(), free_port(), free_port()
-    began = time.monotonic()
-    pytriton_python = str(HERE / ".pytriton/bin/python")
-    triton = Peer(
-        [pytriton_python, str(HERE / "pytriton_server.py"), "--model", str(onnx_path),
-         "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
-        work / "pytriton.log",
-        env={"LD_LIBRARY_PATH": libpython_dir(pytriton_python)},
-    )  # fmt: skip
-    print(f"[pytriton] ready in {time.monotonic() - began:.1f}s", flush=True)
-    try:
-        results["pytriton"] = measure(
-            "pytriton", f"127.0.0.1:{http}", f"127.0.0.1:{grpc_port}", "1", data, args.concurrency
-        )
-    finally:
-        triton.stop()
     floor_port = free_port()
     floor = Peer(
         [sys.executable, str(HERE / "echo_floor.py"), "--repository", str(repo), "--grpc-port", str(floor_port)],
@@ -319,7 +327,9 @@ def main() -> None:
         "sync (one thread per slot) and `grpc-async` (perf_analyzer --async: calls multiplexed on one channel); HTTP "
         "uses binary tensors. PyTriton 0.7.0: dynamic batching up to 128 rows / 500 us, onnxruntime with 2 "
         "threads in its @batch callable. Floor: one bare grpc.aio process answering a precomputed response. "
-        f"Limit: onnxruntime in-process, {limit:,.0f} rows/s at batch {batch} (2 threads). All in one run.\n\n"
+        f"Limit: onnxruntime in-process, {limit:,.0f} rows/s at batch {batch} (2 threads). All in one run: serving "
+        "and PyTriton run side by side, each row measured on one then the other (the order alternated row by "
+        "row); the floor after them.\n\n"
         f"{table}\n"
     )
 
