@@ -119,6 +119,12 @@ def main() -> None:
     data, pngs = input_file(work / "images.json")
     limit = in_process(repo, pngs, "digits_image")
     print(f"[in-process] digits_image, 64 callers: {limit:,.0f} requests/s", flush=True)
+    alone = {m: in_process(repo, pngs, m) for m in ("digits_branch", "digits_decode")}
+    print(
+        f"[in-process] digits_branch {alone['digits_branch']:,.0f} / digits_decode {alone['digits_decode']:,.0f} "
+        f"requests/s, 64 callers: {alone['digits_branch'] / alone['digits_decode']:.2f}",
+        flush=True,
+    )
 
     serving = ServerProcess(repo, work / "serving.log")
     serving.start()
@@ -173,7 +179,7 @@ def main() -> None:
         floor.stop()
         peer.stop()
         serving.stop()
-    write(rows, limit, echo, pairs, args.concurrency)
+    write(rows, limit, alone, echo, pairs, args.concurrency)
 
 
 def branch_rounds(url: str, data: Path, rounds: int) -> list[tuple[float, float]]:
@@ -197,8 +203,9 @@ def median_share(pairs: list[tuple[float, float]]) -> float:
 
 
 def write(
-    rows: list[str], limit: float, echo: dict[str, float], pairs: list[tuple[float, float]], concurrency: list[int]
-) -> None:
+    rows: list[str], limit: float, alone: dict[str, float], echo: dict[str, float], pairs: list[tuple[float, float]],
+    concurrency: list[int],
+) -> None:  # fmt: skip
     each = ", ".join(f"{b:,.0f} / {d:,.0f} = {b / d if d else 0.0:.2f}" for b, d in pairs)
     text = [
         "# Python steps and pipelines: `digits_image` against PyTriton, a branching pipeline, the floors",
@@ -220,7 +227,9 @@ def write(
         f"- Branching pipeline `digits_branch` (decode, `digits` v1, `digits` v2 only where v1's top probability "
         f"< 0.9, label) at 64 clients over gRPC (`--async`) against its slowest step `digits_decode` alone, "
         f"{len(pairs)} pairs in alternated order with the peers stopped, infer/s: {each}; median "
-        f"**{median_share(pairs):.2f}** of the slowest step.",
+        f"**{median_share(pairs):.2f}** of the slowest step. In process (64 callers, no network): "
+        f"{alone['digits_branch']:,.0f} against {alone['digits_decode']:,.0f} requests/s = "
+        f"{alone['digits_branch'] / alone['digits_decode']:.2f}.",
     ]
     RESULTS.write_text("\n".join(text) + "\n", encoding="utf-8")
     print(f"written to {RESULTS} (concurrency {concurrency})")
