@@ -345,7 +345,12 @@ class Frontend {
         if (answers_.empty()) return;  // stopping, and nothing left to write
         batch.swap(answers_);
       }
-      for (Pending& answer : batch) answer.call->Answer(answer.status, std::move(answer.message), answer.trailing);
+      for (Pending& answer : batch) {
+        try {
+          answer.call->Answer(answer.status, std::move(answer.message), answer.trailing);
+        } catch (...) {  // (grpc++ does not throw; memory might) the other answers still go out
+        }
+      }
       batch.clear();
     }
   }
