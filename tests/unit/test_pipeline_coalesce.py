@@ -46,6 +46,13 @@ def rows(*values: float, dtype: Any = np.float32) -> Arrays:
     return {"x": np.array(values, dtype=dtype).reshape(-1, 1)}
 
 
+def beside_a_run(together: Coalescer, values: range) -> tuple[asyncio.Future[Arrays], list[asyncio.Future[Arrays]]]:
+    """A request of 0 that runs alone (nothing ran before it), then requests of ``values`` in the
+    same turn, which join a group beside it."""
+    alone = asyncio.ensure_future(together.submit(rows(0), None))
+    return alone, [asyncio.ensure_future(together.submit(rows(v), None)) for v in values]
+
+
 async def test_a_lone_request_runs_at_once_and_alone() -> None:
     steps = Steps()
     together = Coalescer(steps, max_rows=64)
@@ -120,16 +127,14 @@ async def test_a_failure_of_the_whole_run_fails_every_request_of_the_group() -> 
 async def test_one_cancelled_request_leaves_the_group_running_and_the_last_one_stops_it() -> None:
     steps = Steps(seconds=0.2)
     together = Coalescer(steps, max_rows=64)
-    alone = asyncio.ensure_future(together.submit(rows(0), None))
-    calls = [asyncio.ensure_future(together.submit(rows(v), None)) for v in range(1, 4)]
+    alone, calls = beside_a_run(together, range(1, 4))
     await asyncio.sleep(0.05)
     calls[0].cancel()
     assert (await calls[1])["y"][0, 0] == 20 and (await calls[2])["y"][0, 0] == 30
     assert calls[0].cancelled() and steps.cancelled == 0
     await alone
 
-    alone = asyncio.ensure_future(together.submit(rows(0), None))
-    calls = [asyncio.ensure_future(together.submit(rows(v), None)) for v in range(1, 3)]
+    alone, calls = beside_a_run(together, range(1, 3))
     await asyncio.sleep(0.05)
     for call in calls:
         call.cancel()
@@ -143,8 +148,7 @@ async def test_one_cancelled_request_leaves_the_group_running_and_the_last_one_s
 async def test_a_request_cancelled_before_its_group_starts_runs_nothing() -> None:
     steps = Steps()
     together = Coalescer(steps, max_rows=64)
-    alone = asyncio.ensure_future(together.submit(rows(0), None))
-    call = asyncio.ensure_future(together.submit(rows(1), None))
+    alone, (call,) = beside_a_run(together, range(1, 2))
     await asyncio.sleep(0)  # it is queued in a group that starts on the next turn
     call.cancel()
     await asyncio.gather(call, return_exceptions=True)
@@ -157,8 +161,7 @@ async def test_a_request_cancelled_before_its_group_starts_runs_nothing() -> Non
 async def test_close_answers_the_grouped_requests_in_progress_unavailable() -> None:
     steps = Steps(seconds=30)
     together = Coalescer(steps, max_rows=64)
-    alone = asyncio.ensure_future(together.submit(rows(0), None))
-    calls = [asyncio.ensure_future(together.submit(rows(v), None)) for v in range(1, 3)]
+    alone, calls = beside_a_run(together, range(1, 3))
     await asyncio.sleep(0.05)
     await together.close()
     alone.cancel()  # a request alone runs in its own task: its caller's cancellation stops it

@@ -128,7 +128,8 @@ class Coalescer:
                 m.future.set_exception(ModelNotReadyError("the pipeline's run was stopped"))
 
     async def close(self) -> None:
-        """Stop the runs in progress (their requests are answered UNAVAILABLE)."""
+        """Stop the grouped runs in progress (their requests are answered UNAVAILABLE); a request
+        running alone belongs to its caller's task."""
         running = list(self._running)
         for task in running:
             task.cancel()

@@ -130,7 +130,8 @@ class PipelineRunner:
         return await run_pipeline(self._model.graph, inputs, self._steps, deadline_s, self._observe)
 
     async def close(self) -> None:
-        """Stop the runs in progress (an unload: their requests are answered UNAVAILABLE)."""
+        """Stop the grouped runs in progress (an unload: their requests are answered UNAVAILABLE;
+        a request running alone runs in its own caller's task, as every request did before)."""
         await self._together.close()
 
     def _observe(self, step: Step, version: str, seconds: float) -> None:
