@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 
 from serving.config.prediction_log import PredictionLogConfig
 from serving.prediction_log.records import LoggedRequest, LogStream
-from serving.prediction_log.writer import PredictionLog, build_table, row_numbers
+from serving.prediction_log.writer import Pending, PredictionLog, build_table, row_numbers
 from serving.telemetry.metrics import LOG_ROWS, MemoryMetrics
 from serving.types import TensorSpec
 
@@ -21,7 +21,8 @@ OUTPUTS = (TensorSpec("y", "INT64", (1,)),)
 
 def request(request_id: str, time_s: float, x: np.ndarray | None, y: np.ndarray | None) -> LoggedRequest:
     rows = len(x) if x is not None else 1
-    return LoggedRequest(request_id, time_s, "latest", "ok" if y is not None else "invalid_input", None, 1.0, rows,
+    failure = None if y is not None else ("invalid_input", "no y")
+    return LoggedRequest(request_id, int(time_s * 1e9), "latest", failure, 1_000_000, rows,
                          None if x is None else {"x": x}, None if y is None else {"y": y})  # fmt: skip
 
 
@@ -42,7 +43,7 @@ def test_a_table_keeps_every_row_nulls_for_a_failed_request_and_mixed_widths(tmp
         request("f", 10.0, None, None),
         request("b", 10.0, b, np.array([[7]], np.int64)),
     ]
-    table = build_table(stream(tmp_path), requests).to_pylist()
+    table = build_table(stream(tmp_path), Pending.of(requests)).to_pylist()
     assert [(r["request_id"], r["row"]) for r in table] == [("a", 0), ("a", 1), ("a", 2), ("f", 0), ("b", 0)]
     assert [r["x"] for r in table] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], None, [0.0, 1.0, 2.0, 3.0]]
     assert [r["y"] for r in table] == [0, 1, 2, None, 7]
@@ -50,10 +51,12 @@ def test_a_table_keeps_every_row_nulls_for_a_failed_request_and_mixed_widths(tmp
 
 def test_the_same_rows_whether_converted_at_once_or_in_runs(tmp_path: Path) -> None:
     xs = [np.full((1, 3), k, np.float32) for k in range(5)]
-    whole = build_table(stream(tmp_path), [request(str(k), 0.0, x, np.array([[k]])) for k, x in enumerate(xs)])
+    whole = build_table(
+        stream(tmp_path), Pending.of([request(str(k), 0.0, x, np.array([[k]])) for k, x in enumerate(xs)])
+    )
     mixed = [request(str(k), 0.0, x, np.array([[k]])) for k, x in enumerate(xs)]
     mixed.insert(2, request("f", 0.0, None, None))
-    runs = build_table(stream(tmp_path), mixed)
+    runs = build_table(stream(tmp_path), Pending.of(mixed))
     assert whole.column("x").to_pylist() == [r for r in runs.column("x").to_pylist() if r is not None]
 
 
@@ -84,7 +87,7 @@ def test_large_tensors_are_written_once_a_quarter_of_the_byte_bound_waits(tmp_pa
     log = PredictionLog(MemoryMetrics())
     try:
         x = np.zeros((1, 8000), np.float32)  # 32 kB: over a quarter of 100 kB
-        log.offer(s, LoggedRequest("big", 0.0, "latest", "ok", None, 1.0, 1, {"x": x}, None, x.nbytes))
+        log.offer(s, LoggedRequest("big", 0, "latest", None, 1_000_000, 1, {"x": x}, None, x.nbytes))
         deadline = time.monotonic() + 30
         while not list(tmp_path.rglob("*.parquet")) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from serving.codecs import DATATYPES, numpy_dtype
 from serving.config.prediction_log import PredictionLogConfig
 from serving.types import TensorSpec
 
@@ -46,14 +48,17 @@ def sampled(request_id: str, rate: float) -> bool:
 
 @dataclass(slots=True)
 class LoggedRequest:
-    """One request as the log keeps it: ``rows`` rows, the first dimension of each tensor."""
+    """One request as the request path hands it to the log, with as little work as it can:
+    ``rows`` rows (the first dimension of each tensor); the writer makes columns of the rest.
+    The log keeps its fields, not it (``writer.Pending``)."""
 
     request_id: str
-    time_s: float
+    time_ns: int
+    """When it was answered (``time.time_ns()``)."""
     route: str
-    status: str
-    error: str | None
-    latency_ms: float
+    failure: tuple[str, str] | None
+    """None: answered; else its error kind and message."""
+    latency_ns: int
     rows: int
     inputs: dict[str, Array] | None
     outputs: dict[str, Array] | None
@@ -63,9 +68,22 @@ class LoggedRequest:
 
 def nbytes_of(arrays: dict[str, Array] | None) -> int:
     """Bytes held by ``arrays``: numbers by their buffers, BYTES tensors by their elements."""
+    if not arrays:
+        return 0
     total = 0
-    for values in (arrays or {}).values():
-        total += values.nbytes if values.dtype != np.object_ else sum(len(v) for v in values.reshape(-1).tolist())
+    for values in arrays.values():
+        total += values.nbytes if values.dtype.kind != "O" else sum(len(v) for v in values.reshape(-1).tolist())
+    return total
+
+
+def row_nbytes(specs: tuple[TensorSpec, ...]) -> int | None:
+    """Bytes of one row of ``specs``' tensors; None unless every dimension is fixed and every
+    datatype has a fixed size."""
+    total = 0
+    for spec in specs:
+        if spec.datatype == "BYTES" or spec.datatype not in DATATYPES or any(d <= 0 for d in spec.shape):
+            return None
+        total += numpy_dtype(spec.datatype).itemsize * math.prod(spec.shape)
     return total
 
 
@@ -82,6 +100,13 @@ class LogStream:
     """False: the model takes no batch dimension, and each request is one row of the log."""
     input_columns: dict[str, str] = field(init=False)
     output_columns: dict[str, str] = field(init=False)
+    labels: dict[str, str] = field(init=False)
+    """The version's labels on the log's metrics."""
+    key: tuple[str, str, str] = field(init=False)
+    """Where its rows wait: (destination, model, version). Built once: the request path reads it."""
+    row_nbytes: int | None = field(init=False)
+    """Bytes of one row of the tensors kept, by their declared shapes; None where a kept tensor
+    has a variable dimension or is BYTES (its requests are measured one by one)."""
 
     def __post_init__(self) -> None:
         taken = set(META_SCHEMA.names) | set(PARTITION_KEYS)
@@ -90,11 +115,7 @@ class LogStream:
         outs = {s.name: s.name if s.name not in taken else f"output:{s.name}" for s in self.outputs}
         object.__setattr__(self, "input_columns", ins if self.config.keep != "outputs" else {})
         object.__setattr__(self, "output_columns", outs if self.config.keep != "inputs" else {})
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return {"model": self.model, "version": self.version}
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (str(self.config.destination), self.model, self.version)
+        object.__setattr__(self, "labels", {"model": self.model, "version": self.version})
+        object.__setattr__(self, "key", (str(self.config.destination), self.model, self.version))
+        kept = (self.inputs if self.input_columns else ()) + (self.outputs if self.output_columns else ())
+        object.__setattr__(self, "row_nbytes", row_nbytes(kept) if self.batched else None)

@@ -10,7 +10,7 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from serving.prediction_log.records import (
     ERROR,
     LATENCY_MS,
     META_SCHEMA,
+    OK,
     REQUEST_ID,
     ROUTE,
     ROW,
@@ -39,27 +40,82 @@ Array = np.ndarray[Any, Any]
 RETRY_S = 1.0
 """Pause after a failed write before the next try."""
 FAILURE_LOG_S = 60.0
+HOUR_NS = 3600 * 10**9
 """While writes keep failing, one log line per this many seconds."""
+
+
+@dataclass
+class Pending:
+    """Requests waiting for the writer, one list per field of :class:`LoggedRequest`. No object
+    per request outlives its offer, so the queue gives Python's garbage collector nothing new to
+    follow (numbers, strings, dicts of arrays are not tracked): with an object kept per request,
+    the serving thread spent ~5 us more a request than with the collector off (measured over gRPC,
+    reference MLP, 100 % logged)."""
+
+    request_ids: list[str] = field(default_factory=list)
+    times_ns: list[int] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str] | None] = field(default_factory=list)
+    latencies_ns: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    inputs: list[dict[str, Array] | None] = field(default_factory=list)
+    outputs: list[dict[str, Array] | None] = field(default_factory=list)
+    nbytes: list[int] = field(default_factory=list)
+
+    def add(self, r: LoggedRequest) -> None:
+        self.request_ids.append(r.request_id)
+        self.times_ns.append(r.time_ns)
+        self.routes.append(r.route)
+        self.failures.append(r.failure)
+        self.latencies_ns.append(r.latency_ns)
+        self.rows.append(r.rows)
+        self.inputs.append(r.inputs)
+        self.outputs.append(r.outputs)
+        self.nbytes.append(r.nbytes)
+
+    @classmethod
+    def of(cls, requests: list[LoggedRequest]) -> Pending:
+        pending = cls()
+        for r in requests:
+            pending.add(r)
+        return pending
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def select(self, which: slice | list[int]) -> Pending:
+        """The requests at ``which`` (a slice, or indices in order)."""
+        if isinstance(which, slice):
+            return Pending(*(getattr(self, f.name)[which] for f in fields(self)))
+        return Pending(*([getattr(self, f.name)[i] for i in which] for f in fields(self)))
+
+    def __add__(self, later: Pending) -> Pending:
+        return Pending(*(getattr(self, f.name) + getattr(later, f.name) for f in fields(self)))
 
 
 @dataclass
 class _Waiting:
     stream: LogStream
-    requests: list[LoggedRequest] = field(default_factory=list)
+    pending: Pending = field(default_factory=Pending)
     rows: int = 0
     nbytes: int = 0
     since: float = 0.0
+    max_rows: int = field(init=False)
+    max_bytes: float = field(init=False)
+    flush_rows: int = field(init=False)
+    flush_bytes: float = field(init=False)
+    """The stream's bounds, read once: the request path checks them on every offer."""
 
-    def fits(self, request: LoggedRequest) -> bool:
-        """Whether ``request`` fits in the version's queue bound (rows and bytes)."""
+    def __post_init__(self) -> None:
         config = self.stream.config
-        return self.rows + request.rows <= config.queue_rows and self.nbytes + request.nbytes <= config.queue_mb * 1e6
+        self.max_rows = config.queue_rows
+        self.max_bytes = config.queue_mb * 1e6
+        self.flush_rows = config.flush_rows
+        self.flush_bytes = self.max_bytes / 4  # large tensors fill the bound long before the rows do
 
     def full_enough(self) -> bool:
-        """``flush_rows`` rows wait, or a quarter of the queue's bytes (large tensors fill the bound
-        long before the rows do)."""
-        config = self.stream.config
-        return self.rows >= config.flush_rows or self.nbytes >= config.queue_mb * 1e6 / 4
+        """``flush_rows`` rows wait, or a quarter of the queue's bytes."""
+        return self.rows >= self.flush_rows or self.nbytes >= self.flush_bytes
 
     def due(self, now: float) -> float:
         """Seconds until this batch must be written (<= 0: now)."""
@@ -76,35 +132,49 @@ class PredictionLog:
         self.writer = writer_name()
         self._seq = itertools.count(1)
         self._waiting: dict[tuple[str, str, str], _Waiting] = {}
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        """Wakes the writer; ``with self._lock`` where no wait or notify follows (the request path:
+        the Condition's own ``with`` is Python code around the same lock)."""
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failure_logged = -FAILURE_LOG_S
         self._retry_at = 0.0
 
     def offer(self, stream: LogStream, request: LoggedRequest) -> None:
-        """Queue one request's rows (any thread; never blocks on I/O)."""
-        with self._cond:
+        """Queue one request's rows (any thread; never blocks on I/O). On every logged request's
+        path, so its checks are written out here rather than called."""
+        with self._lock:
             waiting = self._waiting.get(stream.key)
-            if waiting is None:
-                waiting = self._waiting[stream.key] = _Waiting(stream)
-            waiting.stream = stream
-            if self._stopping or not waiting.fits(request):
-                full = True
-            else:
-                full = False
-                first = not waiting.requests
-                if first:
+            if waiting is None or waiting.stream is not stream:  # new, or loaded again with new settings
+                waiting = self._waiting[stream.key] = _Waiting(stream, *self._held(waiting))
+            rows = waiting.rows + request.rows
+            nbytes = waiting.nbytes + request.nbytes
+            full = self._stopping or rows > waiting.max_rows or nbytes > waiting.max_bytes
+            if not full:
+                was_full = waiting.rows >= waiting.flush_rows or waiting.nbytes >= waiting.flush_bytes
+                waiting.pending.add(request)
+                waiting.rows = rows
+                waiting.nbytes = nbytes
+                if len(waiting.pending) == 1:  # the first: its flush_s starts now
                     waiting.since = time.monotonic()
-                was_due = not first and waiting.full_enough()
-                waiting.requests.append(request)
-                waiting.rows += request.rows
-                waiting.nbytes += request.nbytes
-                if first or (not was_due and waiting.full_enough()):  # wake it once, not per row
-                    self._start()
-                    self._cond.notify()
+                    self._wake()
+                elif not was_full and (rows >= waiting.flush_rows or nbytes >= waiting.flush_bytes):
+                    self._wake()  # once, as it fills, not per row
         if full:
             self.metrics.inc(LOG_DROPPED, stream.labels, request.rows)
+
+    @staticmethod
+    def _held(waiting: _Waiting | None) -> tuple[Pending, int, int, float]:
+        """What ``waiting`` holds, to wait on under new settings (nothing when None)."""
+        if waiting is None:
+            return Pending(), 0, 0, 0.0
+        return waiting.pending, waiting.rows, waiting.nbytes, waiting.since
+
+    def _wake(self) -> None:
+        """The writer thread looks at the queue again (started on the first row; holding the lock)."""
+        self._start()
+        self._cond.notify()
 
     def next_seq(self) -> int:
         """A number for the next file this process writes (unique with :attr:`writer`)."""
@@ -148,7 +218,7 @@ class PredictionLog:
             with self._cond:
                 while not self._stopping:
                     now = time.monotonic()
-                    waits = [w.due(now) for w in self._waiting.values() if w.requests]
+                    waits = [w.due(now) for w in self._waiting.values() if w.pending]
                     pause = self._retry_at - now  # after a failed write, nothing is tried before it
                     if waits and min(waits) <= 0 and pause <= 0:
                         break
@@ -165,7 +235,7 @@ class PredictionLog:
     def _take(self, everything: bool) -> list[_Waiting]:
         now = time.monotonic()
         with self._cond:
-            due = [w for w in self._waiting.values() if w.requests and (everything or w.due(now) <= 0)]
+            due = [w for w in self._waiting.values() if w.pending and (everything or w.due(now) <= 0)]
             for w in due:
                 self._waiting[w.stream.key] = _Waiting(w.stream)
         return due
@@ -175,16 +245,17 @@ class PredictionLog:
         for batch in batches:
             with self._cond:
                 newer = self._waiting[batch.stream.key]
-                kept: list[LoggedRequest] = []
-                for r in batch.requests:
-                    if not newer.fits(r):
+                older = batch.pending
+                kept = 0
+                for n, size in zip(older.rows, older.nbytes):
+                    if newer.rows + n > newer.max_rows or newer.nbytes + size > newer.max_bytes:
                         break
-                    kept.append(r)
-                    newer.rows += r.rows
-                    newer.nbytes += r.nbytes
-                newer.requests[:0] = kept
+                    kept += 1
+                    newer.rows += n
+                    newer.nbytes += size
+                newer.pending = older.select(slice(0, kept)) + newer.pending
                 newer.since = batch.since if kept else newer.since
-                lost = sum(r.rows for r in batch.requests[len(kept) :])
+                lost = sum(older.rows[kept:])
             if lost:
                 self.metrics.inc(LOG_DROPPED, batch.stream.labels, lost)
 
@@ -193,40 +264,48 @@ class PredictionLog:
         failed, retry. ``final``: no retry follows, so rows not written are counted as dropped.
         Rows that cannot become a table (a bug, never the destination) are dropped at once."""
         stream = batch.stream
-        by_hour: dict[int, list[LoggedRequest]] = {}
-        for r in batch.requests:  # the hour as a number: formatting each request's time cost 4 us a row
-            by_hour.setdefault(int(r.time_s // 3600), []).append(r)
+        by_hour: dict[int, list[int]] = {}
+        for i, t in enumerate(batch.pending.times_ns):  # the hour as a number: formatting each time cost 4 us a row
+            by_hour.setdefault(t // HOUR_NS, []).append(i)
         try:
             fs, root = open_destination(str(stream.config.destination))
         except Exception:
             return self._failed(batch, final)
-        for hour_number, requests in by_hour.items():
-            date, hour = partition_of(hour_number * 3600)
-            rows = sum(r.rows for r in requests)
+        whole = batch.pending
+        done: list[int] = []
+        for hour_number, which in by_hour.items():
+            date, hour = partition_of(hour_number * 3600.0)
+            part = whole if len(by_hour) == 1 else whole.select(which)
+            rows = sum(part.rows)
             try:
-                table = build_table(stream, requests)
+                table = build_table(stream, part)
             except Exception:
                 log.exception(
                     "the prediction log of %s v%s dropped %d rows it could not convert", *stream.key[1:], rows
                 )
                 self.metrics.inc(LOG_DROPPED, stream.labels, rows)
-                self._forget(batch, requests)
+                done += which
                 continue
             folder = f"{root}/model={stream.model}/version={stream.version}/date={date}/hour={hour}"
             try:
                 write_atomically(fs, folder, file_name(self.writer, self.next_seq()), table, stream.config.compression)
             except Exception:
+                self._forget(batch, done)
                 return self._failed(batch, final)
             self.metrics.inc(LOG_ROWS, stream.labels, rows)
-            self._forget(batch, requests)
+            done += which
+        self._forget(batch, done)
         return True
 
     @staticmethod
-    def _forget(batch: _Waiting, done: list[LoggedRequest]) -> None:
-        gone = {id(r) for r in done}
-        batch.requests = [r for r in batch.requests if id(r) not in gone]
-        batch.rows -= sum(r.rows for r in done)
-        batch.nbytes -= sum(r.nbytes for r in done)
+    def _forget(batch: _Waiting, done: list[int]) -> None:
+        """Drop the requests at ``done`` (written, or impossible to write) from ``batch``."""
+        if not done:
+            return
+        gone = set(done)
+        batch.rows -= sum(batch.pending.rows[i] for i in gone)
+        batch.nbytes -= sum(batch.pending.nbytes[i] for i in gone)
+        batch.pending = batch.pending.select([i for i in range(len(batch.pending)) if i not in gone])
 
     def _failed(self, batch: _Waiting, final: bool) -> bool:
         """Log a failed write (at most once a minute while it keeps failing, and the last one)."""
@@ -255,22 +334,30 @@ def row_numbers(counts: Array) -> Array:
     return numbers
 
 
-def build_table(stream: LogStream, requests: list[LoggedRequest]) -> pa.Table:
-    """The log rows of ``requests``: one per row of each request."""
-    counts = np.fromiter((r.rows for r in requests), dtype=np.int64, count=len(requests))
+def readable(request_id: str) -> str:
+    """``request_id`` as a column holds it: a V2 id may hold any JSON string, lone surrogates included."""
+    return request_id if request_id.isascii() else request_id.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def build_table(stream: LogStream, pending: Pending) -> pa.Table:
+    """The log rows of ``pending``'s requests: one per row of each request."""
+    counts = np.asarray(pending.rows, dtype=np.int64)
+    failures = pending.failures
+
+    def repeated(values: list[Any], dtype: Any = object) -> Array:
+        return np.repeat(np.asarray(values, dtype=dtype), counts)
+
     meta = {
-        REQUEST_ID: pa.array(np.repeat(np.array([r.request_id for r in requests], dtype=object), counts), pa.string()),
+        REQUEST_ID: pa.array(repeated([readable(r) for r in pending.request_ids]), pa.string()),
         ROW: pa.array(row_numbers(counts), pa.int32()),
-        TIME: pa.array(np.repeat(np.array([int(r.time_s * 1e6) for r in requests], dtype=np.int64), counts)).cast(
-            pa.timestamp("us", tz="UTC")
-        ),
-        ROUTE: pa.array(np.repeat(np.array([r.route for r in requests], dtype=object), counts), pa.string()),
-        STATUS: pa.array(np.repeat(np.array([r.status for r in requests], dtype=object), counts), pa.string()),
-        ERROR: pa.array(np.repeat(np.array([r.error for r in requests], dtype=object), counts), pa.string()),
-        LATENCY_MS: pa.array(np.repeat(np.array([r.latency_ms for r in requests], dtype=np.float64), counts)),
+        TIME: pa.array(repeated(pending.times_ns, np.int64) // 1000).cast(pa.timestamp("us", tz="UTC")),
+        ROUTE: pa.array(repeated(pending.routes), pa.string()),
+        STATUS: pa.array(repeated([OK if f is None else f[0] for f in failures]), pa.string()),
+        ERROR: pa.array(repeated([None if f is None else f[1] for f in failures]), pa.string()),
+        LATENCY_MS: pa.array(repeated(pending.latencies_ns, np.float64) / 1e6),
     }
     cols: dict[str, pa.Array] = {name: meta[name] for name in META_SCHEMA.names}
-    rows = counts.tolist()
+    rows = pending.rows
 
     def part(arrays: dict[str, Array] | None, name: str) -> Array | None:
         values = (arrays or {}).get(name)
@@ -279,9 +366,9 @@ def build_table(stream: LogStream, requests: list[LoggedRequest]) -> pa.Table:
     for spec in stream.inputs:
         name = stream.input_columns.get(spec.name)
         if name is not None:
-            cols[name] = columns.column(spec, [part(r.inputs, spec.name) for r in requests], rows)
+            cols[name] = columns.column(spec, [part(a, spec.name) for a in pending.inputs], rows)
     for spec in stream.outputs:
         name = stream.output_columns.get(spec.name)
         if name is not None:
-            cols[name] = columns.column(spec, [part(r.outputs, spec.name) for r in requests], rows)
+            cols[name] = columns.column(spec, [part(a, spec.name) for a in pending.outputs], rows)
     return pa.table(cols)

@@ -120,7 +120,7 @@ class LocalInferenceService:
         """A shadow version's answer to a copy, logged under the primary's request id (any thread)."""
         stream = self.logging.stream(shadow)
         if stream is not None:
-            self.logging.offer(stream, shadow, request_id, SHADOW, start_ns, arrays, answer)
+            self.logging.offer(stream, request_id, SHADOW, start_ns, arrays, answer)
 
     # Tracking: meters, the operator page's snapshot, the autoscaler's load.
     def track(
@@ -237,14 +237,14 @@ class LocalInferenceService:
             if stream is not None:
                 route = route_of(request.model_version, self.registry.routing.get(mv.name))
                 failure = (exc.kind.value, exc.message)
-                self.logging.offer(stream, mv, request.log_id, route, start, arrays, None, failure)
+                self.logging.offer(stream, request.log_id, route, start, arrays, None, failure)
             raise
         try:  # watching is never worth a served request: a failure here is logged, the answer sent
             if mv.drift is not None:
                 mv.drift.observe(arrays)
             if stream is not None:
                 route = route_of(request.model_version, self.registry.routing.get(mv.name))
-                self.logging.offer(stream, mv, request.log_id, route, start, arrays, results)
+                self.logging.offer(stream, request.log_id, route, start, arrays, results)
             shadow = self.registry.shadow_of(mv.name, mv)
             if shadow is not None:  # handed over once this task yields: after the answer is on its way
                 loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ import numpy as np
 from serving.config.prediction_log import PredictionLogConfig
 from serving.lifecycle.routing import ModelRouting
 from serving.prediction_log.feedback import LiveAccuracy, logged_rows, match, store_labels
-from serving.prediction_log.records import OK, LoggedRequest, LogStream, nbytes_of, sampled
+from serving.prediction_log.records import LoggedRequest, LogStream, nbytes_of, sampled
 from serving.prediction_log.writer import PredictionLog
 from serving.registry.lane import ModelVersion
 from serving.telemetry.metrics import FEEDBACK_LABELS, Metrics
@@ -69,7 +69,6 @@ class PredictionLogging:
     def offer(
         self,
         stream: LogStream,
-        mv: ModelVersion,
         request_id: str,
         route: str,
         start_ns: int,
@@ -78,33 +77,26 @@ class PredictionLogging:
         failure: tuple[str, str] | None = None,
     ) -> None:
         """Hand one answered request to the log when its id is in the sample (any thread;
-        ``failure``: its error kind and message)."""
-        if not sampled(request_id, stream.config.sample_rate):
+        ``failure``: its error kind and message). On every logged request's path: the writer
+        thread does the rest."""
+        rate = stream.config.sample_rate
+        if rate < 1.0 and not sampled(request_id, rate):
             return
-        latency_ms = (time.monotonic_ns() - start_ns) / 1e6
-        first = next(iter((inputs or outputs or {}).values()), None) if stream.batched else None
-        rows = int(first.shape[0]) if first is not None and first.ndim else 1  # unbatched: a request is a row
+        rows = 1  # unbatched: a request is a row
+        if stream.batched:
+            for values in (inputs or outputs or {}).values():
+                rows = int(values.shape[0]) if values.ndim else 1
+                break
         if not stream.input_columns:  # keep: outputs; hold nothing the log will not write
             inputs = None
         if not stream.output_columns:
             outputs = None
-        status, error = failure if failure is not None else (OK, None)
-        if not request_id.isascii():  # a V2 id may hold any JSON string, lone surrogates included
-            request_id = request_id.encode("utf-8", "backslashreplace").decode("utf-8")
+        row_nbytes = stream.row_nbytes
+        nbytes = rows * row_nbytes if row_nbytes is not None else nbytes_of(inputs) + nbytes_of(outputs)
+        now = time.monotonic_ns()
         self.log.offer(
             stream,
-            LoggedRequest(
-                request_id,
-                time.time(),
-                route,
-                status,
-                error,
-                latency_ms,
-                rows,
-                inputs,
-                outputs,
-                nbytes_of(inputs) + nbytes_of(outputs),
-            ),
+            LoggedRequest(request_id, time.time_ns(), route, failure, now - start_ns, rows, inputs, outputs, nbytes),
         )
 
     def receive_feedback(
