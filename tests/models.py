@@ -381,9 +381,9 @@ def tabular_models(root: Path) -> None:
     )
     folder = root / "iris_xgb" / "1"
     folder.mkdir(parents=True, exist_ok=True)
-    xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(x, y).save_model(folder / "model.json")
+    xgboost.XGBClassifier(n_estimators=10, max_depth=3, n_jobs=1).fit(x, y).save_model(folder / "model.json")
     _config(root / "iris_xgb", {"platform": "xgboost", "max_batch_size": 64})
     folder = root / "iris_lgbm" / "1"
     folder.mkdir(parents=True, exist_ok=True)
-    lightgbm.LGBMClassifier(n_estimators=10, verbose=-1).fit(x, y).booster_.save_model(folder / "model.txt")
+    lightgbm.LGBMClassifier(n_estimators=10, verbose=-1, n_jobs=1).fit(x, y).booster_.save_model(folder / "model.txt")
     _config(root / "iris_lgbm", {"platform": "lightgbm", "max_batch_size": 64})
