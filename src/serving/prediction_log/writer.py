@@ -40,8 +40,8 @@ Array = np.ndarray[Any, Any]
 RETRY_S = 1.0
 """Pause after a failed write before the next try."""
 FAILURE_LOG_S = 60.0
-HOUR_NS = 3600 * 10**9
 """While writes keep failing, one log line per this many seconds."""
+HOUR_NS = 3600 * 10**9
 
 
 @dataclass
