@@ -92,6 +92,26 @@ def _config(path: Path, doc: dict[str, Any]) -> None:
     (path / "model.yaml").write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """BLAS and OpenMP on one thread while a demo model trains (also a decorator): its datasets are
+    small, and their threads spinning beside another busy process (a second build, a server
+    starting) made a build take 13 s of CPU instead of 4 (two builds at once on 2 cores; 4.4 s
+    each with one thread)."""
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime its boosting uses, so the limit covers it)
+    import torch
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@one_thread()
 def build_digits(root: Path) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -120,6 +140,7 @@ def build_digits(root: Path) -> None:
     )
 
 
+@one_thread()
 def build_digits_torch(root: Path) -> None:
     import torch
     from sklearn.neural_network import MLPClassifier
@@ -268,6 +289,7 @@ def cancer_data() -> tuple[Any, np.ndarray[Any, Any]]:
     return frame, np.asarray(data.target_names)[data.target.to_numpy()]
 
 
+@one_thread()
 def build_cancer(root: Path) -> None:
     import joblib
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -344,34 +366,15 @@ def build_demo_dataset(root: Path, files: int = 3) -> Path:
     return root
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """BLAS and OpenMP on one thread while the demo trains: its datasets are small, and their
-    threads spinning beside another busy process (a second build, a server starting) made a
-    build take 13 s of CPU instead of 4 (two builds at once on 2 cores; 4.4 s each with one thread)."""
-    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime its boosting uses, so the limit covers it)
-    import torch
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def build_demo_repository(root: Path, *, reference: bool = False) -> Path:
     """Write the demo models under ``root`` (created if missing) and return it."""
     root.mkdir(parents=True, exist_ok=True)
-    with one_thread():
-        build_digits(root)
-        build_digits_torch(root)
-        build_digits_image(root)
-        build_cancer(root)
-        if reference:
-            build_reference_mlp(root)
+    build_digits(root)
+    build_digits_torch(root)
+    build_digits_image(root)
+    build_cancer(root)
+    if reference:
+        build_reference_mlp(root)
     return root
 
 
