@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -70,6 +70,24 @@ class _Pending:
     """In a batch (running or about to): no longer in the queue."""
     counted: bool = True
     """Counted in the queue's live requests and rows (until taken, answered early or cancelled)."""
+
+
+class _Computed(NamedTuple):
+    results: list[Arrays]
+    """Each request's outputs."""
+    timings: tuple[int, int, int]
+    """Nanoseconds stacking the inputs, running the model, splitting the outputs."""
+    started_ns: int
+    """When the run began (``time.monotonic_ns()``): the batch's queueing ended there."""
+
+
+@dataclass(slots=True)
+class _Handed:
+    """A batch's run queued on the worker threads."""
+
+    running: asyncio.Future[_Computed]
+    started: list[float]
+    """When a thread began it (``time.monotonic()``), once it has."""
 
 
 def batch_key(inputs: Arrays) -> tuple[Any, ...]:
@@ -216,6 +234,7 @@ class DynamicBatcher:
         trace_attributes: dict[str, str] | None = None,
         execution_timeout_s: float | None = None,
         interrupt: Callable[[], None] | None = None,
+        threads: int = 1,
     ) -> None:
         if max_batch_size < 0:
             raise ValueError("max_batch_size must be an integer >= 0")
@@ -223,6 +242,8 @@ class DynamicBatcher:
             raise ValueError("max_queue_delay_s must be >= 0")
         if max_queue_size < 1:
             raise ValueError("max_queue_size must be an integer >= 1")
+        if threads < 1:
+            raise ValueError("threads must be an integer >= 1")
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
@@ -249,6 +270,12 @@ class DynamicBatcher:
         self._adaptive = adaptive_delay
         self._skip_waits = 0  # batches to run without waiting (adaptive)
         self._execution_timeout_s = execution_timeout_s
+        self._threads = threads
+        self._on_worker: set[asyncio.Task[None]] = set()
+        """Batches handed to the worker threads and not answered yet: one per thread at most, and
+        one more waiting behind them."""
+        self._abort: ServingError | None = None
+        """Why batches still waiting behind a hung one are answered without running."""
         if self._inline_below_ns and interrupt is not None:
             WATCHDOG.watch(self)
 
@@ -356,6 +383,10 @@ class DynamicBatcher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
+        running = list(self._on_worker)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         self._fail_queued(ModelNotReadyError("model version was unloaded"))
 
     def _fail_queued(self, error: ServingError) -> None:
@@ -379,20 +410,62 @@ class DynamicBatcher:
         assert arrived is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._queue or not self._may_follow():
                 arrived.clear()
-                await arrived.wait()
+                await arrived.wait()  # set by an arrival, and by a worker batch's end
                 continue
-            waited = self.waits
+            following = len(self._on_worker) >= self._threads  # every thread busy
+            waited = self.waits and not following
             if waited:
                 await self._fill(arrived)
-            elif self._skip_waits:
+            elif self._skip_waits and not following:
                 self._skip_waits -= 1
             batch = self._take()
             if self._adaptive and waited and len(batch) == 1 and batch[0].rows < self.max_batch_size:
                 self._skip_waits = PROBE_EVERY - 1  # waiting found nobody: stop paying for it
-            if batch:
-                await self._execute(loop, batch)
+            if not batch:
+                continue
+            if not self._on_worker and self._runs_inline(batch):
+                await self._execute(loop, batch, None)
+            else:
+                self._hand_to_worker(loop, batch)
+
+    def _may_follow(self) -> bool:
+        """Whether the next batch may be taken now. While every worker thread runs a batch, one
+        more is handed over behind them once the queue holds a full batch (taken later, it would be
+        no larger): a thread starts it the moment its batch ends, instead of waiting for the event
+        loop to come round. Measured on the 2-core VM with ``[64, 784]`` requests at concurrency 16,
+        the thread otherwise idled ~23 % of the time with requests queued."""
+        busy = len(self._on_worker)
+        if busy < self._threads:
+            return True
+        return busy == self._threads and self._live_rows >= max(1, self.max_batch_size)
+
+    def _runs_inline(self, batch: list[_Pending]) -> bool:
+        """Inline when recent batches were fast, scaled up for a batch with more rows than they had
+        (a batch 4,000x larger than the last ones must not run on the loop, past any timeout)."""
+        rows = sum(p.rows for p in batch)
+        return (
+            self._recent_ns is not None and self._recent_ns * max(1.0, rows / self._recent_rows) < self._inline_below_ns
+        )
+
+    def _hand_to_worker(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        """Queue ``batch`` on the worker thread, behind the batch running there, if any."""
+        task = loop.create_task(self._execute(loop, batch, self._queue_run(loop, batch)))
+        self._on_worker.add(task)
+        task.add_done_callback(self._worker_batch_ended)
+
+    def _queue_run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> _Handed:
+        started: list[float] = []
+        items, rows = [p.inputs for p in batch], [p.rows for p in batch]
+        return _Handed(loop.run_in_executor(self._executor, self._compute, items, rows, started), started)
+
+    def _worker_batch_ended(self, task: asyncio.Task[None]) -> None:
+        self._on_worker.discard(task)
+        if self._arrived is not None:
+            self._arrived.set()  # the loop may take the next batch
+        if not task.cancelled() and task.exception() is not None:  # _execute settles every future itself
+            log.error("a batch ended in an unexpected error", exc_info=task.exception())
 
     async def _fill(self, arrived: asyncio.Event) -> None:
         """Wait until the queue holds a full batch or the oldest request's delay is up."""
@@ -446,25 +519,18 @@ class DynamicBatcher:
         self._expire(p)
         return True
 
-    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        """Run one batch and settle every future in it, whatever happens (the finally)."""
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], handed: _Handed | None) -> None:
+        """Run one batch and settle every future in it, whatever happens (the finally).
+        ``handed``: its run, already queued on the worker threads; None: run it inline."""
         start = time.monotonic_ns()
-        queue_ns = [start - p.enqueued_ns for p in batch]
         rows = [p.rows for p in batch]
-        items = [p.inputs for p in batch]
-        # inline when recent batches were fast, scaled up for a batch with more rows than they had
-        # (a batch 4,000x larger than the last ones must not run on the loop, past any timeout)
-        inline = (
-            self._recent_ns is not None
-            and self._recent_ns * max(1.0, sum(rows) / self._recent_rows) < self._inline_below_ns
-        )
         error: ServingError | None = None
         timings = (0, 0, 0)
         try:
-            computed = self._compute_inline(items, rows) if inline else None
-            if computed is None:  # not inline, or cut short there: the worker runs it
-                computed = await self._compute_on_worker(loop, batch, items, rows)
-            results, timings = computed
+            computed = self._compute_inline(batch) if handed is None else None
+            if computed is None:  # on a worker thread (handed there, or cut short inline)
+                computed = await self._await_worker(batch, handed or self._queue_run(loop, batch))
+            results, timings, start = computed
             now = time.monotonic()
             for p, out in zip(batch, results):
                 if p.future.done():
@@ -480,7 +546,7 @@ class DynamicBatcher:
                 self._recent_ns = 0.8 * self._recent_ns + 0.2 * took
                 self._recent_rows = 0.8 * self._recent_rows + 0.2 * sum(rows)
         except asyncio.CancelledError:
-            error = ModelNotReadyError("model version was unloaded while the batch ran")
+            error = self._abort or ModelNotReadyError("model version was unloaded while the batch ran")
             raise
         except Exception as exc:
             if isinstance(exc, ServingError):
@@ -493,12 +559,13 @@ class DynamicBatcher:
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(error or ModelExecutionError("batch ended without an answer"))
-            self._report(batch, queue_ns, start, timings, sum(rows), error)
+            self._report(batch, start, timings, sum(rows), error)
 
-    def _compute_inline(self, items: list[Arrays], rows: list[int]) -> tuple[list[Arrays], tuple[int, int, int]] | None:
+    def _compute_inline(self, batch: list[_Pending]) -> _Computed | None:
         """Run a batch on the loop's thread. With an interruptible runtime the watchdog cuts a
         run short after ``INLINE_OVERRUN_S`` (None: run it on the worker instead, where the
         execution timeout applies; outputs of a cut run are never used, so the re-run is safe)."""
+        items, rows = [p.inputs for p in batch], [p.rows for p in batch]
         if self._interrupt is None:  # only without an execution timeout: nothing is bounded
             return self._compute(items, rows)
         cuts = self._cuts
@@ -531,26 +598,37 @@ class DynamicBatcher:
     def inline_recently(self, since: float) -> bool:
         return self._inline_last >= since
 
-    async def _compute_on_worker(
-        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], items: list[Arrays], rows: list[int]
-    ) -> tuple[list[Arrays], tuple[int, int, int]]:
-        """Run a batch on the worker thread, bounded by the execution timeout.
+    async def _await_worker(self, batch: list[_Pending], handed: _Handed) -> _Computed:
+        """Wait for a batch's run on a worker thread, bounded by the execution timeout counted
+        from when the thread began it (a batch handed over behind others waits for a thread).
 
         Raises:
             ModelNotReadyError: the execution overran; the version is being replaced.
         """
-        running = loop.run_in_executor(self._executor, self._compute, items, rows)
-        if self._execution_timeout_s is None:
-            return await running
+        running, limit = handed.running, self._execution_timeout_s
         try:
-            return await asyncio.wait_for(asyncio.shield(running), self._execution_timeout_s)
-        except TimeoutError:
-            # Nobody awaits the stuck execution any more: when (if) it ends, its outcome is
-            # read here, so a late exception is not reported as never retrieved.
-            running.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if limit is None:
+                return await running
+            while True:
+                # not begun yet: every thread is busy, and their batches are timed themselves
+                began = handed.started[0] if handed.started else time.monotonic()
+                remaining = began + limit - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    return await asyncio.wait_for(asyncio.shield(running), remaining)
+                except TimeoutError:
+                    continue
             self._stop_execution()
             self._hung(batch)
-            raise self._overran() from None
+            raise self._overran()
+        finally:
+            if not running.done():
+                # Cancelled (an unload, a hang ahead) or overran: a run still queued never starts;
+                # one stuck in the model has its outcome read whenever it ends, so a late
+                # exception is not reported as never retrieved.
+                running.cancel()
+                running.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _overran(self) -> ModelNotReadyError:
         return ModelNotReadyError(
@@ -569,7 +647,11 @@ class DynamicBatcher:
         """The worker thread is stuck in the model: nothing queued here will run. Refuse new
         requests, answer the queued ones, and let the owner replace this batcher."""
         self._closed = True
-        self._fail_queued(ModelNotReadyError("the model version hung and is being reloaded; retry"))
+        self._abort = ModelNotReadyError("the model version hung and is being reloaded; retry")
+        self._fail_queued(self._abort)
+        for task in self._on_worker:  # a batch queued behind the hung one may never run
+            if task is not asyncio.current_task():
+                task.cancel()
         if self._observer is not None:
             try:
                 self._observer.on_hung(self._execution_timeout_s or 0.0)
@@ -579,7 +661,6 @@ class DynamicBatcher:
     def _report(
         self,
         batch: list[_Pending],
-        queue_ns: list[int],
         start: int,
         timings: tuple[int, int, int],
         rows: int,
@@ -587,6 +668,7 @@ class DynamicBatcher:
     ) -> None:
         """Statistics and tracing of one batch; a failure here is logged and never reaches requests."""
         t_in, t_infer, t_out = timings
+        queue_ns = [max(0, start - p.enqueued_ns) for p in batch]
         try:
             if error is not None:
                 t_infer = time.monotonic_ns() - start
@@ -600,7 +682,9 @@ class DynamicBatcher:
         except Exception:
             log.exception("recording a batch's statistics failed")
 
-    def _compute(self, items: list[Arrays], rows: list[int]) -> tuple[list[Arrays], tuple[int, int, int]]:
+    def _compute(self, items: list[Arrays], rows: list[int], started: list[float] | None = None) -> _Computed:
+        if started is not None:
+            started.append(time.monotonic())  # (read by the event loop's thread: the timeout's start)
         t0 = time.monotonic_ns()
         if self.max_batch_size:
             merged = concat_inputs(items)
@@ -611,4 +695,4 @@ class DynamicBatcher:
         t2 = time.monotonic_ns()
         results = split_outputs(outputs, rows) if self.max_batch_size else [outputs]
         t3 = time.monotonic_ns()
-        return results, (t1 - t0, t2 - t1, t3 - t2)
+        return _Computed(results, (t1 - t0, t2 - t1, t3 - t2), t0)

@@ -107,6 +107,8 @@ class ModelDescription:
     version_policy: tuple[str, tuple[int, ...]]
     """("latest", (n,)), ("all", ()) or ("specific", (v, ...))."""
     max_queue_delay_us: int
+    instances: int = 1
+    """Worker threads running its batches at once (Triton's instance_group count)."""
 
 
 @dataclass(frozen=True, slots=True)

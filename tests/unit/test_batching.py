@@ -359,25 +359,104 @@ class Fatal(BaseException):
     """Not an Exception: escapes the batch's error handling and ends the worker task."""
 
 
-async def test_a_dead_worker_fails_its_batch_and_everything_queued(executor: Any) -> None:
+async def test_a_base_exception_in_the_model_fails_its_batch_and_the_queue_is_served_on(
+    executor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
     gate = threading.Event()
     started = threading.Event()
 
     def model(a: Arrays) -> Arrays:
-        started.set()
-        gate.wait(5)
-        raise Fatal()
+        calls.append(a["x"].shape[0])
+        if len(calls) == 1:
+            started.set()
+            gate.wait(5)
+            raise Fatal()
+        return {"y": a["x"] * 2}
 
     b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor)
     running = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(started)
-    queued = asyncio.ensure_future(b.submit(x(1)))
+    queued = asyncio.ensure_future(b.submit(x(1, 2.0)))
     await asyncio.sleep(0)
     gate.set()
     with pytest.raises(ModelExecutionError, match="without an answer"):
         await asyncio.wait_for(running, 5)
+    assert (await asyncio.wait_for(queued, 5))["y"][0, 0] == 4.0
+    assert (await asyncio.wait_for(b.submit(x(1, 3.0)), 5))["y"][0, 0] == 6.0
+    assert "Fatal" in caplog.text
+    await b.close()
+
+
+async def test_a_dead_inline_run_ends_the_worker_task_and_fails_everything_queued(executor: Any) -> None:
+    loop_thread = threading.get_ident()
+    queued: list[asyncio.Future[Arrays]] = []
+
+    def model(a: Arrays) -> Arrays:
+        if threading.get_ident() == loop_thread and a["x"][0, 0] == 9.0:
+            queued.append(asyncio.ensure_future(b.submit(x(1))))  # queued while the inline run is on
+            raise Fatal()
+        return {"y": a["x"] * 2}
+
+    b = DynamicBatcher(
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor, inline_below_s=5.0
+    )
+    await b.submit(x(1))  # measured on the worker: later batches run inline
+    with pytest.raises(ModelExecutionError, match="without an answer"):
+        await asyncio.wait_for(b.submit(x(1, 9.0)), 5)
     with pytest.raises(ModelExecutionError, match="batch worker failed"):
-        await asyncio.wait_for(queued, 5)
+        await asyncio.wait_for(queued[0], 5)
+    assert (await asyncio.wait_for(b.submit(x(1, 3.0)), 5))["y"][0, 0] == 6.0  # a new worker task serves on
+    await b.close()
+
+
+async def test_a_full_batch_is_handed_to_the_worker_behind_the_running_one(executor: Any) -> None:
+    """The worker thread starts the next full batch the moment the running one ends, while the
+    event loop is still busy (blocked here on purpose): no round trip through the loop between."""
+    started = [threading.Event() for _ in range(4)]
+    release = threading.Event()
+    batches: list[int] = []
+
+    def model(a: Arrays) -> Arrays:
+        started[len(batches)].set()
+        batches.append(a["x"].shape[0])
+        if len(batches) == 1:
+            release.wait(5)
+        return {"y": a["x"] * 2}
+
+    b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=16, executor=executor)
+    first = asyncio.ensure_future(b.submit(x(1, 1.0)))
+    await wait_for(started[0])
+    rest = [asyncio.ensure_future(b.submit(x(1, float(v)))) for v in range(2, 7)]  # 5 rows: 2 full batches
+    for _ in range(5):
+        await asyncio.sleep(0)
+    release.set()
+    assert started[1].wait(5)  # the loop is blocked here, yet the second batch started
+    outs = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert [float(o["y"][0, 0]) for o in outs] == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+    assert batches[:2] == [1, 2] and sum(batches) == 6
+    await b.close()
+
+
+async def test_a_batch_behind_another_on_the_worker_is_timed_from_when_that_one_ends(executor: Any) -> None:
+    """Each of the two batches runs 0.6 s, under the 1 s execution timeout; the second was
+    handed over 1.2 s before it ended, and must not be counted as overrunning."""
+    calls: list[int] = []
+
+    def model(a: Arrays) -> Arrays:
+        calls.append(a["x"].shape[0])
+        time.sleep(0.6)
+        return {"y": a["x"] * 2}
+
+    rec = HangRecorder()
+    b = DynamicBatcher(
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor, observer=rec,
+        execution_timeout_s=1.0,
+    )  # fmt: skip
+    outs = await asyncio.wait_for(asyncio.gather(b.submit(x(1, 1.0)), b.submit(x(1, 2.0))), 5)
+    assert [float(o["y"][0, 0]) for o in outs] == [2.0, 4.0]
+    assert rec.hangs == [] and calls == [1, 1]
+    await b.close()
 
 
 def adaptive_batcher(executor: Any, adaptive: bool = True) -> DynamicBatcher:
@@ -518,3 +597,10 @@ async def test_a_model_failure_keeps_its_cause_and_logs_its_traceback(
     assert isinstance(info.value.__cause__, ZeroDivisionError)
     assert "ZeroDivisionError" in caplog.text and "Traceback" in caplog.text
     await b.close()
+
+
+async def test_threads_must_be_at_least_one(executor: Any) -> None:
+    with pytest.raises(ValueError, match="threads"):
+        DynamicBatcher(
+            lambda a: a, max_batch_size=1, max_queue_delay_s=0, max_queue_size=1, executor=executor, threads=0
+        )

@@ -125,7 +125,7 @@ def test_a_torch_models_first_answer_on_a_new_thread_equals_the_loading_threads(
         np.testing.assert_array_equal(answer["label"], expected["label"])
 
 
-def test_metadata_reports_the_device_and_warmup_sizes_are_configurable(demo: Path, tmp_path: Path) -> None:
+def test_metadata_reports_the_device_and_instance_count_and_warmup_sizes_are_configurable(demo: Path, tmp_path: Path) -> None:
     import shutil
 
     import yaml
@@ -136,11 +136,12 @@ def test_metadata_reports_the_device_and_warmup_sizes_are_configurable(demo: Pat
     root = tmp_path / "repo"
     shutil.copytree(demo, root)
     doc = yaml.safe_load((root / "digits/model.yaml").read_text())
-    doc["instance"] = {"warmup_batch_sizes": [3, 7]}
+    doc["instance"] = {"warmup_batch_sizes": [3, 7], "count": 2}
     (root / "digits/model.yaml").write_text(yaml.safe_dump(doc))
     registry = ModelRegistry()
     registry.load_entries([e for e in scan_repository(root) if e.name == "digits"])
     svc = LocalInferenceService(registry)
     assert svc.model_metadata("digits").device == "cpu"
-    assert config_json(svc.model_config("digits"))["instance_group"][0]["kind"] == "KIND_CPU"
+    group = config_json(svc.model_config("digits"))["instance_group"][0]
+    assert group["kind"] == "KIND_CPU" and group["count"] == 2
     assert registry.get("digits").config.instance.warmup_batch_sizes == (3, 7)

@@ -77,3 +77,70 @@ async def test_closing_a_version_whose_worker_is_stuck_never_blocks_the_loop() -
     finally:
         releaser.cancel()
         model.release.set()
+
+
+class PairedModel(StuckModel):
+    """Each execution waits at a barrier for a second one running at the same time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = threading.Barrier(2)
+        self.threads: set[int] = set()
+
+    def predict(self, inputs: Arrays, outputs: list[str]) -> Arrays:
+        self.threads.add(threading.get_ident())
+        self.entered.set()
+        self.pair.wait(10)  # broken (and the batch failed) unless two executions overlap
+        return {"y": inputs["x"] * 2}
+
+
+def version_of(model: StuckModel, count: int) -> ModelVersion:
+    config = ModelConfig.model_validate(
+        {
+            "platform": "onnx",
+            "max_batch_size": 4,
+            "dynamic_batching": {"max_queue_delay_ms": 0},
+            "instance": {"warmup": False, "execution_timeout_s": None, "count": count},
+        }
+    )
+    mv = ModelVersion(ModelInstance("paired", 1, config, model))
+    mv.load()
+    return mv
+
+
+async def test_instance_count_runs_that_many_batches_at_once_on_their_own_threads() -> None:
+    model = PairedModel()
+    mv = version_of(model, count=2)
+    assert mv.batcher is not None
+    first = asyncio.ensure_future(mv.batcher.submit({"x": np.ones((1, 4), np.float32)}))
+    await asyncio.to_thread(model.entered.wait, 10)  # the first batch waits at the barrier for a second
+    second = mv.batcher.submit({"x": np.full((2, 4), 3.0, np.float32)})
+    a, b = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert a["y"].tolist() == [[2.0] * 4] and b["y"].tolist() == [[6.0] * 4] * 2
+    assert len(model.threads) == 2
+    await mv.close()
+    assert model.unloaded
+
+
+async def test_closing_a_version_waits_for_every_worker_thread() -> None:
+    """Two threads, one stuck in the model until released: the version is unloaded only after
+    both are free, and the event loop runs meanwhile."""
+    model = StuckModel()
+    mv = version_of(model, count=2)
+    assert mv.batcher is not None
+    request = asyncio.ensure_future(mv.batcher.submit({"x": np.zeros((1, 4), np.float32)}))
+    await asyncio.to_thread(model.entered.wait, 10)
+    releaser = threading.Timer(1.0, model.release.set)
+    releaser.start()
+    try:
+        closing = asyncio.ensure_future(mv.close())
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not closing.done() and not model.unloaded  # one thread is still in the model
+        with pytest.raises(ModelNotReadyError, match="unloaded"):
+            await request
+        await asyncio.wait_for(closing, 10)
+        assert model.unloaded
+    finally:
+        releaser.cancel()
+        model.release.set()

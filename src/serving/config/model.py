@@ -215,6 +215,14 @@ class InstanceConfig(Strict):
     num_threads: NonNegativeInt = Field(
         default=1, description="Intra-op threads of the runtime (0 = the runtime's default)."
     )
+    count: PositiveInt = Field(
+        default=1,
+        description=(
+            "Worker threads running this version's batches at the same time, each with num_threads intra-op "
+            "threads (Triton's instance_group count). Above 1, the model's predict is called from that many "
+            "threads at once: onnxruntime, TorchScript and the tabular runtimes allow it; a python model must."
+        ),
+    )
     warmup: bool = Field(
         default=True, description="Run zero-filled batches at load so the first request is not the slow one."
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 
 WORKER_STOP_S = 5.0
 """How long closing a version waits for its worker thread to finish what it runs."""
-
-
-def _nothing() -> None:
-    """Queued behind a worker's work: its completion says the thread is free."""
 
 
 class VersionState(str, enum.Enum):
@@ -165,7 +162,8 @@ class ModelVersion:
         """A worker thread and a batcher for ``self.instance`` (none for a pipeline: its steps batch)."""
         if self.pipeline is not None:
             return
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-v{self.version}")
+        threads = self.config.instance.count
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"{self.name}-v{self.version}")
         batching = self.config.dynamic_batching
         self.batcher = DynamicBatcher(
             self.instance.predict,
@@ -179,6 +177,7 @@ class ModelVersion:
             trace_attributes={"serving.model": self.name, "serving.version": str(self.version)},
             execution_timeout_s=self.config.instance.execution_timeout_s,
             interrupt=self.instance.interrupt,
+            threads=threads,
         )
 
     def on_hung(self, seconds: float) -> None:
@@ -244,7 +243,7 @@ class ModelVersion:
             self.instance.unload()
 
     async def _stop_worker(self) -> bool:
-        """Stop the worker thread without ever blocking the event loop on it: an execution still
+        """Stop the worker threads without ever blocking the event loop on it: an execution still
         running there (its requests were already answered by the batcher's close) is interrupted
         where the runtime can be, and waited for up to ``WORKER_STOP_S``. False when the thread is
         still stuck (a hang): it is abandoned, and the model it uses is left to the garbage
@@ -252,17 +251,22 @@ class ModelVersion:
         executor, self._executor = self._executor, None
         if executor is None:
             return True
+        # Queued behind what the threads run: each thread, once free, takes one and waits there for
+        # the others, so all of them pass only when every thread is free.
+        threads = self.config.instance.count
+        everyone = threading.Barrier(threads)
         try:
-            idle = asyncio.wrap_future(executor.submit(_nothing))  # runs once the thread is free
+            waits = [executor.submit(everyone.wait, WORKER_STOP_S + 1) for _ in range(threads)]
         except RuntimeError:  # already shut down (a reload abandoned it)
             return True
+        idle = asyncio.gather(*(asyncio.wrap_future(w) for w in waits))
         executor.shutdown(wait=False)
         interrupt = self.instance.interrupt
         if interrupt is not None:
             interrupt()
         try:
             await asyncio.wait_for(idle, WORKER_STOP_S)
-        except TimeoutError:
+        except (TimeoutError, threading.BrokenBarrierError):
             log.error(
                 "model %s version %d: its worker thread is still running after %gs (a hung model?); abandoned",
                 self.name,

@@ -102,7 +102,7 @@ class OnnxModel:
         self._threads = num_threads
         self._options = options or OnnxOptions()
         self._session: ort.InferenceSession | None = None
-        self._running: ort.RunOptions | None = None  # the execution in progress (interrupt stops it)
+        self._running: set[ort.RunOptions] = set()  # the executions in progress (interrupt stops them)
         self._string_inputs: set[str] = set()
         self._string_outputs: set[str] = set()
 
@@ -140,12 +140,15 @@ class OnnxModel:
     def predict(self, inputs: Arrays, outputs: list[str]) -> Arrays:
         s = self._require()
         feed = {k: (_to_str(k, v) if k in self._string_inputs else v) for k, v in inputs.items()}
-        run = self._running = ort.RunOptions()  # one per execution (0.6 us): an interrupt stops only this one
+        run = ort.RunOptions()  # one per execution (0.6 us): an interrupt stops only those running then
         run.log_severity_level = 4  # a failure is raised and logged by the caller, not printed by onnxruntime
+        self._running.add(run)
         try:
             results = self._run_bound(s, outputs, feed, run) if self._options.io_binding else s.run(outputs, feed, run)
         except Exception as exc:
             raise ModelExecutionError(f"onnxruntime failed: {exc}") from exc
+        finally:
+            self._running.discard(run)
         out: Arrays = {}
         for name, value in zip(outputs, results):
             arr = np.asarray(value)
@@ -166,10 +169,9 @@ class OnnxModel:
         return list(binding.copy_outputs_to_cpu())
 
     def interrupt(self) -> None:
-        """Stop the execution in progress, if any, from any thread: it fails with onnxruntime's
+        """Stop the executions in progress, if any, from any thread: they fail with onnxruntime's
         "terminate flag" error. Later executions are not affected."""
-        run = self._running
-        if run is not None:
+        for run in list(self._running):
             run.terminate = True
 
     def unload(self) -> None:

@@ -119,4 +119,5 @@ def describe(mv: ModelInstance) -> ModelDescription:
         device=mv.model.device,
         version_policy=vp,
         max_queue_delay_us=int(mv.config.dynamic_batching.max_queue_delay_ms * 1000),
+        instances=mv.config.instance.count,
     )
