@@ -198,7 +198,7 @@ class DynamicBatcher:
             dimension and every request runs alone.
         max_queue_delay_s: longest the oldest request waits for the batch to fill.
         max_queue_size: most requests waiting; more raise ``QueueFullError`` at once.
-        executor: where ``run`` executes (a single worker keeps executions serial).
+        executor: where ``run`` executes, with ``threads`` worker threads.
         observer: told about every execution.
         adaptive_delay: wait for ``max_queue_delay_s`` only while waiting finds company. After a
             wait that gathered no other request, the next ``PROBE_EVERY - 1`` batches run at once,
@@ -218,6 +218,13 @@ class DynamicBatcher:
             ``on_hung`` is told (the owner replaces this batcher).
         interrupt: stops the model's execution in progress from another thread (onnxruntime's
             ``RunOptions.terminate``); called when a batch overruns, inline or on the worker.
+        threads: batches run at once, each on its own worker thread (``instance.count``). Measured
+            on the 2-core VM (bench/batch_share.py, ``[64, 784]`` requests over gRPC at concurrency
+            16): the reference MLP as 2 threads of 1 onnxruntime thread each served 35,900-38,000
+            rows/s against 31,900-34,000 as 1 thread of 2 (0.65-0.69 of the in-process limit
+            against 0.59-0.61). Handing a full batch over behind busy threads, so that a thread
+            would not wait for the event loop between batches, was tried and measured within the
+            noise (34,000-36,700 without it against 35,900-38,000 with it): not kept.
     """
 
     def __init__(
@@ -272,10 +279,9 @@ class DynamicBatcher:
         self._execution_timeout_s = execution_timeout_s
         self._threads = threads
         self._on_worker: set[asyncio.Task[None]] = set()
-        """Batches handed to the worker threads and not answered yet: one per thread at most, and
-        one more waiting behind them."""
+        """Batches handed to the worker threads and not answered yet (one per thread at most)."""
         self._abort: ServingError | None = None
-        """Why batches still waiting behind a hung one are answered without running."""
+        """Why the other threads' batches are answered when one hangs (the version is reloaded)."""
         if self._inline_below_ns and interrupt is not None:
             WATCHDOG.watch(self)
 
@@ -410,15 +416,14 @@ class DynamicBatcher:
         assert arrived is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue or not self._may_follow():
+            if not self._queue or len(self._on_worker) >= self._threads:
                 arrived.clear()
-                await arrived.wait()  # set by an arrival, and by a worker batch's end
+                await arrived.wait()  # set by an arrival, and by a worker thread's batch ending
                 continue
-            following = len(self._on_worker) >= self._threads  # every thread busy
-            waited = self.waits and not following
+            waited = self.waits
             if waited:
                 await self._fill(arrived)
-            elif self._skip_waits and not following:
+            elif self._skip_waits:
                 self._skip_waits -= 1
             batch = self._take()
             if self._adaptive and waited and len(batch) == 1 and batch[0].rows < self.max_batch_size:
@@ -430,17 +435,6 @@ class DynamicBatcher:
             else:
                 self._hand_to_worker(loop, batch)
 
-    def _may_follow(self) -> bool:
-        """Whether the next batch may be taken now. While every worker thread runs a batch, one
-        more is handed over behind them once the queue holds a full batch (taken later, it would be
-        no larger): a thread starts it the moment its batch ends, instead of waiting for the event
-        loop to come round. Measured on the 2-core VM with ``[64, 784]`` requests at concurrency 16,
-        the thread otherwise idled ~23 % of the time with requests queued."""
-        busy = len(self._on_worker)
-        if busy < self._threads:
-            return True
-        return busy == self._threads and self._live_rows >= max(1, self.max_batch_size)
-
     def _runs_inline(self, batch: list[_Pending]) -> bool:
         """Inline when recent batches were fast, scaled up for a batch with more rows than they had
         (a batch 4,000x larger than the last ones must not run on the loop, past any timeout)."""
@@ -450,7 +444,7 @@ class DynamicBatcher:
         )
 
     def _hand_to_worker(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        """Queue ``batch`` on the worker thread, behind the batch running there, if any."""
+        """Run ``batch`` on a free worker thread; the loop goes on serving the queue meanwhile."""
         task = loop.create_task(self._execute(loop, batch, self._queue_run(loop, batch)))
         self._on_worker.add(task)
         task.add_done_callback(self._worker_batch_ended)
@@ -600,7 +594,7 @@ class DynamicBatcher:
 
     async def _await_worker(self, batch: list[_Pending], handed: _Handed) -> _Computed:
         """Wait for a batch's run on a worker thread, bounded by the execution timeout counted
-        from when the thread began it (a batch handed over behind others waits for a thread).
+        from when a thread began it (the executor may hold other work: a shadow copy's).
 
         Raises:
             ModelNotReadyError: the execution overran; the version is being replaced.
@@ -610,7 +604,7 @@ class DynamicBatcher:
             if limit is None:
                 return await running
             while True:
-                # not begun yet: every thread is busy, and their batches are timed themselves
+                # not begun yet: the threads are busy with other work, which is timed itself
                 began = handed.started[0] if handed.started else time.monotonic()
                 remaining = began + limit - time.monotonic()
                 if remaining <= 0:
@@ -624,7 +618,7 @@ class DynamicBatcher:
             raise self._overran()
         finally:
             if not running.done():
-                # Cancelled (an unload, a hang ahead) or overran: a run still queued never starts;
+                # Cancelled (an unload, a hang elsewhere) or overran: a run still queued never starts;
                 # one stuck in the model has its outcome read whenever it ends, so a late
                 # exception is not reported as never retrieved.
                 running.cancel()
@@ -649,7 +643,7 @@ class DynamicBatcher:
         self._closed = True
         self._abort = ModelNotReadyError("the model version hung and is being reloaded; retry")
         self._fail_queued(self._abort)
-        for task in self._on_worker:  # a batch queued behind the hung one may never run
+        for task in self._on_worker:  # the other threads' batches: the lane they run on is abandoned
             if task is not asyncio.current_task():
                 task.cancel()
         if self._observer is not None:
