@@ -3,7 +3,7 @@
 `make bench` (bench/online.py) measures the limit once at its start and the batches minutes later
 beside an idle PyTriton; this measures only the batches, in each given mode of `serving serve`
 (Ray or standalone), each perf_analyzer window (sync, concurrency 16, zero-filled `-b 64`) right
-after a fresh in-process limit (onnxruntime alone, 2 threads, best batch size, the server idle),
+after a fresh in-process limit (onnxruntime alone on every core, its best layout and batch size, the server idle),
 and the server's CPU per thread over the window with the machine's.
 
     .venv/bin/python bench/batch_share.py ray standalone
@@ -75,7 +75,7 @@ def main() -> None:
                 root = psutil.Process(server.proc.pid)
                 perf_analyzer(server.grpc_url, "grpc", MODEL, "1", 16, "zero", batch=64)  # warm up
                 for _ in range(args.windows):
-                    _, limit = in_process_limit(onnx_path, FEATURES, threads=2)
+                    _, _, limit = in_process_limit(onnx_path, FEATURES)
                     pids = [root.pid, *(c.pid for c in root.children(recursive=True))]
                     before, busy, began = thread_cpu(pids), machine_busy(), time.monotonic()
                     rows = perf_analyzer(server.grpc_url, "grpc", MODEL, "1", 16, "zero", batch=64)["infer_s"]

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import onnxruntime as ort
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from serving.config.model import load_model_config  # noqa: E402
 from serving.demo import build_reference_mlp  # noqa: E402
 
 from server_process import ServerProcess  # noqa: E402
@@ -36,24 +38,43 @@ TOOLS = HERE / ".tools"
 MODELS = {"reference_mlp": 784, "digits": 64}
 
 
-def in_process_limit(model_path: Path, features: int, threads: int, seconds: float = 2.0) -> tuple[int, float]:
-    """(best batch size, rows/s) of onnxruntime alone."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    best = (1, 0.0)
-    for batch in (1, 8, 32, 64, 128):
-        x = np.random.default_rng(0).random((batch, features), dtype=np.float32)
-        sess.run(None, {name: x})
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 5:
-            sess.run(None, {name: x})
-            n += batch
-        rate = n / (time.perf_counter() - start)
-        if rate > best[1]:
-            best = (batch, rate)
+def in_process_limit(model_path: Path, features: int, seconds: float = 4.0) -> tuple[str, int, float]:
+    """(layout, best batch size, rows/s) of onnxruntime alone on every core, at its best of two
+    layouts: one caller with an intra-op thread per core, or a caller per core with one thread
+    each on one shared session (what ``instance: {count: N, num_threads: 1}`` runs)."""
+    cores = os.cpu_count() or 1
+    best = ("", 1, 0.0)
+    for callers, threads in ((1, cores), (cores, 1)):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        for batch in (1, 8, 32, 64, 128):
+            rate = _rows_per_second(sess, np.random.default_rng(0).random((batch, features), dtype=np.float32),
+                                    callers, seconds / 10)  # fmt: skip
+            if rate > best[2]:
+                best = (f"{callers} caller(s) x {threads} thread(s)", batch, rate)
     return best
+
+
+def _rows_per_second(sess: ort.InferenceSession, x: np.ndarray, callers: int, seconds: float) -> float:
+    """Rows/s of ``callers`` threads calling ``sess.run`` on ``x`` for ``seconds``."""
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: x})
+    counts = [0] * callers
+    until = time.perf_counter() + seconds
+
+    def call(i: int) -> None:
+        while time.perf_counter() < until:
+            sess.run(None, {name: x})
+            counts[i] += x.shape[0]
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def in_process_service(repo: Path, model: str, features: int, concurrency: int, requests: int = 3000) -> float:
@@ -234,8 +255,8 @@ def main() -> None:
 
     work, repo, data = reference_setup("serving-bench-")
     onnx_path = repo / MODEL / "1" / "model.onnx"
-    batch, limit = in_process_limit(onnx_path, FEATURES, threads=2)
-    print(f"in-process limit: {limit:,.0f} rows/s at batch {batch} (onnxruntime, 2 threads)", flush=True)
+    layout, batch, limit = in_process_limit(onnx_path, FEATURES)
+    print(f"in-process limit: {limit:,.0f} rows/s at batch {batch} (onnxruntime, {layout})", flush=True)
     service_rate = in_process_service(repo, MODEL, FEATURES, 64)
     print(f"serving's own code in-process (no network, no Ray) c=64: {service_rate:,.0f} req/s", flush=True)
 
@@ -251,9 +272,11 @@ def main() -> None:
         http, grpc_port, metrics = free_port(), free_port(), free_port()
         began = time.monotonic()
         pytriton_python = str(HERE / ".pytriton/bin/python")
+        instance = load_model_config(repo / MODEL / "model.yaml").instance  # the peer runs the same
         triton = Peer(
             [pytriton_python, str(HERE / "pytriton_server.py"), "--model", str(onnx_path),
-             "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
+             "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
+             "--instances", str(instance.count), "--threads", str(instance.num_threads)],
             work / "pytriton.log",
             env={"LD_LIBRARY_PATH": libpython_dir(pytriton_python)},
         )  # fmt: skip
@@ -325,9 +348,10 @@ def main() -> None:
         f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
         "Reference MLP 784->1024->1024->10 FP32, perf_analyzer (tritonclient 2.51.0), batch-1 requests; gRPC "
         "sync (one thread per slot) and `grpc-async` (perf_analyzer --async: calls multiplexed on one channel); HTTP "
-        "uses binary tensors. PyTriton 0.7.0: dynamic batching up to 128 rows / 500 us, onnxruntime with 2 "
-        "threads in its @batch callable. Floor: one bare grpc.aio process answering a precomputed response. "
-        f"Limit: onnxruntime in-process, {limit:,.0f} rows/s at batch {batch} (2 threads). All in one run: serving "
+        "uses binary tensors. Both servers run the model as its model.yaml says (`instance`: "
+        f"{instance.count} instance(s) x {instance.num_threads} onnxruntime thread(s)); PyTriton 0.7.0: dynamic "
+        "batching up to 128 rows / 500 us, onnxruntime in its @batch callables. Floor: one bare grpc.aio process answering a precomputed response. "
+        f"Limit: onnxruntime in-process, {limit:,.0f} rows/s at batch {batch} ({layout}). All in one run: serving "
         "and PyTriton run side by side, each row measured on one then the other (the order alternated row by "
         "row); the floor after them.\n\n"
         f"{table}\n"

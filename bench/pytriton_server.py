@@ -1,6 +1,8 @@
 """PyTriton peer for `make bench`: Triton's C++ front end (HTTP + gRPC) with dynamic batching
-up to 128 rows / 500 us, the model = onnxruntime (2 intra-op threads) in a ``@batch`` Python
-callable. Runs in bench/.pytriton (its own venv). Prints "ready" once Triton answers."""
+up to 128 rows / 500 us, the model = onnxruntime in ``@batch`` Python callables: ``--instances``
+model instances (PyTriton runs one callable per instance) sharing one session with ``--threads``
+intra-op threads, as serving's ``instance: {count, num_threads}`` runs it. Runs in bench/.pytriton
+(its own venv). Prints "ready" once Triton answers."""
 
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
+    parser.add_argument("--instances", type=int, default=1, help="model instances (Triton's instance_group count)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     args = parser.parse_args()
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
+    opts.intra_op_num_threads = args.threads
     sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     (inp,) = sess.get_inputs()
     outs = sess.get_outputs()
@@ -47,7 +51,7 @@ def main() -> None:
     with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
         triton.bind(
             model_name=args.name,
-            infer_func=infer,
+            infer_func=[infer] * args.instances,
             inputs=[Tensor(name=inp.name, dtype=np.float32, shape=tuple(inp.shape[1:]))],
             outputs=[Tensor(name=o.name, dtype=DTYPES[o.type], shape=tuple(o.shape[1:]) or (-1,)) for o in outs],
             config=ModelConfig(max_batch_size=128, batcher=DynamicBatcher(max_queue_delay_microseconds=500)),

@@ -205,7 +205,11 @@ def build_reference_mlp(root: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 1
             "max_batch_size": max_batch_size,
             # Wait up to 0.5 ms (PyTriton's setting in bench/) while waiting finds company.
             "dynamic_batching": {"max_queue_delay_ms": 0.5, "adaptive": True, "max_queue_size": 4096},
-            "instance": {"num_threads": 2},
+            # Two worker threads with one onnxruntime thread each: onnxruntime's best layout for this
+            # model on the 2-core VM at batch 1-128 (in process: 3-22 % more rows/s than one caller
+            # with 2 threads; bench/online.py's limit measures both), and [64, 784] batches over
+            # gRPC 10-23 % faster than one worker thread with 2 (bench/batch_share.py).
+            "instance": {"num_threads": 1, "count": 2},
         },
     )
 

@@ -125,7 +125,9 @@ def test_a_torch_models_first_answer_on_a_new_thread_equals_the_loading_threads(
         np.testing.assert_array_equal(answer["label"], expected["label"])
 
 
-def test_metadata_reports_the_device_and_instance_count_and_warmup_sizes_are_configurable(demo: Path, tmp_path: Path) -> None:
+def test_metadata_reports_the_device_and_instance_count_and_warmup_sizes_are_configurable(
+    demo: Path, tmp_path: Path
+) -> None:
     import shutil
 
     import yaml

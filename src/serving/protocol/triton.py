@@ -32,7 +32,9 @@ def config_json(d: ModelDescription) -> dict[str, Any]:
         "max_batch_size": d.max_batch_size,
         "input": [{"name": s.name, "data_type": _config_type(s.datatype), "dims": list(s.shape)} for s in d.inputs],
         "output": [{"name": s.name, "data_type": _config_type(s.datatype), "dims": list(s.shape)} for s in d.outputs],
-        "instance_group": [{"name": d.name, "kind": "KIND_GPU" if d.device == "gpu" else "KIND_CPU", "count": d.instances}],
+        "instance_group": [
+            {"name": d.name, "kind": "KIND_GPU" if d.device == "gpu" else "KIND_CPU", "count": d.instances}
+        ],
     }
     if d.max_batch_size:
         cfg["dynamic_batching"] = {"max_queue_delay_microseconds": d.max_queue_delay_us}
