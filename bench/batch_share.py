@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-from online import FEATURES, MODEL, in_process_limit, perf_analyzer, reference_setup  # noqa: E402
+from online import BATCH_MODEL, FEATURES, MODEL, in_process_limit, perf_analyzer, reference_setup  # noqa: E402
 
 from server_process import ServerProcess  # noqa: E402
 
@@ -63,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modes", nargs="+", choices=("ray", "standalone"))
     parser.add_argument("--windows", type=int, default=2, help="windows per mode")
+    parser.add_argument("--model", choices=(BATCH_MODEL, MODEL), default=BATCH_MODEL,
+                        help="the reference MLP's instance layout: 2 x 1 thread (default) or 1 x 2 threads")  # fmt: skip
     args = parser.parse_args()
     work, repo, _ = reference_setup("serving-batch-share-")
     onnx_path = repo / MODEL / "1" / "model.onnx"
@@ -73,16 +75,16 @@ def main() -> None:
             try:
                 assert server.proc is not None
                 root = psutil.Process(server.proc.pid)
-                perf_analyzer(server.grpc_url, "grpc", MODEL, "1", 16, "zero", batch=64)  # warm up
+                perf_analyzer(server.grpc_url, "grpc", args.model, "1", 16, "zero", batch=64)  # warm up
                 for _ in range(args.windows):
                     _, _, limit = in_process_limit(onnx_path, FEATURES)
                     pids = [root.pid, *(c.pid for c in root.children(recursive=True))]
                     before, busy, began = thread_cpu(pids), machine_busy(), time.monotonic()
-                    rows = perf_analyzer(server.grpc_url, "grpc", MODEL, "1", 16, "zero", batch=64)["infer_s"]
+                    rows = perf_analyzer(server.grpc_url, "grpc", args.model, "1", 16, "zero", batch=64)["infer_s"]
                     seconds = time.monotonic() - began
                     busy = (machine_busy() - busy) / seconds
                     threads = thread_cpu(pids) - before
-                    print(f"{mode}: {rows:,.0f} rows/s, limit {limit:,.0f} -> {rows / limit:.2f}; machine {busy:.2f} "
+                    print(f"{mode} {args.model}: {rows:,.0f} rows/s, limit {limit:,.0f} -> {rows / limit:.2f}; machine {busy:.2f} "
                           f"cores busy, server {sum(threads.values()) / seconds:.2f}; busiest threads: "
                           + ", ".join(f"{name} {cpu / seconds:.2f}" for name, cpu in threads.most_common(4)),
                           flush=True)  # fmt: skip

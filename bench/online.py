@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from serving.config.model import load_model_config  # noqa: E402
-from serving.demo import build_reference_mlp  # noqa: E402
+from serving.demo import REFERENCE_LAYOUTS, build_reference_mlp  # noqa: E402
 
 from server_process import ServerProcess  # noqa: E402
 
@@ -135,7 +135,7 @@ def reference_setup(prefix: str) -> tuple[Path, Path, Path]:
     """A fresh folder holding the reference MLP's repository and perf_analyzer's input data:
     (folder, repository, input data)."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    build_reference_mlp(work / "repo")
+    build_reference_mlp(work / "repo", layouts=REFERENCE_LAYOUTS)
     return work, work / "repo", input_data(work / "input.json", FEATURES)
 
 
@@ -214,6 +214,8 @@ def libpython_dir(python: str) -> str:
 
 
 MODEL = "reference_mlp"
+BATCH_MODEL = "reference_mlp_batch"
+"""The same MLP with the instance layout for large requests (``serving.demo.REFERENCE_LAYOUTS``)."""
 FEATURES = 784
 
 
@@ -228,7 +230,7 @@ def measure_cell(label: str, urls: dict[str, str], cell: tuple[str, int], data: 
     if protocol == "grpc-batch64":
         # Zero-filled batches: perf_analyzer's random bytes hold NaN and inf, which serving answers with
         # 400 (only finite numbers are accepted); the MLP's work is the same for any finite values.
-        r = perf_analyzer(urls["grpc"], "grpc", MODEL, "1", c, "zero", batch=64)
+        r = perf_analyzer(urls["grpc"], "grpc", BATCH_MODEL, "1", c, "zero", batch=64)
         print(f"[{label:8s}] grpc [64,784] batches c={c} {r['infer_s']:9,.0f} rows/s", flush=True)
         return r
     wire, extra = ("grpc", ("--async",)) if protocol == "grpc-async" else (protocol, ())
@@ -272,11 +274,14 @@ def main() -> None:
         http, grpc_port, metrics = free_port(), free_port(), free_port()
         began = time.monotonic()
         pytriton_python = str(HERE / ".pytriton/bin/python")
-        instance = load_model_config(repo / MODEL / "model.yaml").instance  # the peer runs the same
+        # the peer serves both names with the same instance layouts
+        instance = load_model_config(repo / MODEL / "model.yaml").instance
+        wide = load_model_config(repo / BATCH_MODEL / "model.yaml").instance
         triton = Peer(
             [pytriton_python, str(HERE / "pytriton_server.py"), "--model", str(onnx_path),
              "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
-             "--instances", str(instance.count), "--threads", str(instance.num_threads)],
+             "--instances", str(instance.count), "--threads", str(instance.num_threads),
+             "--also", f"{BATCH_MODEL}:{wide.count}:{wide.num_threads}"],
             work / "pytriton.log",
             env={"LD_LIBRARY_PATH": libpython_dir(pytriton_python)},
         )  # fmt: skip
@@ -348,8 +353,10 @@ def main() -> None:
         f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
         "Reference MLP 784->1024->1024->10 FP32, perf_analyzer (tritonclient 2.51.0), batch-1 requests; gRPC "
         "sync (one thread per slot) and `grpc-async` (perf_analyzer --async: calls multiplexed on one channel); HTTP "
-        "uses binary tensors. Both servers run the model as its model.yaml says (`instance`: "
-        f"{instance.count} instance(s) x {instance.num_threads} onnxruntime thread(s)); PyTriton 0.7.0: dynamic "
+        "uses binary tensors. Both servers run the model with the same instance layouts: "
+        f"{instance.count} instance(s) x {instance.num_threads} onnxruntime thread(s) for batch-1 requests "
+        f"(`{MODEL}`), {wide.count} x {wide.num_threads} for the [64, 784] batches (`{BATCH_MODEL}`, the same "
+        "weights); PyTriton 0.7.0: dynamic "
         "batching up to 128 rows / 500 us, onnxruntime in its @batch callables. Floor: one bare grpc.aio process answering a precomputed response. "
         f"Limit: onnxruntime in-process, {limit:,.0f} rows/s at batch {batch} ({layout}). All in one run: serving "
         "and PyTriton run side by side, each row measured on one then the other (the order alternated row by "

@@ -189,29 +189,47 @@ def build_digits_torch(root: Path) -> None:
     )
 
 
-def build_reference_mlp(root: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 10), max_batch_size: int = 128) -> None:
-    """The benchmark's reference MLP, seeded weights (He init)."""
+REFERENCE_LAYOUTS = {
+    # One worker thread running onnxruntime with 2 threads: the faster layout for batch-1 clients
+    # (perf_analyzer at 64 clients on the 2-core VM, the two layouts side by side, 3 rounds: gRPC
+    # 4-8 %, gRPC --async 6-20 %, HTTP 9-16 % more requests/s than the one below): its batches form
+    # while one runs, and each runs on both cores.
+    "reference_mlp": {"num_threads": 2},
+    # Two worker threads with one onnxruntime thread each: the faster layout for large requests
+    # ([64, 784] over gRPC at 16 clients: 35,900-38,000 rows/s against 31,900-34,000,
+    # bench/batch_share.py), and onnxruntime's own best in process at batch 1-128 (3-22 % more).
+    "reference_mlp_batch": {"num_threads": 1, "count": 2},
+}
+"""The benchmark's reference MLP under two names, one per instance layout (see docs/benchmarks.md)."""
+
+
+def build_reference_mlp(
+    root: Path,
+    sizes: tuple[int, ...] = (784, 1024, 1024, 10),
+    max_batch_size: int = 128,
+    layouts: dict[str, dict[str, int]] | None = None,
+) -> None:
+    """The benchmark's reference MLP, seeded weights (He init), as a model per instance layout
+    (default: :data:`REFERENCE_LAYOUTS`' ``reference_mlp`` alone)."""
     rng = np.random.default_rng(0)
     layers = [
         (rng.standard_normal((a, b), dtype=np.float32) * np.sqrt(2.0 / a), np.zeros(b, np.float32))
         for a, b in itertools.pairwise(sizes)
     ]
-    _write(root / "reference_mlp" / "1" / "model.onnx", mlp_onnx(layers, classifier=False))
-    _config(
-        root / "reference_mlp",
-        {
-            "platform": "onnx",
-            "description": f"reference MLP {'->'.join(map(str, sizes))}, float32",
-            "max_batch_size": max_batch_size,
-            # Wait up to 0.5 ms (PyTriton's setting in bench/) while waiting finds company.
-            "dynamic_batching": {"max_queue_delay_ms": 0.5, "adaptive": True, "max_queue_size": 4096},
-            # Two worker threads with one onnxruntime thread each: onnxruntime's best layout for this
-            # model on the 2-core VM at batch 1-128 (in process: 3-22 % more rows/s than one caller
-            # with 2 threads; bench/online.py's limit measures both), and [64, 784] batches over
-            # gRPC 10-23 % faster than one worker thread with 2 (bench/batch_share.py).
-            "instance": {"num_threads": 1, "count": 2},
-        },
-    )
+    model = mlp_onnx(layers, classifier=False)
+    for name, instance in (layouts or {"reference_mlp": REFERENCE_LAYOUTS["reference_mlp"]}).items():
+        _write(root / name / "1" / "model.onnx", model)
+        _config(
+            root / name,
+            {
+                "platform": "onnx",
+                "description": f"reference MLP {'->'.join(map(str, sizes))}, float32",
+                "max_batch_size": max_batch_size,
+                # Wait up to 0.5 ms (PyTriton's setting in bench/) while waiting finds company.
+                "dynamic_batching": {"max_queue_delay_ms": 0.5, "adaptive": True, "max_queue_size": 4096},
+                "instance": instance,
+            },
+        )
 
 
 def _python_model(root: Path, name: str, doc: dict[str, Any]) -> None:
