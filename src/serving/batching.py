@@ -88,6 +88,7 @@ class _Handed:
     running: asyncio.Future[_Computed]
     started: list[float]
     """When a thread began it (``time.monotonic()``), once it has."""
+    handed_at: float = field(default_factory=time.monotonic)
 
 
 def batch_key(inputs: Arrays) -> tuple[Any, ...]:
@@ -594,7 +595,9 @@ class DynamicBatcher:
 
     async def _await_worker(self, batch: list[_Pending], handed: _Handed) -> _Computed:
         """Wait for a batch's run on a worker thread, bounded by the execution timeout counted
-        from when a thread began it (the executor may hold other work: a shadow copy's).
+        from when a thread began it, or from when it was handed over while no thread has (the
+        executor may hold other work ahead of it, a shadow copy's: one that keeps it from
+        starting for as long is a hang too).
 
         Raises:
             ModelNotReadyError: the execution overran; the version is being replaced.
@@ -604,8 +607,7 @@ class DynamicBatcher:
             if limit is None:
                 return await running
             while True:
-                # not begun yet: the threads are busy with other work, which is timed itself
-                began = handed.started[0] if handed.started else time.monotonic()
+                began = handed.started[0] if handed.started else handed.handed_at
                 remaining = began + limit - time.monotonic()
                 if remaining <= 0:
                     break

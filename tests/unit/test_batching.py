@@ -590,3 +590,24 @@ async def test_threads_must_be_at_least_one(executor: Any) -> None:
         DynamicBatcher(
             lambda a: a, max_batch_size=1, max_queue_delay_s=0, max_queue_size=1, executor=executor, threads=0
         )
+
+
+async def test_a_batch_kept_from_starting_past_the_timeout_by_other_work_is_a_hang(executor: Any) -> None:
+    """Work queued on the same thread ahead of the batch (a shadow copy's) that never ends: the
+    batch is answered 503 after the execution timeout, not left waiting."""
+    from serving.errors import ModelNotReadyError
+
+    gate = threading.Event()
+    executor.submit(gate.wait, 10)  # holds the only thread
+    rec = HangRecorder()
+    b = DynamicBatcher(
+        lambda a: {"y": a["x"]}, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor,
+        observer=rec, execution_timeout_s=0.2,
+    )  # fmt: skip
+    try:
+        with pytest.raises(ModelNotReadyError, match="execution_timeout_s=0.2"):
+            await asyncio.wait_for(b.submit(x(1)), 5)
+        assert rec.hangs == [0.2]
+    finally:
+        gate.set()
+        await b.close()
