@@ -451,9 +451,16 @@ class DynamicBatcher:
         task.add_done_callback(self._worker_batch_ended)
 
     def _queue_run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> _Handed:
+        """Queue ``batch`` on the worker threads. Threads already shut down (a version being
+        replaced) give a run that failed, which ``_execute`` answers like any other failure."""
         started: list[float] = []
         items, rows = [p.inputs for p in batch], [p.rows for p in batch]
-        return _Handed(loop.run_in_executor(self._executor, self._compute, items, rows, started), started)
+        try:
+            running = loop.run_in_executor(self._executor, self._compute, items, rows, started)
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            running = loop.create_future()
+            running.set_exception(ModelNotReadyError(f"the model version's worker threads are stopped: {exc}"))
+        return _Handed(running, started)
 
     def _worker_batch_ended(self, task: asyncio.Task[None]) -> None:
         self._on_worker.discard(task)
@@ -679,9 +686,9 @@ class DynamicBatcher:
             log.exception("recording a batch's statistics failed")
 
     def _compute(self, items: list[Arrays], rows: list[int], started: list[float] | None = None) -> _Computed:
-        if started is not None:
-            started.append(time.monotonic())  # (read by the event loop's thread: the timeout's start)
         t0 = time.monotonic_ns()
+        if started is not None:
+            started.append(t0 / 1e9)  # (read by the event loop's thread: the timeout's start)
         if self.max_batch_size:
             merged = concat_inputs(items)
         else:

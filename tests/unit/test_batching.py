@@ -611,3 +611,17 @@ async def test_a_batch_kept_from_starting_past_the_timeout_by_other_work_is_a_ha
     finally:
         gate.set()
         await b.close()
+
+
+async def test_a_batch_the_executor_refuses_is_answered_unavailable() -> None:
+    """The worker threads are shut down (a version being replaced): the batch taken is answered,
+    not left waiting, and the batcher goes on answering."""
+    from serving.errors import ModelNotReadyError
+
+    gone = ThreadPoolExecutor(1)
+    gone.shutdown()
+    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=gone)
+    for _ in range(2):
+        with pytest.raises(ModelNotReadyError, match="worker threads"):
+            await asyncio.wait_for(b.submit(x(1)), 5)
+    await b.close()

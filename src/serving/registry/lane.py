@@ -243,11 +243,11 @@ class ModelVersion:
             self.instance.unload()
 
     async def _stop_worker(self) -> bool:
-        """Stop the worker threads without ever blocking the event loop on it: an execution still
-        running there (its requests were already answered by the batcher's close) is interrupted
-        where the runtime can be, and waited for up to ``WORKER_STOP_S``. False when the thread is
-        still stuck (a hang): it is abandoned, and the model it uses is left to the garbage
-        collector rather than freed under it."""
+        """Stop the worker threads without ever blocking the event loop on them: executions still
+        running there (their requests were already answered by the batcher's close) are interrupted
+        where the runtime can be, and waited for up to ``WORKER_STOP_S``. False when a thread is
+        still stuck (a hang): the threads are abandoned, and the model they use is left to the
+        garbage collector rather than freed under them."""
         executor, self._executor = self._executor, None
         if executor is None:
             return True
