@@ -50,14 +50,20 @@ def test_a_table_keeps_every_row_nulls_for_a_failed_request_and_mixed_widths(tmp
 
 
 def test_the_same_rows_whether_converted_at_once_or_in_runs(tmp_path: Path) -> None:
+    """Answered requests of a row each take the table's quick paths; one failed request among
+    them sends every column through the general ones. The rows they share are the same."""
     xs = [np.full((1, 3), k, np.float32) for k in range(5)]
+    ids = ["0", "1", "\u00e9t\u00e9", "\ud800 lone", "4"]  # not ASCII, and not even valid UTF-8
     whole = build_table(
-        stream(tmp_path), Pending.of([request(str(k), 0.0, x, np.array([[k]])) for k, x in enumerate(xs)])
+        stream(tmp_path), Pending.of([request(ids[k], 0.0, x, np.array([[k]])) for k, x in enumerate(xs)])
     )
-    mixed = [request(str(k), 0.0, x, np.array([[k]])) for k, x in enumerate(xs)]
+    mixed = [request(ids[k], 0.0, x, np.array([[k]])) for k, x in enumerate(xs)]
     mixed.insert(2, request("f", 0.0, None, None))
     runs = build_table(stream(tmp_path), Pending.of(mixed))
     assert whole.column("x").to_pylist() == [r for r in runs.column("x").to_pylist() if r is not None]
+    assert whole.to_pylist() == [r for r in runs.to_pylist() if r["request_id"] != "f"]
+    assert whole.column("request_id").to_pylist()[2:4] == ["\u00e9t\u00e9", "\\ud800 lone"]
+    assert set(whole.column("status").to_pylist()) == {"ok"} and whole.column("error").null_count == 5
 
 
 def test_requests_spanning_two_hours_go_to_a_file_each_in_their_hour(tmp_path: Path) -> None:

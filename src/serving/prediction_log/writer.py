@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -31,6 +32,7 @@ from serving.prediction_log.records import (
     LoggedRequest,
     LogStream,
 )
+from serving.prediction_log.row_blocks import RowBlocks, copied, row_blocks
 from serving.telemetry.metrics import LOG_DROPPED, LOG_ROWS, Metrics
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ class _Waiting:
     flush_rows: int = field(init=False)
     flush_bytes: float = field(init=False)
     """The stream's bounds, read once: the request path checks them on every offer."""
+    blocks: dict[str, RowBlocks] | None = None
+    """Where the kept inputs are copied (``row_blocks``); the stream's next batch takes them over."""
 
     def __post_init__(self) -> None:
         config = self.stream.config
@@ -112,6 +116,16 @@ class _Waiting:
         self.max_bytes = config.queue_mb * 1e6
         self.flush_rows = config.flush_rows
         self.flush_bytes = self.max_bytes / 4  # large tensors fill the bound long before the rows do
+        if self.blocks is None:
+            s = self.stream  # an unbatched request is one row without a batch dimension: copied as it is
+            self.blocks = row_blocks(s.inputs, s.input_columns, self.max_bytes) if s.batched else {}
+
+    def keep(self, request: LoggedRequest) -> None:
+        """Queue ``request`` with copies of its inputs: the transport's buffers are not kept. (Its
+        outputs are the model's batch output, shared by the batch's requests: kept as they are.)"""
+        assert self.blocks is not None
+        request.inputs = copied(request.inputs, self.blocks)
+        self.pending.add(request)
 
     def full_enough(self) -> bool:
         """``flush_rows`` rows wait, or a quarter of the queue's bytes."""
@@ -139,6 +153,8 @@ class PredictionLog:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failure_logged = -FAILURE_LOG_S
+        self._scratch = columns.Scratch()
+        """The writer thread's memory for columns (other threads that flush build without it)."""
         self._retry_at = 0.0
 
     def offer(self, stream: LogStream, request: LoggedRequest) -> None:
@@ -153,7 +169,7 @@ class PredictionLog:
             full = self._stopping or rows > waiting.max_rows or nbytes > waiting.max_bytes
             if not full:
                 was_full = waiting.rows >= waiting.flush_rows or waiting.nbytes >= waiting.flush_bytes
-                waiting.pending.add(request)
+                waiting.keep(request)
                 waiting.rows = rows
                 waiting.nbytes = nbytes
                 if len(waiting.pending) == 1:  # the first: its flush_s starts now
@@ -225,7 +241,7 @@ class PredictionLog:
                     self._cond.wait(max(min(waits), pause) if waits else None)
                 stopping = self._stopping
             batches = self._take(everything=stopping)
-            failed = [b for b in batches if not self._write(b, final=stopping)]
+            failed = [b for b in batches if not self._write(b, final=stopping, scratch=self._scratch)]
             if stopping:
                 return
             if failed:
@@ -237,7 +253,7 @@ class PredictionLog:
         with self._cond:
             due = [w for w in self._waiting.values() if w.pending and (everything or w.due(now) <= 0)]
             for w in due:
-                self._waiting[w.stream.key] = _Waiting(w.stream)
+                self._waiting[w.stream.key] = _Waiting(w.stream, blocks=w.blocks)
         return due
 
     def _put_back(self, batches: list[_Waiting]) -> None:
@@ -259,14 +275,18 @@ class PredictionLog:
             if lost:
                 self.metrics.inc(LOG_DROPPED, batch.stream.labels, lost)
 
-    def _write(self, batch: _Waiting, final: bool) -> bool:
+    def _write(self, batch: _Waiting, final: bool, scratch: columns.Scratch | None = None) -> bool:
         """Write one version's waiting rows (a file per hour they span); False: the destination
         failed, retry. ``final``: no retry follows, so rows not written are counted as dropped.
         Rows that cannot become a table (a bug, never the destination) are dropped at once."""
         stream = batch.stream
+        times = batch.pending.times_ns
         by_hour: dict[int, list[int]] = {}
-        for i, t in enumerate(batch.pending.times_ns):  # the hour as a number: formatting each time cost 4 us a row
-            by_hour.setdefault(t // HOUR_NS, []).append(i)
+        if min(times) // HOUR_NS == max(times) // HOUR_NS:  # the usual case: one hour, no Python step a row
+            by_hour[times[0] // HOUR_NS] = list(range(len(times)))
+        else:
+            for i, t in enumerate(times):  # the hour as a number: formatting each time cost 4 us a row
+                by_hour.setdefault(t // HOUR_NS, []).append(i)
         try:
             fs, root = open_destination(str(stream.config.destination))
         except Exception:
@@ -278,7 +298,7 @@ class PredictionLog:
             part = whole if len(by_hour) == 1 else whole.select(which)
             rows = sum(part.rows)
             try:
-                table = build_table(stream, part)
+                table = build_table(stream, part, scratch)
             except Exception:
                 log.exception(
                     "the prediction log of %s v%s dropped %d rows it could not convert", *stream.key[1:], rows
@@ -301,6 +321,9 @@ class PredictionLog:
     def _forget(batch: _Waiting, done: list[int]) -> None:
         """Drop the requests at ``done`` (written, or impossible to write) from ``batch``."""
         if not done:
+            return
+        if len(done) == len(batch.pending):
+            batch.pending, batch.rows, batch.nbytes = Pending(), 0, 0
             return
         gone = set(done)
         batch.rows -= sum(batch.pending.rows[i] for i in gone)
@@ -339,36 +362,55 @@ def readable(request_id: str) -> str:
     return request_id if request_id.isascii() else request_id.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def build_table(stream: LogStream, pending: Pending) -> pa.Table:
-    """The log rows of ``pending``'s requests: one per row of each request."""
+def build_table(stream: LogStream, pending: Pending, scratch: columns.Scratch | None = None) -> pa.Table:
+    """The log rows of ``pending``'s requests: one per row of each request. The writer thread
+    holds the GIL while it runs, and the serving loop waits for it, so the usual case (a row a
+    request, every request answered, ASCII ids) takes paths without a Python step per row.
+    ``scratch``: memory reused for the tensors' columns (the table is valid until its next use)."""
+    if scratch is not None:
+        scratch.start()
     counts = np.asarray(pending.rows, dtype=np.int64)
+    n = int(counts.sum())
+    single = n == len(counts)  # one row a request: nothing to repeat
     failures = pending.failures
+    answered = failures.count(None) == len(failures)
 
-    def repeated(values: list[Any], dtype: Any = object) -> Array:
+    def repeated(values: list[Any]) -> Array | list[Any]:
+        return values if single else np.repeat(np.asarray(values, dtype=object), counts)
+
+    def repeated_numbers(values: list[int], dtype: Any) -> Array:
         return np.repeat(np.asarray(values, dtype=dtype), counts)
 
+    ids = pending.request_ids
     meta = {
-        REQUEST_ID: pa.array(repeated([readable(r) for r in pending.request_ids]), pa.string()),
-        ROW: pa.array(row_numbers(counts), pa.int32()),
-        TIME: pa.array(repeated(pending.times_ns, np.int64) // 1000).cast(pa.timestamp("us", tz="UTC")),
+        REQUEST_ID: pa.array(repeated(ids if all(map(str.isascii, ids)) else [readable(r) for r in ids]), pa.string()),
+        ROW: pa.array(np.zeros(n, np.int32) if single else row_numbers(counts), pa.int32()),
+        TIME: pa.array(repeated_numbers(pending.times_ns, np.int64) // 1000).cast(pa.timestamp("us", tz="UTC")),
         ROUTE: pa.array(repeated(pending.routes), pa.string()),
-        STATUS: pa.array(repeated([OK if f is None else f[0] for f in failures]), pa.string()),
-        ERROR: pa.array(repeated([None if f is None else f[1] for f in failures]), pa.string()),
-        LATENCY_MS: pa.array(repeated(pending.latencies_ns, np.float64) / 1e6),
-    }
+        STATUS: pa.repeat(pa.scalar(OK), n) if answered else
+        pa.array(repeated([OK if f is None else f[0] for f in failures]), pa.string()),
+        ERROR: pa.nulls(n, pa.string()) if answered else
+        pa.array(repeated([None if f is None else f[1] for f in failures]), pa.string()),
+        LATENCY_MS: pa.array(repeated_numbers(pending.latencies_ns, np.float64) / 1e6),
+    }  # fmt: skip
     cols: dict[str, pa.Array] = {name: meta[name] for name in META_SCHEMA.names}
     rows = pending.rows
-
-    def part(arrays: dict[str, Array] | None, name: str) -> Array | None:
-        values = (arrays or {}).get(name)
-        return values if values is None or stream.batched else np.asarray(values)[np.newaxis]
-
     for spec in stream.inputs:
         name = stream.input_columns.get(spec.name)
         if name is not None:
-            cols[name] = columns.column(spec, [part(a, spec.name) for a in pending.inputs], rows)
+            cols[name] = columns.column(spec, tensors(pending.inputs, spec.name, stream.batched), rows, scratch)
     for spec in stream.outputs:
         name = stream.output_columns.get(spec.name)
         if name is not None:
-            cols[name] = columns.column(spec, [part(a, spec.name) for a in pending.outputs], rows)
+            cols[name] = columns.column(spec, tensors(pending.outputs, spec.name, stream.batched), rows, scratch)
     return pa.table(cols)
+
+
+def tensors(arrays: list[dict[str, Array] | None], name: str, batched: bool) -> list[Array | None]:
+    """Tensor ``name`` of each request (None where a request lacks it), as a batch of its rows."""
+    if batched:
+        try:
+            return list(map(operator.itemgetter(name), arrays))  # type: ignore[arg-type]  # the usual case
+        except (KeyError, TypeError):
+            return [None if a is None else a.get(name) for a in arrays]
+    return [None if (v := (a or {}).get(name)) is None else np.asarray(v)[np.newaxis] for a in arrays]

@@ -1,0 +1,86 @@
+"""Copies of the inputs the log keeps, in blocks it reuses.
+
+The log used to keep each request's own input arrays until they were written: views of the
+transport's buffers, kept alive for a second or more and freed by the thousand once their file was
+written. glibc then gave those pages back to the kernel (protobuf's Python module calls
+``malloc_trim(0)`` every 10,000 frees) and the serving thread faulted them in again as it read new
+requests: 0.72 page faults a request on the reference MLP at 100 % logged, 0.02 without the log.
+With the rows copied into blocks that are used again once every row in them is written, the
+transport's memory is reused at once, as without a log: 0.07."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+from serving.codecs import DATATYPES, numpy_dtype
+from serving.types import TensorSpec
+
+Array = np.ndarray[Any, Any]
+
+BLOCK_BYTES = 1 << 20
+
+
+class RowBlocks:
+    """Rows of one tensor, copied into blocks of ``BLOCK_BYTES``. A block is used again when no
+    copy of its rows is left (nothing but this object refers to it). Not thread-safe: the log
+    calls it under its lock."""
+
+    def __init__(self, row_shape: tuple[int, ...], dtype: np.dtype[Any], max_bytes: float) -> None:
+        self.row_shape = row_shape
+        self.dtype = dtype
+        row_nbytes = max(1, dtype.itemsize * math.prod(row_shape))
+        self.rows = max(1, BLOCK_BYTES // row_nbytes)
+        self.max_blocks = 2 + int(max_bytes // (self.rows * row_nbytes))
+        """Blocks kept for reuse at most: enough for the queue's bound in bytes."""
+        self._blocks: list[Array] = []
+        self._current: Array | None = None
+        self._used = 0
+
+    def copy(self, values: Array) -> Array:
+        """``values`` (a batch of rows) copied; into the current block when it has this shape
+        and datatype and fits in one."""
+        n = len(values)
+        if values.dtype != self.dtype or values.shape[1:] != self.row_shape or n > self.rows:
+            return values.copy()
+        if self._current is None or self._used + n > self.rows:
+            self._current = self._unused_block()
+            self._used = 0
+        rows = self._current[self._used : self._used + n]
+        rows[...] = values
+        self._used += n
+        return rows
+
+    def _unused_block(self) -> Array:
+        for block in self._blocks:
+            # References: the list, ``block`` and getrefcount's argument; a copy's view, or being
+            # the current block, adds one.
+            if sys.getrefcount(block) == 3:
+                return block
+        block = np.empty((self.rows, *self.row_shape), self.dtype)
+        if len(self._blocks) < self.max_blocks:
+            self._blocks.append(block)
+        return block
+
+
+def row_blocks(specs: tuple[TensorSpec, ...], kept: dict[str, str], max_bytes: float) -> dict[str, RowBlocks]:
+    """Blocks for each kept tensor with a fixed row shape and a fixed-size datatype (the rest,
+    BYTES and variable dimensions, are copied one by one)."""
+    return {
+        spec.name: RowBlocks(spec.shape, numpy_dtype(spec.datatype), max_bytes)
+        for spec in specs
+        if spec.name in kept
+        and spec.datatype != "BYTES"
+        and spec.datatype in DATATYPES
+        and all(d > 0 for d in spec.shape)
+    }
+
+
+def copied(arrays: dict[str, Array] | None, blocks: dict[str, RowBlocks]) -> dict[str, Array] | None:
+    """``arrays`` with every tensor copied: into its blocks where it has them."""
+    if not arrays:
+        return arrays
+    return {name: b.copy(v) if (b := blocks.get(name)) is not None else np.array(v) for name, v in arrays.items()}

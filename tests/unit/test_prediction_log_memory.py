@@ -1,0 +1,79 @@
+"""The memory the log keeps: copies of the inputs in blocks it reuses (never the transport's
+buffers), and the writer's columns built in memory it reuses."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+
+from serving.config.prediction_log import PredictionLogConfig
+from serving.prediction_log.columns import Scratch
+from serving.prediction_log.records import LoggedRequest, LogStream
+from serving.prediction_log.row_blocks import RowBlocks
+from serving.prediction_log.writer import Pending, PredictionLog, build_table
+from serving.telemetry.metrics import MemoryMetrics
+from serving.types import TensorSpec
+
+F32 = np.dtype(np.float32)
+
+
+def test_rows_are_copied_into_a_block_and_the_block_is_reused_once_no_copy_is_left() -> None:
+    blocks = RowBlocks((4,), F32, max_bytes=1e6)
+    first = blocks.copy(np.ones((2, 4), np.float32))
+    second = blocks.copy(np.full((1, 4), 2, np.float32))
+    assert first.base is second.base  # one block
+    assert first.tolist() == [[1.0] * 4] * 2 and second.tolist() == [[2.0] * 4]
+    block = id(first.base)  # (an id: a reference would keep the block busy)
+    blocks.copy(np.zeros((blocks.rows - 3, 4), np.float32))  # fills it
+    busy = blocks.copy(np.zeros((1, 4), np.float32))  # the first block still has copies: a new one
+    assert id(busy.base) != block
+    del first, second
+    for _ in range(blocks.rows):  # fills the second block; the next takes the first again
+        last = blocks.copy(np.zeros((1, 4), np.float32))
+    assert id(last.base) == block
+
+
+def test_rows_of_another_shape_or_datatype_or_too_many_get_a_copy_of_their_own() -> None:
+    blocks = RowBlocks((4,), F32, max_bytes=1e6)
+    for values in (np.ones((1, 5), np.float32), np.ones((1, 4), np.float64), np.ones((blocks.rows + 1, 4), F32)):
+        copy = blocks.copy(values)
+        assert copy.base is None and not np.shares_memory(copy, values) and np.array_equal(copy, values)
+
+
+def test_the_log_keeps_copies_of_the_inputs_not_the_transports_buffer(tmp_path: Path) -> None:
+    stream = LogStream(
+        "m", "1", PredictionLogConfig(destination=str(tmp_path)), (TensorSpec("x", "FP32", (3,)),),
+        (TensorSpec("y", "FP32", (1,)),),
+    )  # fmt: skip
+    payload = bytearray(np.arange(3, dtype=np.float32).tobytes())  # as a front end hands it over
+    x = np.frombuffer(payload, np.float32).reshape(1, 3)
+    request = LoggedRequest("r", time.time_ns(), "latest", None, 1, 1, {"x": x}, {"y": np.ones((1, 1), np.float32)})
+    log = PredictionLog(MemoryMetrics())
+    log.offer(stream, request)
+    assert request.inputs is not None and not np.shares_memory(request.inputs["x"], x)
+    payload[:] = bytes(len(payload))  # the transport reuses its buffer
+    log.close()
+    assert ds.dataset(tmp_path).to_table().column("x").to_pylist() == [[0.0, 1.0, 2.0]]
+
+
+def test_a_table_built_in_scratch_memory_equals_one_built_without(tmp_path: Path) -> None:
+    stream = LogStream(
+        "m", "1", PredictionLogConfig(destination=str(tmp_path)), (TensorSpec("x", "FP32", (3,)),),
+        (TensorSpec("y", "INT64", (1,)),),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+
+    def request(name: str) -> LoggedRequest:
+        x, y = rng.random((2, 3), np.float32), rng.integers(0, 9, (2, 1))
+        return LoggedRequest(name, 0, "latest", None, 1, 2, {"x": x}, {"y": y})
+
+    def pending(k: int) -> Pending:
+        return Pending.of([request(f"{k}-{i}") for i in range(50)])
+
+    scratch = Scratch()
+    for k in range(3):  # the second and third reuse the first's memory
+        rows = pending(k)
+        assert build_table(stream, rows, scratch).to_pylist() == build_table(stream, rows).to_pylist()
