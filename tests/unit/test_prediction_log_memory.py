@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 from serving.config.prediction_log import PredictionLogConfig
 from serving.prediction_log.columns import Scratch
 from serving.prediction_log.records import LoggedRequest, LogStream
-from serving.prediction_log.row_blocks import RowBlocks
+from serving.prediction_log.row_blocks import BLOCK_BYTES, RowBlocks, row_blocks
 from serving.prediction_log.writer import Pending, PredictionLog, build_table
 from serving.telemetry.metrics import MemoryMetrics
 from serving.types import TensorSpec
@@ -77,3 +77,10 @@ def test_a_table_built_in_scratch_memory_equals_one_built_without(tmp_path: Path
     for k in range(3):  # the second and third reuse the first's memory
         rows = pending(k)
         assert build_table(stream, rows, scratch).to_pylist() == build_table(stream, rows).to_pylist()
+
+
+def test_the_queue_bound_is_shared_between_the_inputs_by_the_size_of_their_rows() -> None:
+    specs = (TensorSpec("a", "FP32", (768,)), TensorSpec("b", "FP32", (256,)), TensorSpec("s", "BYTES", (1,)))
+    blocks = row_blocks(specs, {"a": "a", "b": "b", "s": "s"}, 64 * BLOCK_BYTES)
+    assert set(blocks) == {"a", "b"}  # BYTES are copied one by one
+    assert (blocks["a"].max_blocks - 2, blocks["b"].max_blocks - 2) == (48, 16)

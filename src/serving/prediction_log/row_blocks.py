@@ -68,15 +68,19 @@ class RowBlocks:
 
 def row_blocks(specs: tuple[TensorSpec, ...], kept: dict[str, str], max_bytes: float) -> dict[str, RowBlocks]:
     """Blocks for each kept tensor with a fixed row shape and a fixed-size datatype (the rest,
-    BYTES and variable dimensions, are copied one by one)."""
-    return {
-        spec.name: RowBlocks(spec.shape, numpy_dtype(spec.datatype), max_bytes)
+    BYTES and variable dimensions, are copied one by one). ``max_bytes``, the queue's bound, is
+    shared between them by the size of their rows: what the blocks keep for reuse."""
+    fixed = {
+        spec.name: (spec.shape, numpy_dtype(spec.datatype))
         for spec in specs
         if spec.name in kept
         and spec.datatype != "BYTES"
         and spec.datatype in DATATYPES
         and all(d > 0 for d in spec.shape)
     }
+    sizes = {name: dtype.itemsize * math.prod(shape) for name, (shape, dtype) in fixed.items()}
+    total = sum(sizes.values()) or 1
+    return {name: RowBlocks(shape, dtype, max_bytes * sizes[name] / total) for name, (shape, dtype) in fixed.items()}
 
 
 def copied(arrays: dict[str, Array] | None, blocks: dict[str, RowBlocks]) -> dict[str, Array] | None:
