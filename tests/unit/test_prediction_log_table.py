@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving.config.prediction_log import PredictionLogConfig
+from serving.prediction_log.columns import Scratch
 from serving.prediction_log.records import LoggedRequest, LogStream
-from serving.prediction_log.writer import Pending, PredictionLog, build_table, row_numbers
+from serving.prediction_log.writer import Pending, PredictionLog, build_table, readable, row_numbers
 from serving.telemetry.metrics import LOG_ROWS, MemoryMetrics
 from serving.types import TensorSpec
 
@@ -100,3 +103,42 @@ def test_large_tensors_are_written_once_a_quarter_of_the_byte_bound_waits(tmp_pa
         assert len(list(tmp_path.rglob("*.parquet"))) == 1
     finally:
         log.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=8),  # any id a client may send: lone surrogates included
+            st.integers(1, 3),  # rows
+            st.booleans(),  # answered
+            st.sampled_from(["latest", "split", "alias:prod"]),
+            st.integers(0, 2 * 3600 * 10**9),  # up to two hours apart
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([None, Scratch()]),
+)
+def test_every_column_holds_what_each_request_gave_whatever_the_mix(
+    requests: list[tuple[str, int, bool, str, int]], scratch: Scratch | None
+) -> None:
+    """The table's quick paths (one answered row a request, ASCII ids) and its general ones agree
+    with the rows written out one by one."""
+    s = LogStream("m", "1", PredictionLogConfig(destination="unused"), (TensorSpec("x", "FP32", (2,)),), OUTPUTS)
+    logged, expected = [], []
+    for k, (rid, rows, answered, route, t) in enumerate(requests):
+        x = np.arange(2 * rows, dtype=np.float32).reshape(rows, 2) + k
+        y = np.arange(rows, dtype=np.int64).reshape(rows, 1) * k if answered else None
+        failure = None if answered else ("invalid_input", f"bad {k}")
+        logged.append(LoggedRequest(rid, t, route, failure, 1000 * k, rows, {"x": x}, None if y is None else {"y": y}))
+        for r in range(rows):
+            expected.append({
+                "request_id": readable(rid), "row": r, "route": route, "status": "ok" if answered else "invalid_input",
+                "error": None if answered else f"bad {k}", "latency_ms": k / 1000, "x": x[r].tolist(),
+                "y": None if y is None else int(y[r, 0]), "time_us": t // 1000,
+            })  # fmt: skip
+    table = build_table(s, Pending.of(logged), scratch)
+    got = table.to_pylist()
+    times = table.column("time").cast("int64").to_pylist()
+    assert [{**{k: v for k, v in row.items() if k != "time"}, "time_us": us} for row, us in zip(got, times)] == expected
