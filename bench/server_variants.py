@@ -1,7 +1,7 @@
 """Standalone servers of the reference MLP side by side, each a variant (another checkout's
 ``src`` on PYTHONPATH, the prediction log on, environment variables), measured in alternating
 windows of batch-1 gRPC calls (grpc.aio, 16 in flight; the order rotated every round). Per
-variant: calls per second, the server's CPU per call (user + system, from /proc), its event loop
+variant: calls per second (batch-1 by default: ``--rows``, ``--model``), the server's CPU per call (user + system, from /proc), its event loop
 thread's, and page faults per call, the medians over the rounds; and the median ratio of its rate
 to the first variant's in the same round. CPU and faults per call move less than the rate on a VM
 whose speed drifts. A variant is NAME=[SRC][:log][:VAR~VALUE,...]:
@@ -27,8 +27,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 import grpc  # noqa: E402
-from online import FEATURES, MODEL, reference_setup  # noqa: E402
-from paired import infer_request  # noqa: E402
+import numpy as np  # noqa: E402
+from online import BATCH_MODEL, FEATURES, MODEL, reference_setup  # noqa: E402
 
 from serving.protocol._pb import inference_pb2 as pb  # noqa: E402
 from serving.protocol._pb import inference_pb2_grpc  # noqa: E402
@@ -101,11 +101,15 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="NAME=[SRC][:log][:VAR~VALUE,...]")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0, help="one window")
+    parser.add_argument("--model", default=MODEL, help=f"{MODEL} (batch-1 layout) or {BATCH_MODEL}")
+    parser.add_argument("--rows", type=int, default=1, help="rows a request")
     args = parser.parse_args()
     work, repo, _ = reference_setup("serving-variants-")
     specs = dict(v.split("=", 1) for v in args.variants)
     servers = {name: server(spec, repo, work, k) for k, (name, spec) in enumerate(specs.items())}
-    request = infer_request(MODEL, "input", FEATURES)
+    request = pb.ModelInferRequest(model_name=args.model)
+    request.inputs.add(name="input", datatype="FP32", shape=[args.rows, FEATURES])
+    request.raw_input_contents.append(np.zeros((args.rows, FEATURES), np.float32).tobytes())
     names = list(servers)
     windows: dict[str, list[Window]] = {n: [] for n in names}
     try:
