@@ -3,11 +3,16 @@ buffers), and the writer's columns built in memory it reuses."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
 
 from serving.config.prediction_log import PredictionLogConfig
 from serving.prediction_log.columns import Scratch
@@ -84,3 +89,51 @@ def test_the_queue_bound_is_shared_between_the_inputs_by_the_size_of_their_rows(
     blocks = row_blocks(specs, {"a": "a", "b": "b", "s": "s"}, 64 * BLOCK_BYTES)
     assert set(blocks) == {"a", "b"}  # BYTES are copied one by one
     assert (blocks["a"].max_blocks - 2, blocks["b"].max_blocks - 2) == (48, 16)
+
+
+def test_the_zstd_level_is_the_files_and_a_level_out_of_range_is_refused(tmp_path: Path) -> None:
+    stream = LogStream(
+        "m", "1", PredictionLogConfig(destination=str(tmp_path), zstd_level=-1), (TensorSpec("x", "FP32", (3,)),),
+        (TensorSpec("y", "FP32", (1,)),),
+    )  # fmt: skip
+    log = PredictionLog(MemoryMetrics())
+    x, y = np.ones((1, 3), np.float32), np.ones((1, 1), np.float32)
+    log.offer(stream, LoggedRequest("r", time.time_ns(), "latest", None, 1, 1, {"x": x}, {"y": y}))
+    log.close()
+    (path,) = tmp_path.rglob("*.parquet")
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert ds.dataset(tmp_path).to_table().column("x").to_pylist() == [[1.0, 1.0, 1.0]]
+    with pytest.raises(ValidationError):
+        PredictionLogConfig(zstd_level=23)
+
+
+def test_flush_returns_once_the_writer_threads_write_in_progress_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Feedback flushes the log before it matches labels: rows the writer thread took just before
+    (its write still going, to a slow destination here) must be in a file when flush returns."""
+    import serving.prediction_log.writer as writer
+
+    started = threading.Event()
+    slow = writer.write_atomically
+
+    def slow_write(*args: Any, **kwargs: Any) -> str:
+        if threading.current_thread().name == "prediction-log":  # the writer thread's writes only
+            started.set()
+            time.sleep(0.5)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "write_atomically", slow_write)
+    stream = LogStream(
+        "m", "1", PredictionLogConfig(destination=str(tmp_path), flush_rows=5), (TensorSpec("x", "FP32", (3,)),),
+        (TensorSpec("y", "FP32", (1,)),),
+    )  # fmt: skip
+    log = PredictionLog(MemoryMetrics())
+    x, y = np.ones((1, 3), np.float32), np.ones((1, 1), np.float32)
+    for i in range(7):  # five fill a batch the writer thread takes; two wait for the next
+        log.offer(stream, LoggedRequest(f"r{i}", time.time_ns(), "latest", None, 1, 1, {"x": x}, {"y": y}))
+        if i == 4:
+            assert started.wait(5)
+    log.flush()
+    assert sorted(ds.dataset(tmp_path).to_table().column("request_id").to_pylist()) == [f"r{i}" for i in range(7)]
+    log.close()

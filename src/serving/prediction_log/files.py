@@ -20,7 +20,6 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "use_dictionary": ["route", "status", "error"],
     "write_statistics": ["request_id", "row", "time", "latency_ms"],
 }
-COMPRESSION_LEVEL = {"zstd": 1}
 LABELS_FOLDER = "_labels"
 """Beside the partitions, where feedback labels are kept (hidden from readers of the log itself:
 pyarrow skips names starting with ``_``)."""
@@ -45,13 +44,15 @@ def partition_of(time_s: float) -> tuple[str, str]:
     return moment.strftime("%Y-%m-%d"), moment.strftime("%H")
 
 
-def write_atomically(fs: pafs.FileSystem, folder: str, name: str, table: pa.Table, compression: str = "zstd") -> str:
+def write_atomically(
+    fs: pafs.FileSystem, folder: str, name: str, table: pa.Table, compression: str = "zstd", zstd_level: int = 1
+) -> str:
     """Write ``table`` to ``folder/name`` under a hidden name first; returns the final path."""
     fs.create_dir(folder, recursive=True)
     final = f"{folder}/{name}"
     hidden = f"{folder}/.{name}.tmp"
     try:
-        level = COMPRESSION_LEVEL.get(compression)
+        level = zstd_level if compression == "zstd" else None
         pq.write_table(
             table, hidden, filesystem=fs, compression=compression, compression_level=level, **PARQUET_OPTIONS
         )

@@ -41,6 +41,8 @@ Array = np.ndarray[Any, Any]
 
 RETRY_S = 1.0
 """Pause after a failed write before the next try."""
+FLUSH_WAIT_S = 10.0
+"""How long :meth:`PredictionLog.flush` waits for the writer thread's write in progress."""
 FAILURE_LOG_S = 60.0
 """While writes keep failing, one log line per this many seconds."""
 HOUR_NS = 3600 * 10**9
@@ -151,6 +153,11 @@ class PredictionLog:
         """Wakes the writer; ``with self._lock`` where no wait or notify follows (the request path:
         the Condition's own ``with`` is Python code around the same lock)."""
         self._stopping = False
+        self._writing = False
+        """The writer thread is writing batches it took (:meth:`flush` waits for them)."""
+        self._written = threading.Condition(self._lock)
+        """Wakes :meth:`flush` when the writer thread has written what it took (not ``_cond``,
+        whose single notify is the writer's)."""
         self._thread: threading.Thread | None = None
         self._failure_logged = -FAILURE_LOG_S
         self._scratch = columns.Scratch()
@@ -197,12 +204,16 @@ class PredictionLog:
         return next(self._seq)
 
     def flush(self) -> None:
-        """Write everything waiting now, in the calling thread (blocks on I/O); a failed batch
-        goes back to the queue for the writer thread."""
+        """Write everything waiting now, in the calling thread (blocks on I/O), and wait (up to
+        ``FLUSH_WAIT_S``) for what the writer thread is writing: then every request offered before
+        the call is in a file, unless its write failed. A failed batch goes back to the queue for
+        the writer thread."""
         batches = self._take(everything=True)
         failed = [b for b in batches if not self._write(b, final=False)]
         if failed:
             self._put_back(failed)
+        with self._written:
+            self._written.wait_for(lambda: not self._writing, FLUSH_WAIT_S)
 
     def close(self) -> None:
         """Write everything waiting and stop the thread (blocks: call it off the event loop)."""
@@ -240,20 +251,29 @@ class PredictionLog:
                         break
                     self._cond.wait(max(min(waits), pause) if waits else None)
                 stopping = self._stopping
-            batches = self._take(everything=stopping)
-            failed = [b for b in batches if not self._write(b, final=stopping, scratch=self._scratch)]
+            batches = self._take(everything=stopping, writing=True)
+            try:
+                failed = [b for b in batches if not self._write(b, final=stopping, scratch=self._scratch)]
+                if failed and not stopping:
+                    self._put_back(failed)
+                    self._retry_at = time.monotonic() + RETRY_S
+            finally:
+                with self._written:
+                    self._writing = False
+                    self._written.notify_all()
             if stopping:
                 return
-            if failed:
-                self._put_back(failed)
-                self._retry_at = time.monotonic() + RETRY_S
 
-    def _take(self, everything: bool) -> list[_Waiting]:
+    def _take(self, everything: bool, writing: bool = False) -> list[_Waiting]:
+        """The batches due (all with ``everything``); ``writing``: the writer thread takes them,
+        and :meth:`flush` waits until it has written them."""
         now = time.monotonic()
         with self._cond:
             due = [w for w in self._waiting.values() if w.pending and (everything or w.due(now) <= 0)]
             for w in due:
                 self._waiting[w.stream.key] = _Waiting(w.stream, blocks=w.blocks)
+            if writing:
+                self._writing = True
         return due
 
     def _put_back(self, batches: list[_Waiting]) -> None:
@@ -292,6 +312,7 @@ class PredictionLog:
         except Exception:
             return self._failed(batch, final)
         whole = batch.pending
+        config = stream.config
         done: list[int] = []
         for hour_number, which in by_hour.items():
             date, hour = partition_of(hour_number * 3600.0)
@@ -308,7 +329,9 @@ class PredictionLog:
                 continue
             folder = f"{root}/model={stream.model}/version={stream.version}/date={date}/hour={hour}"
             try:
-                write_atomically(fs, folder, file_name(self.writer, self.next_seq()), table, stream.config.compression)
+                write_atomically(
+                    fs, folder, file_name(self.writer, self.next_seq()), table, config.compression, config.zstd_level
+                )
             except Exception:
                 self._forget(batch, done)
                 return self._failed(batch, final)
