@@ -35,7 +35,7 @@ class PairedResult:
     """Microseconds of CPU each target's process tree spent per call, per window (with pids)."""
 
 
-async def _window(stub: inference_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest,
+async def calls_per_second(stub: inference_pb2_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest,
                   concurrency: int, seconds: float) -> float:  # fmt: skip
     done = 0
     until = time.monotonic() + seconds
@@ -78,14 +78,14 @@ async def _paired(targets: dict[str, str], request: pb.ModelInferRequest, pairs:
     try:
         stubs = {n: inference_pb2_grpc.GRPCInferenceServiceStub(c) for n, c in channels.items()}
         for n in names:  # warm both up (connections, first batches)
-            await _window(stubs[n], request, concurrency, 1.0)
+            await calls_per_second(stubs[n], request, concurrency, 1.0)
         rates: dict[str, list[float]] = {n: [] for n in names}
         cpu_us: dict[str, list[float]] = {n: [] for n in names if n in pids}
         for i in range(pairs):
             for n in names if i % 2 == 0 else names[::-1]:
                 before = _cpu_s(pids[n]) if n in pids else 0.0
                 began = time.monotonic()
-                rate = await _window(stubs[n], request, concurrency, window_s)
+                rate = await calls_per_second(stubs[n], request, concurrency, window_s)
                 rates[n].append(rate)
                 if n in pids:
                     calls = rate * (time.monotonic() - began)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from online import BATCH_MODEL, FEATURES, MODEL, reference_setup  # noqa: E402
+from paired import calls_per_second  # noqa: E402
 
 from serving.protocol._pb import inference_pb2 as pb  # noqa: E402
 from serving.protocol._pb import inference_pb2_grpc  # noqa: E402
@@ -64,22 +65,10 @@ def usage(pid: int) -> tuple[float, float, int]:
     return cpu, main, faults
 
 
-async def calls_per_second(url: str, request: pb.ModelInferRequest, seconds: float, concurrency: int = 16) -> float:
+async def window(url: str, request: pb.ModelInferRequest, seconds: float) -> float:
     channel = grpc.aio.insecure_channel(url)
-    stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-    done = 0
-    until = time.monotonic() + seconds
-
-    async def caller() -> None:
-        nonlocal done
-        while time.monotonic() < until:
-            await stub.ModelInfer(request, timeout=30)
-            done += 1
-
     try:
-        began = time.monotonic()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return done / (time.monotonic() - began)
+        return await calls_per_second(inference_pb2_grpc.GRPCInferenceServiceStub(channel), request, 16, seconds)
     finally:
         await channel.close()
 
@@ -116,7 +105,7 @@ def main() -> None:
         for s in servers.values():
             s.start()
         for s in servers.values():  # warm up: connections, first batches, the first log files
-            asyncio.run(calls_per_second(s.grpc_url, request, 5.0))
+            asyncio.run(window(s.grpc_url, request, 5.0))
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order[::-1] if r % 2 else order:
@@ -124,7 +113,7 @@ def main() -> None:
                 assert s.proc is not None
                 before = usage(s.proc.pid)
                 began = time.monotonic()
-                rate = asyncio.run(calls_per_second(s.grpc_url, request, args.seconds))
+                rate = asyncio.run(window(s.grpc_url, request, args.seconds))
                 calls = rate * (time.monotonic() - began)
                 after = usage(s.proc.pid)
                 cpu, loop, faults = ((a - b) / calls for a, b in zip(after, before))
