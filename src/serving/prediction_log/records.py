@@ -76,14 +76,22 @@ def nbytes_of(arrays: dict[str, Array] | None) -> int:
     return total
 
 
-def row_nbytes(specs: tuple[TensorSpec, ...]) -> int | None:
-    """Bytes of one row of ``specs``' tensors; None unless every dimension is fixed and every
+def tensor_row_nbytes(spec: TensorSpec) -> int | None:
+    """Bytes of one row of ``spec``'s tensor; None unless every dimension is fixed and the
     datatype has a fixed size."""
+    if spec.datatype == "BYTES" or spec.datatype not in DATATYPES or any(d <= 0 for d in spec.shape):
+        return None
+    return numpy_dtype(spec.datatype).itemsize * math.prod(spec.shape)
+
+
+def row_nbytes(specs: tuple[TensorSpec, ...]) -> int | None:
+    """Bytes of one row of ``specs``' tensors; None unless each has a fixed row size."""
     total = 0
     for spec in specs:
-        if spec.datatype == "BYTES" or spec.datatype not in DATATYPES or any(d <= 0 for d in spec.shape):
+        size = tensor_row_nbytes(spec)
+        if size is None:
             return None
-        total += numpy_dtype(spec.datatype).itemsize * math.prod(spec.shape)
+        total += size
     return total
 
 

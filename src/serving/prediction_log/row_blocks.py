@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.codecs import DATATYPES, numpy_dtype
+from serving.codecs import numpy_dtype
+from serving.prediction_log.records import tensor_row_nbytes
 from serving.types import TensorSpec
 
 Array = np.ndarray[Any, Any]
@@ -70,17 +71,10 @@ def row_blocks(specs: tuple[TensorSpec, ...], kept: dict[str, str], max_bytes: f
     """Blocks for each kept tensor with a fixed row shape and a fixed-size datatype (the rest,
     BYTES and variable dimensions, are copied one by one). ``max_bytes``, the queue's bound, is
     shared between them by the size of their rows: what the blocks keep for reuse."""
-    fixed = {
-        spec.name: (spec.shape, numpy_dtype(spec.datatype))
-        for spec in specs
-        if spec.name in kept
-        and spec.datatype != "BYTES"
-        and spec.datatype in DATATYPES
-        and all(d > 0 for d in spec.shape)
-    }
-    sizes = {name: dtype.itemsize * math.prod(shape) for name, (shape, dtype) in fixed.items()}
+    sizes = {s.name: n for s in specs if s.name in kept and (n := tensor_row_nbytes(s)) is not None}
     total = sum(sizes.values()) or 1
-    return {name: RowBlocks(shape, dtype, max_bytes * sizes[name] / total) for name, (shape, dtype) in fixed.items()}
+    dtypes = {s.name: (s.shape, numpy_dtype(s.datatype)) for s in specs if s.name in sizes}
+    return {name: RowBlocks(shape, dtype, max_bytes * sizes[name] / total) for name, (shape, dtype) in dtypes.items()}
 
 
 def copied(arrays: dict[str, Array] | None, blocks: dict[str, RowBlocks]) -> dict[str, Array] | None:
