@@ -625,3 +625,70 @@ async def test_a_batch_the_executor_refuses_is_answered_unavailable() -> None:
         with pytest.raises(ModelNotReadyError, match="worker threads"):
             await asyncio.wait_for(b.submit(x(1)), 5)
     await b.close()
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A real thread pool that counts the runs handed to it."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__(threads)
+        self.handed = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.handed += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def loop_turns(n: int = 50) -> None:
+    """Let the batcher's task run (turns of the event loop, no time involved)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_a_full_batch_queues_behind_the_busy_thread_and_a_partial_one_waits_for_it() -> None:
+    """While the only thread runs, a partial batch stays in the batcher's queue (it may still
+    grow), a full one is handed to the thread's queue at once, and no more than one waits there."""
+    model = GatedModel()
+    with CountingExecutor(1) as counting:
+        b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, executor=counting)
+        first = asyncio.ensure_future(b.submit(x(2, 1.0)))
+        await wait_for(model.started)
+        second = asyncio.ensure_future(b.submit(x(1, 2.0)))
+        await loop_turns()
+        assert counting.handed == 1  # one row of two: it waits for company or for the thread
+        third = asyncio.ensure_future(b.submit(x(1, 3.0)))
+        await loop_turns()
+        assert counting.handed == 2  # a full batch now: queued behind the running one
+        fourth = asyncio.ensure_future(b.submit(x(2, 4.0)))
+        await loop_turns()
+        assert counting.handed == 2  # full too, but one already waits for the thread
+        model.release.set()
+        outs = await asyncio.wait_for(asyncio.gather(first, second, third, fourth), 5)
+        assert [o["y"][:, 0].tolist() for o in outs] == [[2.0, 2.0], [4.0], [6.0], [8.0, 8.0]]
+        assert model.batches == [2, 2, 2]
+        await b.close()
+
+
+async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_queue_is_served_on(
+    executor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stacking happens on the loop's thread as the batch is handed over; if it raises (no memory),
+    that batch is answered as a failed run and the next one runs."""
+    import serving.batching
+
+    real = serving.batching.concat_inputs
+    failures = [MemoryError("no memory for the batch")]
+
+    def concat_once_failing(items: Any) -> Arrays:
+        if failures:
+            raise failures.pop()
+        return real(items)
+
+    monkeypatch.setattr(serving.batching, "concat_inputs", concat_once_failing)
+    b = DynamicBatcher(
+        lambda a: {"y": a["x"] * 2}, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor
+    )
+    with pytest.raises(ModelExecutionError, match="no memory for the batch"):
+        await asyncio.wait_for(b.submit(x(1, 1.0)), 5)
+    assert (await asyncio.wait_for(b.submit(x(1, 3.0)), 5))["y"][0, 0] == 6.0
+    await b.close()
