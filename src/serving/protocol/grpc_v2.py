@@ -26,6 +26,7 @@ from serving.control.admin import OperatorCommands
 from serving.errors import ErrorKind, InvalidInputError, ModelNotFoundError, ServingError
 from serving.protocol import admin_json
 from serving.protocol._pb import inference_pb2 as pb
+from serving.protocol.infer_message import InferMessage, parse_infer_request
 from serving.protocol.status import REFUSAL_PACE_S, grpc_code
 from serving.protocol.triton import config_json, stats_json
 from serving.service.api import InferenceService
@@ -76,14 +77,16 @@ def _set_param(target: pb.InferParameter, value: str | int | float | bool) -> No
         target.string_param = str(value)
 
 
-def to_core(request: pb.ModelInferRequest) -> InferenceRequest:
+def to_core(parsed: InferMessage | pb.ModelInferRequest) -> InferenceRequest:
     """Decode a ``ModelInferRequest`` (typed ``contents`` or ``raw_input_contents``).
 
     Raises:
         InvalidInputError: mixed raw/typed inputs, a raw count that differs from the
             inputs, or data that does not match the shape.
     """
-    raw = request.raw_input_contents
+    if isinstance(parsed, pb.ModelInferRequest):
+        parsed = InferMessage.of(parsed)
+    request, raw = parsed.message, parsed.raw
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
     inputs = []
@@ -204,6 +207,8 @@ def rpc_methods(servicer: Any) -> dict[str, Method]:
         f"/{SERVICE_NAME}/{name}": Method(getattr(servicer, name), _tolerant(req.FromString), resp.SerializeToString)
         for name, (req, resp) in _RPCS.items()
     }
+    infer = methods[f"/{SERVICE_NAME}/ModelInfer"]
+    methods[f"/{SERVICE_NAME}/ModelInfer"] = Method(infer.handler, _tolerant(parse_infer_request), infer.serialize)
     methods[f"/{HEALTH_SERVICE_NAME}/Check"] = Method(
         servicer.Check,
         _tolerant(health_pb2.HealthCheckRequest.FromString),
@@ -333,10 +338,13 @@ class GrpcAdapter:
         return await self._call(request, context, pb.ModelMetadataResponse(), run)
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-        async def run(r: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """``request``: as the front ends parse it (:func:`parse_infer_request`), or a message."""
+
+        async def run(parsed: InferMessage) -> pb.ModelInferResponse:
+            r = parsed.message
             self._check(context, model=r.model_name)
             self.service.admit(r.model_name, r.model_version)
-            core = to_core(r)
+            core = to_core(parsed)
             core.header = metadata.get
             core.request_id = request_id
             remaining = context.time_remaining()
@@ -344,15 +352,17 @@ class GrpcAdapter:
                 core.deadline_s = time.monotonic() + remaining
             response = await self.service.infer(core)
             tracker.served_version = response.model_version
-            return from_core(response, raw=bool(r.raw_input_contents))
+            return from_core(response, raw=bool(parsed.raw))
 
+        if isinstance(request, pb.ModelInferRequest):
+            request = InferMessage.of(request)
         malformed = isinstance(request, MalformedRequest)
         metadata = _metadata(context)
         request_id = _request_id(metadata)
         context.set_trailing_metadata((("x-request-id", request_id),))
         tracker = self.service.track(
-            "" if malformed else request.model_name,
-            "" if malformed else request.model_version,
+            "" if malformed else request.message.model_name,
+            "" if malformed else request.message.model_version,
             "grpc",
             request_id,
             metadata,
