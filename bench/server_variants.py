@@ -1,7 +1,8 @@
 """Standalone servers of the reference MLP side by side, each a variant (another checkout's
 ``src`` on PYTHONPATH, the prediction log on, environment variables), measured in alternating
 windows of batch-1 gRPC calls (grpc.aio, 16 in flight; the order rotated every round). Per
-variant: calls per second (batch-1 by default: ``--rows``, ``--model``), the server's CPU per call (user + system, from /proc), its event loop
+variant: calls per second (batch-1 by default: ``--rows``, ``--model``; ``--perf-analyzer [sync|async]``
+measures each window with perf_analyzer instead), the server's CPU per call (user + system, from /proc), its event loop
 thread's, and page faults per call, the medians over the rounds; and the median ratio of its rate
 to the first variant's in the same round. CPU and faults per call move less than the rate on a VM
 whose speed drifts. A variant is NAME=[SRC][:log][:VAR~VALUE,...]:
@@ -28,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from online import BATCH_MODEL, FEATURES, MODEL, reference_setup  # noqa: E402
+from online import BATCH_MODEL, FEATURES, MODEL, perf_analyzer, reference_setup  # noqa: E402
 from paired import calls_per_second  # noqa: E402
 
 from serving.protocol._pb import inference_pb2 as pb  # noqa: E402
@@ -92,6 +93,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="one window")
     parser.add_argument("--model", default=MODEL, help=f"{MODEL} (batch-1 layout) or {BATCH_MODEL}")
     parser.add_argument("--rows", type=int, default=1, help="rows a request")
+    parser.add_argument(
+        "--perf-analyzer", nargs="?", const="sync", choices=("sync", "async"),
+        help="drive each window with perf_analyzer (16 clients, zero-filled, its stable window: "
+        "calls/s; CPU per call over the whole run) instead of grpc.aio",
+    )  # fmt: skip
     args = parser.parse_args()
     work, repo, _ = reference_setup("serving-variants-")
     specs = dict(v.split("=", 1) for v in args.variants)
@@ -113,7 +119,12 @@ def main() -> None:
                 assert s.proc is not None
                 before = usage(s.proc.pid)
                 began = time.monotonic()
-                rate = asyncio.run(window(s.grpc_url, request, args.seconds))
+                if args.perf_analyzer:
+                    extra = ("--async",) if args.perf_analyzer == "async" else ()
+                    measured = perf_analyzer(s.grpc_url, "grpc", args.model, "1", 16, "zero", args.rows, extra)
+                    rate = measured["infer_s"] / args.rows
+                else:
+                    rate = asyncio.run(window(s.grpc_url, request, args.seconds))
                 calls = rate * (time.monotonic() - began)
                 after = usage(s.proc.pid)
                 cpu, loop, faults = ((a - b) / calls for a, b in zip(after, before))
