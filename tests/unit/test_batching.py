@@ -692,3 +692,35 @@ async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_queue_is_serve
         await asyncio.wait_for(b.submit(x(1, 1.0)), 5)
     assert (await asyncio.wait_for(b.submit(x(1, 3.0)), 5))["y"][0, 0] == 6.0
     await b.close()
+
+
+@pytest.mark.parametrize(("width", "stacked_on_loop"), [(3, True), (300_000, False)])
+async def test_a_small_batch_is_stacked_on_the_loop_and_a_large_one_on_its_worker_thread(
+    executor: Any, monkeypatch: pytest.MonkeyPatch, width: int, stacked_on_loop: bool
+) -> None:
+    """Up to STACK_ON_LOOP_BYTES the loop stacks the batch as it hands it over (the worker thread
+    would wait for the GIL after numpy's copy); a larger batch is stacked on its worker thread,
+    so that no copy holds the loop long."""
+    import serving.batching
+
+    real = serving.batching.concat_inputs
+    stacked_by: list[bool] = []
+
+    def spied(items: Any) -> Arrays:
+        if len(items) > 1:
+            stacked_by.append(threading.current_thread() is threading.main_thread())
+        return real(items)
+
+    monkeypatch.setattr(serving.batching, "concat_inputs", spied)
+    assert (width * 4 * 2 <= serving.batching.STACK_ON_LOOP_BYTES) is stacked_on_loop
+    model = GatedModel()
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    first = asyncio.ensure_future(b.submit(x(1, 1.0, width)))
+    await wait_for(model.started)
+    pair = [asyncio.ensure_future(b.submit(x(1, v, width))) for v in (2.0, 3.0)]
+    await loop_turns()
+    model.release.set()
+    outs = await asyncio.wait_for(asyncio.gather(first, *pair), 5)
+    assert [float(o["y"][0, -1]) for o in outs] == [2.0, 4.0, 6.0]
+    assert model.batches == [1, 2] and stacked_by == [stacked_on_loop]
+    await b.close()
