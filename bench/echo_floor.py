@@ -17,6 +17,7 @@ from serving.protocol._pb import inference_pb2 as pb
 from serving.protocol.grpc_frontends import grpc_server_options
 from serving.protocol.grpc_v2 import SERVICE_NAME as SERVICE
 from serving.protocol.grpc_v2 import from_core
+from serving.protocol.infer_message import read_varint
 from serving.protocol.triton import config_json
 from serving.service.local import LocalInferenceService
 from serving.types import InferenceRequest, Tensor
@@ -31,34 +32,23 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
 def request_id(raw: bytes) -> bytes:
     """ModelInferRequest.id (field 3) from the serialized request, skipping every other field."""
     pos = 0
     try:
         while pos < len(raw):
-            tag, pos = _read_varint(raw, pos)
+            tag, pos = read_varint(raw, pos)
             kind = tag & 7
             if kind == 2:
-                size, pos = _read_varint(raw, pos)
+                size, pos = read_varint(raw, pos)
                 if tag >> 3 == 3:
                     return raw[pos : pos + size]
                 pos += size
             elif kind == 0:
-                _, pos = _read_varint(raw, pos)
+                _, pos = read_varint(raw, pos)
             else:
                 pos += 8 if kind == 1 else 4
-    except IndexError:
+    except (IndexError, ValueError):
         pass
     return b""
 

@@ -52,7 +52,7 @@ def parse_infer_request(data: bytes) -> InferMessage:
     return InferMessage.of(pb.ModelInferRequest.FromString(data))
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
+def read_varint(data: bytes, i: int) -> tuple[int, int]:
     """The varint at ``data[i]`` and the index after it.
 
     Raises:
@@ -82,10 +82,10 @@ def _raw_at_the_end(data: bytes) -> tuple[bytes, list[memoryview]] | None:
     i, end = 0, len(data)
     try:
         while i < end:
-            tag, at = _varint(data, i)
+            tag, at = read_varint(data, i)
             if tag & 7 != _LENGTH_DELIMITED:  # every field of ModelInferRequest is
                 return None
-            length, at = _varint(data, at)
+            length, at = read_varint(data, at)
             if at + length > end:
                 return None
             if tag == _RAW_TAG:
