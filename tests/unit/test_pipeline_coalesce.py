@@ -169,3 +169,77 @@ async def test_close_answers_the_grouped_requests_in_progress_unavailable() -> N
         with pytest.raises(ModelNotReadyError, match="stopped"):
             await call
     await asyncio.gather(alone, return_exceptions=True)
+
+
+class GatedSteps:
+    """Stands for the pipeline's steps: each run holds until its gate opens; answers x * 10."""
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+        self.gates: list[asyncio.Event] = []
+
+    async def __call__(self, inputs: Arrays, deadline_s: float | None) -> Arrays:
+        self.runs.append(len(inputs["x"]))
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        return {"y": inputs["x"] * 10}
+
+
+async def turns(n: int = 20) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def test_while_groups_at_once_run_later_requests_wait_and_then_run_as_one_group() -> None:
+    from serving.pipeline.coalesce import GROUPS_AT_ONCE
+
+    steps = GatedSteps()
+    together = Coalescer(steps, max_rows=64)
+    calls = [asyncio.ensure_future(together.submit(rows(0), None))]  # alone: nothing ran
+    for v in range(1, GROUPS_AT_ONCE + 1):  # one group per turn, each started
+        calls.append(asyncio.ensure_future(together.submit(rows(v), None)))
+        await turns()
+    assert steps.runs == [1] * (GROUPS_AT_ONCE + 1)
+    for v in range(GROUPS_AT_ONCE + 1, GROUPS_AT_ONCE + 4):  # three more turns: they wait, together
+        calls.append(asyncio.ensure_future(together.submit(rows(v), None)))
+        await turns()
+    assert steps.runs == [1] * (GROUPS_AT_ONCE + 1)
+    steps.gates[1].set()  # the first group ends: the waiting one starts with every request that came
+    await turns()
+    assert steps.runs == [1] * (GROUPS_AT_ONCE + 1) + [3]
+    for gate in steps.gates:
+        gate.set()
+    answers = await asyncio.wait_for(asyncio.gather(*calls), 5)
+    assert [a["y"][0, 0] for a in answers] == [v * 10 for v in range(GROUPS_AT_ONCE + 4)]
+
+
+async def test_close_answers_the_waiting_groups_unavailable_and_a_cancelled_one_never_runs() -> None:
+    from serving.pipeline.coalesce import GROUPS_AT_ONCE
+
+    steps = GatedSteps()
+    together = Coalescer(steps, max_rows=64)
+    alone = asyncio.ensure_future(together.submit(rows(0), None))
+    running = []
+    for v in range(1, GROUPS_AT_ONCE + 1):
+        running.append(asyncio.ensure_future(together.submit(rows(v), None)))
+        await turns()
+    given_up = asyncio.ensure_future(together.submit(rows(7), None))
+    await turns()
+    given_up.cancel()  # its group waits; nobody waits for it any more
+    await asyncio.gather(given_up, return_exceptions=True)
+    steps.gates[1].set()
+    await turns()
+    assert len(steps.runs) == GROUPS_AT_ONCE + 1  # the abandoned group was dropped, not run
+    waiting = asyncio.ensure_future(together.submit(rows(8), None))
+    await turns()
+    assert len(steps.runs) == GROUPS_AT_ONCE + 2  # a slot was free: it started at once
+    late = [asyncio.ensure_future(together.submit(rows(9), None))]
+    await turns()
+    await together.close()
+    for call in [*running[1:], waiting, *late]:
+        with pytest.raises(ModelNotReadyError):
+            await asyncio.wait_for(call, 5)
+    assert (await asyncio.wait_for(running[0], 5))["y"][0, 0] == 10
+    steps.gates[0].set()
+    assert (await asyncio.wait_for(alone, 5))["y"][0, 0] == 0
