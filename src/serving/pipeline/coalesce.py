@@ -9,8 +9,8 @@ group starts on the loop's next turn (the requests of that turn join it), or, wh
 ``GROUPS_AT_ONCE`` groups run, as soon as one of them ends, taking every request that came
 meanwhile. Its rows would wait in the steps' queues anyway, and a set of rows costs the event
 loop the same Python for a few requests as for many (measured over gRPC at 64 clients: the
-branching pipeline of ``bench/image_pipeline.py``, 1.08-1.12x with 2 groups at once against any
-number).
+branching pipeline of ``bench/image_pipeline.py``, 1.08-1.24x in three runs with 2 groups at
+once against any number).
 
 Each request keeps its own deadline and cancellation. A group stops once none of its requests
 waits for it any more; a step that fails as a whole fails every request of the group, as it
@@ -73,7 +73,7 @@ class Coalescer:
         """Groups not started yet, oldest first (with their key)."""
 
     async def submit(self, inputs: Arrays, deadline_s: float | None) -> Arrays:
-        """The pipeline's outputs for ``inputs`` (rows first), run with the requests of this turn.
+        """The pipeline's outputs for ``inputs`` (rows first), run with the requests that come with it.
 
         Raises:
             DeadlineExceededError: ``deadline_s`` passed before the answer.
@@ -155,8 +155,7 @@ class Coalescer:
         for m in group.members:
             if not m.future.done():
                 m.future.set_exception(ModelNotReadyError("the pipeline's run was stopped"))
-        if not task.get_loop().is_closed():
-            self._start_waiting(task.get_loop())
+        self._start_waiting(task.get_loop())
 
     async def close(self) -> None:
         """Stop the grouped runs in progress and answer the waiting groups' requests UNAVAILABLE;
