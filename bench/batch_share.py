@@ -70,7 +70,12 @@ def main() -> None:
     onnx_path = repo / MODEL / "1" / "model.onnx"
     try:
         for mode in args.modes:
-            server = ServerProcess(repo, work / f"{mode}.log", args=("--standalone",) if mode == "standalone" else ())
+            server = ServerProcess(
+                repo,
+                work / f"{mode}.log",
+                args=("--standalone",) if mode == "standalone" else (),
+                metrics_every_second=False,
+            )
             server.start()
             try:
                 assert server.proc is not None

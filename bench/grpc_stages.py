@@ -260,7 +260,9 @@ def main() -> None:
     work, repo, data = reference_setup("serving-stages-")
     sections = []
     for frontend in args.frontends.split(","):
-        server = ServerProcess(repo, work / f"serving-{frontend}.log", env={"SERVING_GRPC_FRONTEND": frontend})
+        server = ServerProcess(
+            repo, work / f"serving-{frontend}.log", env={"SERVING_GRPC_FRONTEND": frontend}, metrics_every_second=False
+        )
         server.start()
         try:
             for mode in ("sync", "async"):

@@ -126,7 +126,7 @@ def main() -> None:
         flush=True,
     )
 
-    serving = ServerProcess(repo, work / "serving.log")
+    serving = ServerProcess(repo, work / "serving.log", metrics_every_second=False)
     serving.start()
     if args.branch_only:
         try:

@@ -44,7 +44,10 @@ def main() -> None:
     args = parser.parse_args()
     subprocess.run(["bash", str(HERE / "perf_tools.sh")], check=True)
     work, repo, data = reference_setup("serving-modes-")
-    servers = {mode: ServerProcess(repo, work / f"{mode}.log", args=mode_args(mode)) for mode in ("ray", "standalone")}
+    servers = {
+        mode: ServerProcess(repo, work / f"{mode}.log", args=mode_args(mode), metrics_every_second=False)
+        for mode in ("ray", "standalone")
+    }
     rows = [(label, c) for label, _, _ in PROTOCOLS for c in args.concurrency]
     rates: dict[str, dict[tuple[str, int], list[float]]] = {mode: {row: [] for row in rows} for mode in servers}
     try:

@@ -266,7 +266,7 @@ def main() -> None:
     # alternated cell by cell: this VM's speed drifts by a quarter within minutes, and measured
     # one server after the other, the drift fell on the ratio.
     results: dict[str, dict[tuple[str, int], dict[str, float]]] = {"serving": {}, "pytriton": {}}
-    server = ServerProcess(repo, work / "serving.log")
+    server = ServerProcess(repo, work / "serving.log", metrics_every_second=False)
     began = time.monotonic()
     server.start()
     print(f"[serving ] ready in {time.monotonic() - began:.1f}s", flush=True)
