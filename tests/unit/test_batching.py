@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from serving.batching import DynamicBatcher, concat_inputs, split_outputs
 from serving.errors import DeadlineExceededError, InvalidInputError, ModelExecutionError, QueueFullError
@@ -182,6 +184,30 @@ def test_concat_and_split_are_inverse() -> None:
     back = split_outputs(merged, [1, 2, 3])
     for a, b in zip(parts, back):
         np.testing.assert_array_equal(a["x"], b["x"])
+
+
+@given(st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=20))
+def test_split_gives_each_request_its_own_rows_as_views_of_the_batch(rows: list[int]) -> None:
+    total = sum(rows)
+    outputs = {
+        "y": np.arange(total * 6, dtype=np.float32).reshape(total, 2, 3),
+        "label": np.array([str(i).encode() for i in range(total)], dtype=np.object_).reshape(total, 1),
+    }
+    parts = split_outputs(outputs, rows)
+    assert len(parts) == len(rows)
+    start = 0
+    for n, part in zip(rows, parts, strict=True):
+        for name, arr in outputs.items():
+            np.testing.assert_array_equal(part[name], arr[start : start + n])
+            assert part[name].base is arr or part[name].base is arr.base  # a view, no copy
+        start += n
+
+
+def test_split_refuses_an_output_without_one_row_per_input_row() -> None:
+    with pytest.raises(ModelExecutionError, match="expected 3 rows"):
+        split_outputs({"y": np.zeros((2, 1))}, [1, 2])
+    with pytest.raises(ModelExecutionError):
+        split_outputs({"y": np.float32(1.0)}, [1])
 
 
 async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any) -> None:
