@@ -63,6 +63,8 @@ def _param_value(p: pb.InferParameter) -> str | int | float | bool:
 
 
 def params_to_core(params: Any) -> Parameters:
+    if not params:  # most maps are empty; iterating one still costs ~1 us (protobuf's items() view)
+        return {}
     return {k: _param_value(v) for k, v in params.items()}
 
 
