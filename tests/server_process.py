@@ -37,16 +37,31 @@ def mode_args(mode: str, processes: int = 1) -> tuple[str, ...]:
     return ("--standalone", *(("--workers", str(processes)) if processes > 1 else ()))
 
 
+def worker_ports() -> range:
+    """This pytest-xdist worker's own share of TEST_PORTS (all of them outside xdist). Two workers
+    never pick the same port: a test whose clients still knock on a stopped server's port (a drain
+    under load) cannot reach a server another worker has started on it since (seen once: an HTTP
+    client of a draining server answered by another test's gRPC server, HTTP/2 frames as its status line)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if count <= 1 or not worker.startswith("gw"):
+        return TEST_PORTS
+    share = len(TEST_PORTS) // count
+    start = TEST_PORTS.start + int(worker[2:]) % count * share
+    return range(start, start + share)
+
+
 def free_port() -> int:
+    ports = worker_ports()
     for _ in range(200):
-        port = random.choice(TEST_PORTS)
+        port = random.choice(ports)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 20000-32000")
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass
