@@ -36,9 +36,60 @@ def test_rows_are_copied_into_a_block_and_the_block_is_reused_once_no_copy_is_le
     busy = blocks.copy(np.zeros((1, 4), np.float32))  # the first block still has copies: a new one
     assert id(busy.base) != block
     del first, second
-    for _ in range(blocks.rows):  # fills the second block; the next takes the first again
+    for _ in range(blocks.rows):  # fills the second block: the first's rows are not taken yet
+        last = blocks.copy(np.zeros((1, 4), np.float32))
+    assert id(last.base) != block
+    del busy, last
+    blocks.take_runs()  # taken (for a file) and dropped: the next block is the first again
+    for _ in range(blocks.rows):
         last = blocks.copy(np.zeros((1, 4), np.float32))
     assert id(last.base) == block
+
+
+def test_the_rows_taken_are_runs_of_the_blocks_in_order_none_when_some_were_copied_outside() -> None:
+    blocks = RowBlocks((4,), F32, max_bytes=1e6)
+    batches = [np.full((k % 5 + 1, 4), k, np.float32) for k in range(2 * blocks.rows // 3)]  # spans blocks
+    for b in batches[:10]:
+        blocks.copy(b)
+    first = blocks.take_runs()
+    for b in batches[10:]:
+        blocks.copy(b)
+    rest = blocks.take_runs()
+    assert first is not None and rest is not None and len(rest) > 1
+    for runs, part in ((first, batches[:10]), (rest, batches[10:])):
+        assert all(r.base is not None for r in runs)  # views of the blocks, not copies
+        assert np.array_equal(np.concatenate(runs), np.concatenate(part))
+    assert blocks.take_runs() == []  # nothing since
+    blocks.copy(np.ones((1, 4), np.float32))
+    blocks.copy(np.ones((1, 5), np.float32))  # another shape: a copy of its own
+    assert blocks.take_runs() is None
+    blocks.copy(np.ones((1, 4), np.float32))
+    assert [r.tolist() for r in blocks.take_runs() or []] == [[[1.0] * 4]]
+
+
+def test_the_files_hold_every_input_row_across_blocks_and_a_request_without_inputs(tmp_path: Path) -> None:
+    """Columns of input runs (no copy), and of each request's rows where the runs do not cover a
+    file's rows (a request that failed before its inputs were read), are the rows offered."""
+    width = BLOCK_BYTES // 4 // 50  # 50 rows a block
+    stream = LogStream(
+        "m", "1", PredictionLogConfig(destination=str(tmp_path), flush_rows=120), (TensorSpec("x", "FP32", (width,)),),
+        (TensorSpec("y", "FP32", (1,)),),
+    )  # fmt: skip
+    log = PredictionLog(MemoryMetrics())
+    expected: list[list[float] | None] = []
+    for k in range(400):
+        rows = k % 3 + 1
+        x = np.full((rows, width), k, np.float32)
+        inputs: dict[str, Any] | None = {"x": x}
+        if k == 250:
+            inputs = None  # failed before its inputs were read
+        log.offer(stream, LoggedRequest(f"r{k:04d}", time.time_ns(), "latest", None, 1, rows, inputs,
+                                        {"y": np.zeros((rows, 1), np.float32)}))  # fmt: skip
+        expected += [None] * rows if inputs is None else [[float(k)] * width] * rows
+    log.close()
+    table = ds.dataset(tmp_path).to_table().sort_by([("request_id", "ascending"), ("row", "ascending")])
+    got = table.column("x").to_pylist()
+    assert len(got) == len(expected) and got == expected
 
 
 def test_rows_of_another_shape_or_datatype_or_too_many_get_a_copy_of_their_own() -> None:
@@ -82,6 +133,31 @@ def test_a_table_built_in_scratch_memory_equals_one_built_without(tmp_path: Path
     for k in range(3):  # the second and third reuse the first's memory
         rows = pending(k)
         assert build_table(stream, rows, scratch).to_pylist() == build_table(stream, rows).to_pylist()
+
+
+def test_a_table_of_input_runs_equals_one_of_each_requests_rows_and_copies_nothing(tmp_path: Path) -> None:
+    stream = LogStream(
+        "m", "1", PredictionLogConfig(destination=str(tmp_path)), (TensorSpec("x", "FP32", (4096,)),),
+        (TensorSpec("y", "FP32", (1,)),),
+    )  # fmt: skip
+    blocks = RowBlocks((4096,), F32, max_bytes=1e7)
+    assert blocks.rows == 64
+    rng = np.random.default_rng(0)
+    requests = []
+    for k in range(60):  # 2-3 rows each: three blocks
+        x = rng.random((k % 2 + 2, 4096), np.float32)
+        requests.append(LoggedRequest(f"{k}", 0, "latest", None, 1, len(x), {"x": blocks.copy(x)},
+                                      {"y": np.zeros((len(x), 1), np.float32)}))  # fmt: skip
+    runs = blocks.take_runs()
+    assert runs is not None and len(runs) == 3
+    pending = Pending.of(requests)
+    table = build_table(stream, pending, Scratch(), {"x": runs})
+    assert table.column("x").num_chunks == 3
+    assert table.to_pylist() == build_table(stream, pending).to_pylist()
+    data = table.column("x").chunk(0).values.buffers()[1]
+    assert data is not None and data.address == runs[0].ctypes.data  # the block's memory, not a copy
+    fewer = build_table(stream, pending, None, {"x": runs[:2]})  # runs that do not cover every row: unused
+    assert fewer.column("x").num_chunks == 1 and fewer.to_pylist() == table.to_pylist()
 
 
 def test_the_queue_bound_is_shared_between_the_inputs_by_the_size_of_their_rows() -> None:

@@ -82,6 +82,12 @@ def column(spec: TensorSpec, parts: list[Array | None], rows: list[int], scratch
     return pa.concat_arrays(chunks) if len(chunks) != 1 else chunks[0]
 
 
+def chunked_column(spec: TensorSpec, chunks: list[Array]) -> pa.ChunkedArray:
+    """One column of the rows of ``chunks`` (batches of rows), one chunk each, without a copy."""
+    typ = arrow_type(spec)
+    return pa.chunked_array([_convert(chunk, spec, typ) for chunk in chunks], typ)
+
+
 def _concatenated(parts: list[Array], rows: int, scratch: Scratch | None) -> Array:
     if len(parts) == 1:
         return parts[0]

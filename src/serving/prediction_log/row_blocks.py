@@ -6,7 +6,14 @@ written. glibc then gave those pages back to the kernel (protobuf's Python modul
 ``malloc_trim(0)`` every 10,000 frees) and the serving thread faulted them in again as it read new
 requests: 0.72 page faults a request on the reference MLP at 100 % logged, 0.02 without the log.
 With the rows copied into blocks that are used again once every row in them is written, the
-transport's memory is reused at once, as without a log: 0.07."""
+transport's memory is reused at once, as without a log: 0.07.
+
+The blocks also give the writer its columns without a copy: the rows taken for a file lie in a few
+runs of consecutive rows, one per block (:meth:`RowBlocks.take_runs`), and each run is a chunk of
+the file's column. Concatenating 10,000 rows of 784 floats into one array instead held the GIL
+for ~6 ms a file, and stalled the event loop that long: p99.9 latency 36-40 ms against 17-18 ms
+with the runs (reference MLP over gRPC, 16 calls in flight, every request logged; 10 ms without a
+log)."""
 
 from __future__ import annotations
 
@@ -26,9 +33,9 @@ BLOCK_BYTES = 1 << 20
 
 
 class RowBlocks:
-    """Rows of one tensor, copied into blocks of ``BLOCK_BYTES``. A block is used again when no
-    copy of its rows is left (nothing but this object refers to it). Not thread-safe: the log
-    calls it under its lock."""
+    """Rows of one tensor, copied into blocks of ``BLOCK_BYTES``. A block is used again when its
+    rows have been taken (:meth:`take_runs`) and no view of them is left (nothing but this object
+    refers to it). Not thread-safe: the log calls it under its lock."""
 
     def __init__(self, row_shape: tuple[int, ...], dtype: np.dtype[Any], max_bytes: float) -> None:
         self.row_shape = row_shape
@@ -40,25 +47,45 @@ class RowBlocks:
         self._blocks: list[Array] = []
         self._current: Array | None = None
         self._used = 0
+        self._start = 0
+        """Where the current block's rows not yet taken by :meth:`take_runs` begin."""
+        self._filled: list[tuple[Array, int, int]] = []
+        """Runs of earlier blocks not yet taken: (block, first row, row after the last)."""
+        self._outside = False
+        """Rows were copied outside the blocks since the last :meth:`take_runs`."""
 
     def copy(self, values: Array) -> Array:
         """``values`` (a batch of rows) copied; into the current block when it has this shape
         and datatype and fits in one."""
         n = len(values)
         if values.dtype != self.dtype or values.shape[1:] != self.row_shape or n > self.rows:
+            self._outside = True
             return values.copy()
         if self._current is None or self._used + n > self.rows:
+            if self._current is not None and self._used > self._start:
+                self._filled.append((self._current, self._start, self._used))
             self._current = self._unused_block()
-            self._used = 0
+            self._used = self._start = 0
         rows = self._current[self._used : self._used + n]
         rows[...] = values
         self._used += n
         return rows
 
+    def take_runs(self) -> list[Array] | None:
+        """The rows copied since the last call, in order, as runs of consecutive rows of the
+        blocks (views); None when some were copied outside the blocks. A run keeps its block from
+        being used again until it is dropped."""
+        runs = self._filled
+        if self._current is not None and self._used > self._start:
+            runs.append((self._current, self._start, self._used))
+        outside = self._outside
+        self._filled, self._start, self._outside = [], self._used, False
+        return None if outside else [block[start:stop] for block, start, stop in runs]
+
     def _unused_block(self) -> Array:
         for block in self._blocks:
-            # References: the list, ``block`` and getrefcount's argument; a copy's view, or being
-            # the current block, adds one.
+            # References: the list, ``block`` and getrefcount's argument; a copy's view, a run not
+            # taken yet, or being the current block, adds one.
             if sys.getrefcount(block) == 3:
                 return block
         block = np.empty((self.rows, *self.row_shape), self.dtype)

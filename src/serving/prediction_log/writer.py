@@ -111,6 +111,9 @@ class _Waiting:
     """The stream's bounds, read once: the request path checks them on every offer."""
     blocks: dict[str, RowBlocks] | None = None
     """Where the kept inputs are copied (``row_blocks``); the stream's next batch takes them over."""
+    runs: dict[str, list[Array] | None] = field(default_factory=dict)
+    """Once taken for writing: each blocked input's rows as runs in its blocks (``take_runs``),
+    the columns' chunks when they hold exactly the batch's rows."""
 
     def __post_init__(self) -> None:
         config = self.stream.config
@@ -271,6 +274,8 @@ class PredictionLog:
         with self._cond:
             due = [w for w in self._waiting.values() if w.pending and (everything or w.due(now) <= 0)]
             for w in due:
+                assert w.blocks is not None
+                w.runs = {name: blocks.take_runs() for name, blocks in w.blocks.items()}
                 self._waiting[w.stream.key] = _Waiting(w.stream, blocks=w.blocks)
             if writing:
                 self._writing = True
@@ -319,7 +324,7 @@ class PredictionLog:
             part = whole if len(by_hour) == 1 else whole.select(which)
             rows = sum(part.rows)
             try:
-                table = build_table(stream, part, scratch)
+                table = build_table(stream, part, scratch, batch.runs if part is whole else None)
             except Exception:
                 log.exception(
                     "the prediction log of %s v%s dropped %d rows it could not convert", *stream.key[1:], rows
@@ -345,6 +350,7 @@ class PredictionLog:
         """Drop the requests at ``done`` (written, or impossible to write) from ``batch``."""
         if not done:
             return
+        batch.runs = {}  # (the blocks are free for new rows once the rows' views are gone too)
         if len(done) == len(batch.pending):
             batch.pending, batch.rows, batch.nbytes = Pending(), 0, 0
             return
@@ -385,11 +391,18 @@ def readable(request_id: str) -> str:
     return request_id if request_id.isascii() else request_id.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def build_table(stream: LogStream, pending: Pending, scratch: columns.Scratch | None = None) -> pa.Table:
+def build_table(
+    stream: LogStream,
+    pending: Pending,
+    scratch: columns.Scratch | None = None,
+    runs: dict[str, list[Array] | None] | None = None,
+) -> pa.Table:
     """The log rows of ``pending``'s requests: one per row of each request. The writer thread
     holds the GIL while it runs, and the serving loop waits for it, so the usual case (a row a
     request, every request answered, ASCII ids) takes paths without a Python step per row.
-    ``scratch``: memory reused for the tensors' columns (the table is valid until its next use)."""
+    ``scratch``: memory reused for the tensors' columns (the table is valid until its next use).
+    ``runs``: inputs whose rows lie in these arrays, in order, become columns of them as chunks,
+    without a copy (used where they hold as many rows as the requests)."""
     if scratch is not None:
         scratch.start()
     counts = np.asarray(pending.rows, dtype=np.int64)
@@ -420,7 +433,12 @@ def build_table(stream: LogStream, pending: Pending, scratch: columns.Scratch | 
     rows = pending.rows
     for spec in stream.inputs:
         name = stream.input_columns.get(spec.name)
-        if name is not None:
+        if name is None:
+            continue
+        chunks = (runs or {}).get(spec.name)
+        if chunks is not None and sum(map(len, chunks)) == n:
+            cols[name] = columns.chunked_column(spec, chunks)
+        else:
             cols[name] = columns.column(spec, tensors(pending.inputs, spec.name, stream.batched), rows, scratch)
     for spec in stream.outputs:
         name = stream.output_columns.get(spec.name)
