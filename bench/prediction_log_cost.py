@@ -17,6 +17,7 @@ own cost does not dilute.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
@@ -27,9 +28,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from metrics_scrape import scrape  # noqa: E402
 from modes import PROTOCOLS, one  # noqa: E402
 from online import FEATURES, MODEL, reference_setup  # noqa: E402
 from paired import PairedResult, compare, infer_request  # noqa: E402
+
+from serving.protocol._pb import inference_pb2_grpc  # noqa: E402
 
 from server_process import ServerProcess, mode_args  # noqa: E402
 
@@ -126,6 +132,9 @@ def main() -> None:
                 print(f"[round {round_ + 1}] {label:10s} c={args.concurrency}: {shown} infer/s", flush=True)
         paired = paired_windows(servers, args.pairs, args.concurrency)
         print(paired, flush=True)
+        latency = latency_windows(servers, args.concurrency)
+        print(latency, flush=True)
+        paired += "\n\n" + latency + "\n\n" + rows_written(servers)
         logged = sum(f.stat().st_size for f in work.glob("log-2/**/*.parquet"))
     finally:
         for server in servers.values():
@@ -166,6 +175,63 @@ def write(body: str) -> None:
     (HERE / "results" / "prediction_log.md").write_text(
         f"# The prediction log's cost ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n{body}"
     )
+
+
+def latency_windows(servers: dict[str, ServerProcess], concurrency: int, rounds: int = 4, seconds: float = 6.0) -> str:
+    """Each call's latency without the log and with every request logged: the same grpc.aio
+    client, alternating windows (A B, B A, ...). The writer's work between files shows in the tail."""
+    request = infer_request(MODEL, "input", FEATURES)
+    names = ("off", "100 %")
+
+    async def window(url: str) -> list[float]:
+        channel = grpc.aio.insecure_channel(url)
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        took: list[float] = []
+        until = time.monotonic() + seconds
+
+        async def caller() -> None:
+            while time.monotonic() < until:
+                began = time.perf_counter()
+                await stub.ModelInfer(request, timeout=30)
+                took.append(time.perf_counter() - began)
+
+        try:
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+        finally:
+            await channel.close()
+        return took
+
+    seen: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            seen[name] += asyncio.run(window(servers[name].grpc_url))
+    lines = ["| logged | calls/s | p50 | p99 | p99.9 | max |", "|---|---|---|---|---|---|"]
+    for name, took in seen.items():
+        q = np.percentile(np.asarray(took) * 1e3, [50, 99, 99.9, 100])
+        lines.append(
+            f"| {name} | {len(took) / (rounds * seconds):,.0f} | {q[0]:.2f} ms | {q[1]:.2f} ms | {q[2]:.2f} ms "
+            f"| {q[3]:.1f} ms |"
+        )
+    return (
+        f"Latency (the same grpc.aio client, {concurrency} calls in flight, {rounds} alternating {seconds:g} s "
+        "windows per setting):\n\n" + "\n".join(lines)
+    )
+
+
+def rows_written(servers: dict[str, ServerProcess]) -> str:
+    """Rows each log wrote and dropped over the whole run (a log that drops rows costs less)."""
+    cells = []
+    for name, server in servers.items():
+        if name == "off":
+            continue
+        counts = {"written": 0.0, "dropped": 0.0}
+        for metric, _, value in scrape(server.metrics_url, "ray_serving_log_"):
+            if metric == "ray_serving_log_rows_total":
+                counts["written"] += value
+            elif metric == "ray_serving_log_dropped_rows_total":
+                counts["dropped"] += value
+        cells.append(f"{name}: {counts['written']:,.0f} rows written, {counts['dropped']:,.0f} dropped")
+    return "Over the run (the servers' metrics, before they stopped): " + "; ".join(cells) + "."
 
 
 def paired_windows(servers: dict[str, ServerProcess], pairs: int, concurrency: int) -> str:
