@@ -10,10 +10,10 @@ transport's memory is reused at once, as without a log: 0.07.
 
 The blocks also give the writer its columns without a copy: the rows taken for a file lie in a few
 runs of consecutive rows, one per block (:meth:`RowBlocks.take_runs`), and each run is a chunk of
-the file's column. Concatenating 10,000 rows of 784 floats into one array instead held the GIL
-for ~6 ms a file, and stalled the event loop that long: p99.9 latency 36-40 ms against 17-18 ms
-with the runs (reference MLP over gRPC, 16 calls in flight, every request logged; 10 ms without a
-log)."""
+the file's column. Concatenating them first (10,000 rows of 784 floats, ~8 ms, the GIL held for
+part of it) left the serving loop's tail longer: p99.9 latency 17-42 ms over four runs against
+13-16 ms over five with the runs (reference MLP over gRPC, 16 calls in flight, every request
+logged; 9.4-10.1 ms without a log)."""
 
 from __future__ import annotations
 
