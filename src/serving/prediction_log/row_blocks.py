@@ -12,7 +12,7 @@ The blocks also give the writer its columns without a copy: the rows taken for a
 runs of consecutive rows, one per block (:meth:`RowBlocks.take_runs`), and each run is a chunk of
 the file's column. Concatenating them first (10,000 rows of 784 floats, ~8 ms, the GIL held for
 part of it) left the serving loop's tail longer: p99.9 latency a median 36 ms over eight runs
-against 15.5 ms over seven with the runs (reference MLP over gRPC, 16 calls in flight, every
+against 15.5 ms over nine with the runs (reference MLP over gRPC, 16 calls in flight, every
 request logged; 9.7 ms without a log; docs/benchmarks.md has each run)."""
 
 from __future__ import annotations
