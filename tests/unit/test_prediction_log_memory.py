@@ -109,7 +109,6 @@ def test_the_log_keeps_copies_of_the_inputs_not_the_transports_buffer(tmp_path: 
     request = LoggedRequest("r", time.time_ns(), "latest", None, 1, 1, {"x": x}, {"y": np.ones((1, 1), np.float32)})
     log = PredictionLog(MemoryMetrics())
     log.offer(stream, request)
-    assert request.inputs is not None and not np.shares_memory(request.inputs["x"], x)
     payload[:] = bytes(len(payload))  # the transport reuses its buffer
     log.close()
     assert ds.dataset(tmp_path).to_table().column("x").to_pylist() == [[0.0, 1.0, 2.0]]

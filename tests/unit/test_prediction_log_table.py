@@ -142,3 +142,15 @@ def test_every_column_holds_what_each_request_gave_whatever_the_mix(
     got = table.to_pylist()
     times = table.column("time").cast("int64").to_pylist()
     assert [{**{k: v for k, v in row.items() if k != "time"}, "time_us": us} for row, us in zip(got, times)] == expected
+
+
+def test_the_queue_keeps_each_tensor_aligned_with_its_requests_through_select_and_put_back() -> None:
+    x = [np.full((1, 1), k, np.float32) for k in range(4)]
+    requests = [request(f"r{k}", 0.0, x[k] if k != 1 else None, np.array([[k]])) for k in range(4)]
+    pending = Pending.of(requests)
+    assert pending.inputs["x"] == [x[0], None, x[2], x[3]] and len(pending.outputs["y"]) == 4
+    later = Pending.of([LoggedRequest("r4", 0, "latest", None, 1, 1, {"z": x[0]}, None)])  # another tensor only
+    both = pending.select([0, 1]) + later
+    assert both.request_ids == ["r0", "r1", "r4"]
+    assert both.inputs["x"] == [x[0], None, None] and both.inputs["z"] == [None, None, x[0]]
+    assert both.outputs["y"][2] is None and pending.select(slice(2, 4)).inputs["x"] == [x[2], x[3]]

@@ -102,10 +102,3 @@ def row_blocks(specs: tuple[TensorSpec, ...], kept: dict[str, str], max_bytes: f
     total = sum(sizes.values()) or 1
     dtypes = {s.name: (s.shape, numpy_dtype(s.datatype)) for s in specs if s.name in sizes}
     return {name: RowBlocks(shape, dtype, max_bytes * sizes[name] / total) for name, (shape, dtype) in dtypes.items()}
-
-
-def copied(arrays: dict[str, Array] | None, blocks: dict[str, RowBlocks]) -> dict[str, Array] | None:
-    """``arrays`` with every tensor copied: into its blocks where it has them."""
-    if not arrays:
-        return arrays
-    return {name: b.copy(v) if (b := blocks.get(name)) is not None else np.array(v) for name, v in arrays.items()}
