@@ -21,7 +21,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -36,6 +35,7 @@ from serving.errors import (
     ServingError,
 )
 from serving.telemetry import tracing
+from serving.worker_threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -203,15 +203,16 @@ event loop is held ~40 ms at most."""
 
 
 class DynamicBatcher:
-    """One bounded batching queue and one executor lane for one model version.
+    """One bounded batching queue and one lane of worker threads for one model version.
 
     Args:
-        run: runs one batch (called in ``executor``), returns every output by name.
+        run: runs one batch (on one of ``workers``), returns every output by name.
         max_batch_size: most rows per execution; 0 means the model takes no batch
             dimension and every request runs alone.
         max_queue_delay_s: longest the oldest request waits for the batch to fill.
         max_queue_size: most requests waiting; more raise ``QueueFullError`` at once.
-        executor: where ``run`` executes, with ``threads`` worker threads.
+        workers: the threads ``run`` executes on (``threads`` of them; shadow copies may queue
+            work there too).
         observer: told about every execution.
         adaptive_delay: wait for ``max_queue_delay_s`` only while waiting finds company. After a
             wait that gathered no other request, the next ``PROBE_EVERY - 1`` batches run at once,
@@ -219,7 +220,7 @@ class DynamicBatcher:
             loop one new call per round trip, so without a window every request ran alone): a
             0.5 ms window took gRPC at concurrency 16 from ~3,400 to ~5,400 requests/s, while a
             fixed window made a lone client's p50 1.1 ms instead of 0.6 ms.
-        inline_below_s: run a batch on the event loop itself, skipping the executor, while
+        inline_below_s: run a batch on the event loop itself, skipping the worker threads, while
             executions have recently taken less than this (0 disables). Handing a batch to
             a worker thread and back costs ~0.37 ms on a 2-core VM, 15x the 0.02 ms the
             digits model needs to run (bench/results/online.md); blocking the loop for less
@@ -247,7 +248,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         max_queue_size: int,
-        executor: Executor,
+        workers: WorkerThreads,
         observer: BatchObserver | None = None,
         adaptive_delay: bool = False,
         inline_below_s: float = 0.0,
@@ -268,7 +269,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_size = max_queue_size
-        self._executor = executor
+        self._workers = workers
         self._observer = observer
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived: asyncio.Event | None = None
@@ -479,8 +480,8 @@ class DynamicBatcher:
         started: list[float] = []
         try:
             stacked = self._stack(batch, STACK_ON_LOOP_BYTES)
-            running = loop.run_in_executor(self._executor, self._compute, *stacked, started)
-        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            running = self._workers.run(loop, self._compute, *stacked, started)
+        except RuntimeError as exc:  # the threads are stopped
             running = loop.create_future()
             running.set_exception(ModelNotReadyError(f"the model version's worker threads are stopped: {exc}"))
         except Exception as exc:  # stacking failed (memory): the batch's run failed
@@ -629,7 +630,7 @@ class DynamicBatcher:
     async def _await_worker(self, batch: list[_Pending], handed: _Handed) -> _Computed:
         """Wait for a batch's run on a worker thread, bounded by the execution timeout counted
         from when a thread began it, or from when it was handed over while no thread has (the
-        executor may hold other work ahead of it, a shadow copy's: one that keeps it from
+        threads may hold other work ahead of it, a shadow copy's: one that keeps it from
         starting for as long is a hang too). A full batch queued behind a running one
         (:meth:`_thread_for_next`) starts within the timeout unless the one ahead hangs.
 
@@ -655,10 +656,8 @@ class DynamicBatcher:
         finally:
             if not running.done():
                 # Cancelled (an unload, a hang elsewhere) or overran: a run still queued never starts;
-                # one stuck in the model has its outcome read whenever it ends, so a late
-                # exception is not reported as never retrieved.
+                # the outcome of one stuck in the model is dropped whenever it ends.
                 running.cancel()
-                running.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _overran(self) -> ModelNotReadyError:
         return ModelNotReadyError(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from serving.batching import DynamicBatcher, concat_inputs, split_outputs
 from serving.errors import DeadlineExceededError, InvalidInputError, ModelExecutionError, QueueFullError
+from serving.worker_threads import WorkerThreads
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -44,9 +44,11 @@ class Recorder:
 
 
 @pytest.fixture
-def executor() -> Any:
-    with ThreadPoolExecutor(1) as ex:
-        yield ex
+async def executor() -> Any:
+    workers = WorkerThreads(1, "test-model")
+    yield workers
+    workers.stop()
+    assert await workers.ended(5)
 
 
 def x(rows: int, value: float = 1.0, width: int = 3) -> Arrays:
@@ -59,7 +61,7 @@ async def wait_for(event: threading.Event) -> None:
 
 async def test_requests_waiting_behind_a_batch_run_together_and_split_back(executor: Any) -> None:
     model, rec = GatedModel(), Recorder()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor, observer=rec)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor, observer=rec)
     first = asyncio.ensure_future(b.submit(x(1, 0)))
     await wait_for(model.started)
     rest = [asyncio.ensure_future(b.submit(x(rows, value))) for rows, value in [(1, 1), (3, 2), (2, 3)]]
@@ -75,7 +77,7 @@ async def test_requests_waiting_behind_a_batch_run_together_and_split_back(execu
 
 async def test_max_batch_size_caps_rows_per_execution(executor: Any) -> None:
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=16, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=16, workers=executor)
     first = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)
     rest = [asyncio.ensure_future(b.submit(x(3))) for _ in range(3)]
@@ -90,7 +92,7 @@ async def test_full_batch_flushes_without_waiting_for_the_delay(executor: Any) -
     model = GatedModel()
     model.release.set()
     # A one-hour delay: only a full batch can make this test finish.
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=16, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=16, workers=executor)
     results = await asyncio.wait_for(asyncio.gather(*[b.submit(x(1)) for _ in range(4)]), 10)
     assert model.batches == [4]
     assert len(results) == 4
@@ -98,7 +100,7 @@ async def test_full_batch_flushes_without_waiting_for_the_delay(executor: Any) -
 
 async def test_incompatible_shapes_do_not_share_a_batch(executor: Any) -> None:
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor)
     first = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)
     rest = [asyncio.ensure_future(b.submit(x(1, width=w))) for w in (3, 5, 3, 5)]
@@ -111,7 +113,7 @@ async def test_incompatible_shapes_do_not_share_a_batch(executor: Any) -> None:
 
 async def test_queue_full_is_rejected_at_once(executor: Any) -> None:
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=2, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=2, workers=executor)
     running = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)
     queued = [asyncio.ensure_future(b.submit(x(1))) for _ in range(2)]
@@ -124,7 +126,7 @@ async def test_queue_full_is_rejected_at_once(executor: Any) -> None:
 
 
 async def test_a_request_larger_than_max_batch_size_is_invalid(executor: Any) -> None:
-    b = DynamicBatcher(GatedModel(), max_batch_size=2, max_queue_delay_s=0, max_queue_size=2, executor=executor)
+    b = DynamicBatcher(GatedModel(), max_batch_size=2, max_queue_delay_s=0, max_queue_size=2, workers=executor)
     with pytest.raises(InvalidInputError, match="exceeds the model's max_batch_size 2"):
         await b.submit(x(3))
 
@@ -140,7 +142,7 @@ async def test_wrong_output_rows_fail_only_that_batch(executor: Any) -> None:
 
     rec = Recorder()
     b = DynamicBatcher(
-        model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=8, executor=executor, observer=rec
+        model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=8, workers=executor, observer=rec
     )
     failed = await asyncio.gather(*[b.submit(x(1)) for _ in range(4)], return_exceptions=True)
     assert all(isinstance(e, ModelExecutionError) and "expected 4 rows" in e.message for e in failed)
@@ -156,7 +158,7 @@ async def test_unbatched_model_gets_each_request_alone(executor: Any) -> None:
         seen.append(inputs["x"].shape)
         return {"y": inputs["x"]}
 
-    b = DynamicBatcher(model, max_batch_size=0, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=0, max_queue_delay_s=0, max_queue_size=8, workers=executor)
     await asyncio.gather(*[b.submit({"x": np.zeros((5,), np.float32)}) for _ in range(3)])
     assert seen == [(5,), (5,), (5,)]
 
@@ -165,7 +167,7 @@ async def test_model_exception_becomes_model_execution_error(executor: Any) -> N
     def model(inputs: Arrays) -> Arrays:
         raise RuntimeError("boom")
 
-    b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, workers=executor)
     with pytest.raises(ModelExecutionError, match="boom"):
         await b.submit(x(1))
 
@@ -174,7 +176,7 @@ def test_parameters_are_validated_at_construction(executor: Any) -> None:
     for kwargs in ({"max_batch_size": -1}, {"max_queue_delay_s": -0.1}, {"max_queue_size": 0}):
         args: dict[str, Any] = {"max_batch_size": 1, "max_queue_delay_s": 0, "max_queue_size": 1, **kwargs}
         with pytest.raises(ValueError):
-            DynamicBatcher(lambda a: a, executor=executor, **args)
+            DynamicBatcher(lambda a: a, workers=executor, **args)
 
 
 def test_concat_and_split_are_inverse() -> None:
@@ -221,7 +223,7 @@ async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any
         return {"y": inputs["x"]}
 
     b = DynamicBatcher(
-        model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor, inline_below_s=0.005
+        model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor, inline_below_s=0.005
     )
     for _ in range(3):
         await b.submit(x(1))
@@ -244,7 +246,7 @@ async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(executor: 
         return {"y": inputs["x"]}
 
     b = DynamicBatcher(
-        model, max_batch_size=4096, max_queue_delay_s=0, max_queue_size=8, executor=executor, inline_below_s=0.005
+        model, max_batch_size=4096, max_queue_delay_s=0, max_queue_size=8, workers=executor, inline_below_s=0.005
     )
     for _ in range(3):
         await b.submit(x(1))
@@ -261,7 +263,7 @@ def inline_batcher(model: Any, executor: Any, **kw: Any) -> DynamicBatcher:
         max_batch_size=4,
         max_queue_delay_s=0,
         max_queue_size=8,
-        executor=executor,
+        workers=executor,
         inline_below_s=0.005,
         execution_timeout_s=5.0,
         **kw,
@@ -320,7 +322,7 @@ async def test_answered_requests_free_their_queue_slots_at_once(executor: Any) -
         gate.wait(10)
         return {"y": inputs["x"]}
 
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=4, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=4, workers=executor)
     running = asyncio.ensure_future(b.submit(x(1)))  # holds the worker
     await asyncio.sleep(0.05)
     for _ in range(3):  # 3 rounds of a full queue whose requests all expire
@@ -354,7 +356,7 @@ async def test_a_raising_observer_neither_loses_answers_nor_kills_the_worker(exe
         max_batch_size=4,
         max_queue_delay_s=0,
         max_queue_size=8,
-        executor=executor,
+        workers=executor,
         observer=RaisingObserver(),
     )
     first = await asyncio.wait_for(b.submit(x(1, 3.0)), 5)
@@ -367,7 +369,7 @@ async def test_close_in_mid_batch_answers_the_batch_and_the_queue_unavailable(ex
     from serving.errors import ModelNotReadyError
 
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor)
     running = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)  # the first batch is inside the model now
     queued = asyncio.ensure_future(b.submit(x(1)))
@@ -400,7 +402,7 @@ async def test_a_base_exception_in_the_model_fails_its_batch_and_the_queue_is_se
             raise Fatal()
         return {"y": a["x"] * 2}
 
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor)
     running = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(started)
     queued = asyncio.ensure_future(b.submit(x(1, 2.0)))
@@ -425,7 +427,7 @@ async def test_a_dead_inline_run_ends_the_worker_task_and_fails_everything_queue
         return {"y": a["x"] * 2}
 
     b = DynamicBatcher(
-        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor, inline_below_s=5.0
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor, inline_below_s=5.0
     )
     await b.submit(x(1))  # measured on the worker: later batches run inline
     with pytest.raises(ModelExecutionError, match="without an answer"):
@@ -443,11 +445,13 @@ async def test_two_threads_run_two_batches_at_once(executor: Any) -> None:
         pair.wait(5)  # broken (the batch fails) unless the other batch runs at the same time
         return {"y": a["x"] * 2}
 
-    with ThreadPoolExecutor(2) as two:
-        b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=two, threads=2)
-        outs = await asyncio.wait_for(asyncio.gather(b.submit(x(1, 1.0)), b.submit(x(1, 2.0))), 10)
-        assert [float(o["y"][0, 0]) for o in outs] == [2.0, 4.0]
-        await b.close()
+    two = WorkerThreads(2, "test-model")
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=two, threads=2)
+    outs = await asyncio.wait_for(asyncio.gather(b.submit(x(1, 1.0)), b.submit(x(1, 2.0))), 10)
+    assert [float(o["y"][0, 0]) for o in outs] == [2.0, 4.0]
+    await b.close()
+    two.stop()
+    assert await two.ended(5)
 
 
 async def test_each_batch_is_timed_from_its_own_start(executor: Any) -> None:
@@ -462,7 +466,7 @@ async def test_each_batch_is_timed_from_its_own_start(executor: Any) -> None:
 
     rec = HangRecorder()
     b = DynamicBatcher(
-        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor, observer=rec,
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor, observer=rec,
         execution_timeout_s=1.0,
     )  # fmt: skip
     outs = await asyncio.wait_for(asyncio.gather(b.submit(x(1, 1.0)), b.submit(x(1, 2.0))), 5)
@@ -477,7 +481,7 @@ def adaptive_batcher(executor: Any, adaptive: bool = True) -> DynamicBatcher:
         max_batch_size=8,
         max_queue_delay_s=0.02,
         max_queue_size=16,
-        executor=executor,
+        workers=executor,
         adaptive_delay=adaptive,
     )
 
@@ -523,7 +527,7 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_without_r
     from serving.errors import DeadlineExceededError
 
     model, rec = GatedModel(), DeadlineRecorder()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor, observer=rec)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor, observer=rec)
     running = asyncio.ensure_future(b.submit(x(1, 1.0)))
     await wait_for(model.started)  # the model is busy: what comes next waits in the queue
     due = asyncio.ensure_future(b.submit(x(2, 5.0), deadline_s=time.monotonic() + 0.05))
@@ -541,7 +545,7 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_without_r
 async def test_a_deadline_already_past_is_refused_at_once(executor: Any) -> None:
     from serving.errors import DeadlineExceededError
 
-    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=4, executor=executor)
+    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=4, workers=executor)
     with pytest.raises(DeadlineExceededError, match="before it was queued"):
         await b.submit(x(1), deadline_s=time.monotonic() - 1)
     assert b.queue_depth == 0
@@ -552,7 +556,7 @@ async def test_a_deadline_passing_while_the_batch_runs_answers_only_that_request
     from serving.errors import DeadlineExceededError
 
     model, rec = GatedModel(), DeadlineRecorder()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, executor=executor, observer=rec)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor, observer=rec)
     in_batch = asyncio.ensure_future(b.submit(x(1, 1.0), deadline_s=time.monotonic() + 0.05))
     other = asyncio.ensure_future(b.submit(x(1, 4.0)))
     await wait_for(model.started)  # both are in the running batch, which waits for release
@@ -580,7 +584,7 @@ async def test_an_execution_past_its_timeout_fails_its_batch_and_the_queue_and_r
 
     model, rec = GatedModel(), HangRecorder()
     b = DynamicBatcher(
-        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor, observer=rec,
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor, observer=rec,
         execution_timeout_s=0.05,
     )  # fmt: skip
     running = asyncio.ensure_future(b.submit(x(1)))
@@ -603,7 +607,7 @@ async def test_a_model_failure_keeps_its_cause_and_logs_its_traceback(
     def model(inputs: Arrays) -> Arrays:
         raise ZeroDivisionError("the model's own bug")
 
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor)
     with pytest.raises(ModelExecutionError, match="the model's own bug") as info:
         await b.submit(x(1))
     assert isinstance(info.value.__cause__, ZeroDivisionError)
@@ -614,7 +618,7 @@ async def test_a_model_failure_keeps_its_cause_and_logs_its_traceback(
 async def test_threads_must_be_at_least_one(executor: Any) -> None:
     with pytest.raises(ValueError, match="threads"):
         DynamicBatcher(
-            lambda a: a, max_batch_size=1, max_queue_delay_s=0, max_queue_size=1, executor=executor, threads=0
+            lambda a: a, max_batch_size=1, max_queue_delay_s=0, max_queue_size=1, workers=executor, threads=0
         )
 
 
@@ -624,10 +628,10 @@ async def test_a_batch_kept_from_starting_past_the_timeout_by_other_work_is_a_ha
     from serving.errors import ModelNotReadyError
 
     gate = threading.Event()
-    executor.submit(gate.wait, 10)  # holds the only thread
+    executor.call(gate.wait, 10)  # holds the only thread
     rec = HangRecorder()
     b = DynamicBatcher(
-        lambda a: {"y": a["x"]}, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, executor=executor,
+        lambda a: {"y": a["x"]}, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor,
         observer=rec, execution_timeout_s=0.2,
     )  # fmt: skip
     try:
@@ -644,25 +648,25 @@ async def test_a_batch_the_executor_refuses_is_answered_unavailable() -> None:
     not left waiting, and the batcher goes on answering."""
     from serving.errors import ModelNotReadyError
 
-    gone = ThreadPoolExecutor(1)
-    gone.shutdown()
-    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=gone)
+    gone = WorkerThreads(1, "test-model")
+    gone.stop()
+    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=gone)
     for _ in range(2):
         with pytest.raises(ModelNotReadyError, match="worker threads"):
             await asyncio.wait_for(b.submit(x(1)), 5)
     await b.close()
 
 
-class CountingExecutor(ThreadPoolExecutor):
-    """A real thread pool that counts the runs handed to it."""
+class CountingWorkers(WorkerThreads):
+    """Real worker threads that count the runs handed to them."""
 
     def __init__(self, threads: int) -> None:
-        super().__init__(threads)
+        super().__init__(threads, "test-model")
         self.handed = 0
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    def run(self, loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> Any:
         self.handed += 1
-        return super().submit(fn, *args, **kwargs)
+        return super().run(loop, fn, *args)
 
 
 async def loop_turns(n: int = 50) -> None:
@@ -675,24 +679,26 @@ async def test_a_full_batch_queues_behind_the_busy_thread_and_a_partial_one_wait
     """While the only thread runs, a partial batch stays in the batcher's queue (it may still
     grow), a full one is handed to the thread's queue at once, and no more than one waits there."""
     model = GatedModel()
-    with CountingExecutor(1) as counting:
-        b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, executor=counting)
-        first = asyncio.ensure_future(b.submit(x(2, 1.0)))
-        await wait_for(model.started)
-        second = asyncio.ensure_future(b.submit(x(1, 2.0)))
-        await loop_turns()
-        assert counting.handed == 1  # one row of two: it waits for company or for the thread
-        third = asyncio.ensure_future(b.submit(x(1, 3.0)))
-        await loop_turns()
-        assert counting.handed == 2  # a full batch now: queued behind the running one
-        fourth = asyncio.ensure_future(b.submit(x(2, 4.0)))
-        await loop_turns()
-        assert counting.handed == 2  # full too, but one already waits for the thread
-        model.release.set()
-        outs = await asyncio.wait_for(asyncio.gather(first, second, third, fourth), 5)
-        assert [o["y"][:, 0].tolist() for o in outs] == [[2.0, 2.0], [4.0], [6.0], [8.0, 8.0]]
-        assert model.batches == [2, 2, 2]
-        await b.close()
+    counting = CountingWorkers(1)
+    b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, workers=counting)
+    first = asyncio.ensure_future(b.submit(x(2, 1.0)))
+    await wait_for(model.started)
+    second = asyncio.ensure_future(b.submit(x(1, 2.0)))
+    await loop_turns()
+    assert counting.handed == 1  # one row of two: it waits for company or for the thread
+    third = asyncio.ensure_future(b.submit(x(1, 3.0)))
+    await loop_turns()
+    assert counting.handed == 2  # a full batch now: queued behind the running one
+    fourth = asyncio.ensure_future(b.submit(x(2, 4.0)))
+    await loop_turns()
+    assert counting.handed == 2  # full too, but one already waits for the thread
+    model.release.set()
+    outs = await asyncio.wait_for(asyncio.gather(first, second, third, fourth), 5)
+    assert [o["y"][:, 0].tolist() for o in outs] == [[2.0, 2.0], [4.0], [6.0], [8.0, 8.0]]
+    assert model.batches == [2, 2, 2]
+    await b.close()
+    counting.stop()
+    assert await counting.ended(5)
 
 
 async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_queue_is_served_on(
@@ -712,7 +718,7 @@ async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_queue_is_serve
 
     monkeypatch.setattr(serving.batching, "concat_inputs", concat_once_failing)
     b = DynamicBatcher(
-        lambda a: {"y": a["x"] * 2}, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor
+        lambda a: {"y": a["x"] * 2}, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor
     )
     with pytest.raises(ModelExecutionError, match="no memory for the batch"):
         await asyncio.wait_for(b.submit(x(1, 1.0)), 5)
@@ -740,7 +746,7 @@ async def test_a_small_batch_is_stacked_on_the_loop_and_a_large_one_on_its_worke
     monkeypatch.setattr(serving.batching, "concat_inputs", spied)
     assert (width * 4 * 2 <= serving.batching.STACK_ON_LOOP_BYTES) is stacked_on_loop
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, executor=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor)
     first = asyncio.ensure_future(b.submit(x(1, 1.0, width)))
     await wait_for(model.started)
     pair = [asyncio.ensure_future(b.submit(x(1, v, width))) for v in (2.0, 3.0)]

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from serving.telemetry.metrics import (
     NullMetrics,
 )
 from serving.types import BatchStat, ModelStats
+from serving.worker_threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ class ModelVersion:
     watch tries again, backing off."""
     stats: ModelStats = field(init=False)
     labels: dict[str, str] = field(init=False)
-    _executor: ThreadPoolExecutor | None = None
+    _workers: WorkerThreads | None = None
     _hang: HangRecovery = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +162,7 @@ class ModelVersion:
         if self.pipeline is not None:
             return
         threads = self.config.instance.count
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"{self.name}-v{self.version}")
+        self._workers = WorkerThreads(threads, f"{self.name}-v{self.version}")
         batching = self.config.dynamic_batching
         self.batcher = DynamicBatcher(
             self.instance.predict,
@@ -171,7 +170,7 @@ class ModelVersion:
             max_queue_delay_s=batching.max_queue_delay_ms / 1000.0,
             adaptive_delay=batching.adaptive,
             max_queue_size=batching.max_queue_size,
-            executor=self._executor,
+            workers=self._workers,
             observer=self,
             inline_below_s=self.config.instance.inline_below_ms / 1000.0,
             trace_attributes={"serving.model": self.name, "serving.version": str(self.version)},
@@ -192,11 +191,11 @@ class ModelVersion:
     async def abandon_lane(self) -> None:
         """Close the batcher (what it holds is answered) and leave the worker thread, stuck in the
         model, to finish on its own: abandoned, not joined."""
-        old_batcher, old_executor = self.batcher, self._executor
+        old_batcher, old_workers = self.batcher, self._workers
         if old_batcher is not None:
             await old_batcher.close()
-        if old_executor is not None:
-            old_executor.shutdown(wait=False)
+        if old_workers is not None:
+            old_workers.stop()
 
     def serve(self, fresh: ModelInstance) -> None:
         """Serve ``fresh``, an opened instance of this version, on a new worker thread and batcher."""
@@ -208,11 +207,11 @@ class ModelVersion:
     def submit_off_loop(self, work: Callable[[], None]) -> bool:
         """Queue ``work`` on this version's worker thread (shadow copies: never on the event
         loop); False when the version is not serving."""
-        if self._executor is None or self.state is not VersionState.READY:
+        if self._workers is None or self.state is not VersionState.READY:
             return False
         try:
-            self._executor.submit(self._while_serving, work)
-        except RuntimeError:  # shut down
+            self._workers.call(self._while_serving, work)
+        except RuntimeError:  # stopped
             return False
         return True
 
@@ -248,30 +247,19 @@ class ModelVersion:
         where the runtime can be, and waited for up to ``WORKER_STOP_S``. False when a thread is
         still stuck (a hang): the threads are abandoned, and the model they use is left to the
         garbage collector rather than freed under them."""
-        executor, self._executor = self._executor, None
-        if executor is None:
+        workers, self._workers = self._workers, None
+        if workers is None:
             return True
-        # Queued behind what the threads run: each thread, once free, takes one and waits there for
-        # the others, so all of them pass only when every thread is free.
-        threads = self.config.instance.count
-        everyone = threading.Barrier(threads)
-        try:
-            waits = [executor.submit(everyone.wait, WORKER_STOP_S + 1) for _ in range(threads)]
-        except RuntimeError:  # already shut down (a reload abandoned it)
-            return True
-        idle = asyncio.gather(*(asyncio.wrap_future(w) for w in waits))
-        executor.shutdown(wait=False)
+        workers.stop()  # each thread ends once what is queued has run (shadow work skips itself)
         interrupt = self.instance.interrupt
         if interrupt is not None:
             interrupt()
-        try:
-            await asyncio.wait_for(idle, WORKER_STOP_S)
-        except (TimeoutError, threading.BrokenBarrierError):
-            log.error(
-                "model %s version %d: its worker thread is still running after %gs (a hung model?); abandoned",
-                self.name,
-                self.version,
-                WORKER_STOP_S,
-            )
-            return False
-        return True
+        if await workers.ended(WORKER_STOP_S):
+            return True
+        log.error(
+            "model %s version %d: its worker thread is still running after %gs (a hung model?); abandoned",
+            self.name,
+            self.version,
+            WORKER_STOP_S,
+        )
+        return False
