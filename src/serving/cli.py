@@ -126,14 +126,14 @@ def _serve(args: argparse.Namespace) -> int:
         seconds = server.start(settings, verbose=args.verbose)
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        server.stop(local=server.starts_local_ray(settings))
+        server.stop(settings)
         return 2
     except ServingError as exc:  # the replicas failed to start: a reason, not a traceback
         print(f"error: {exc.message}", file=sys.stderr)
-        server.stop(local=server.starts_local_ray(settings))
+        server.stop(settings)
         return 1
     except BaseException:
-        server.stop(local=server.starts_local_ray(settings))
+        server.stop(settings)
         raise
 
     def on_sighup(*_: object) -> None:
@@ -159,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
             _rolling_update(args, settings)
         print("stopping...", flush=True)
     finally:
-        server.stop(local=server.starts_local_ray(settings))
+        server.stop(settings)
     print("stopped", flush=True)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import ray
@@ -119,17 +120,38 @@ def starts_local_ray(settings: ServerSettings) -> bool:
     return not (settings.ray_address or os.environ.get("RAY_ADDRESS"))
 
 
-def stop(local: bool = True) -> None:
+STOP_MARGIN_S = 30.0
+"""How long past the replicas' drain (``drain_seconds`` + Serve's 5 s) stopping waits for Serve to
+confirm that the application is deleted, before Ray is shut down all the same: a controller that no
+longer answers (seen stopped, SIGSTOP) must not keep ``serving serve`` from exiting."""
+
+
+def stop(settings: ServerSettings) -> None:
     """Every replica drains and stops, then this process disconnects. A local Ray stops with its
     processes: the application is deleted (the replicas drain) and Ray shut down, which stops
     Serve's controller with it (``serve.shutdown()`` would have the controller kill itself while
-    Ray retries that call, and log the retry on Ctrl-C). On a cluster Serve is shut down."""
+    Ray retries that call, and log the retry on Ctrl-C). On a cluster Serve is shut down. Serve's
+    answer is awaited for the drain plus ``STOP_MARGIN_S`` at most."""
     if not ray.is_initialized():
         return
+    local = starts_local_ray(settings)
+    bound = settings.drain_seconds + 5.0 + STOP_MARGIN_S
+    ended = threading.Event()
+
+    def delete() -> None:
+        try:
+            if local:
+                serve.delete(APP_NAME)
+            else:
+                serve.shutdown()  # type: ignore[no-untyped-call]
+        except Exception:
+            log.exception("stopping the application failed")
+        finally:
+            ended.set()
+
     try:
-        if local:
-            serve.delete(APP_NAME)
-        else:
-            serve.shutdown()  # type: ignore[no-untyped-call]
+        threading.Thread(target=delete, name="serve-stop", daemon=True).start()
+        if not ended.wait(bound):
+            log.error("Serve did not confirm the application's end within %gs: shutting Ray down without it", bound)
     finally:
         ray.shutdown()
