@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -166,9 +167,15 @@ def test_the_queue_bound_is_shared_between_the_inputs_by_the_size_of_their_rows(
     assert (blocks["a"].max_blocks - 2, blocks["b"].max_blocks - 2) == (48, 16)
 
 
-def test_the_zstd_level_is_the_files_and_a_level_out_of_range_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("settings", "codec"),
+    [({}, "LZ4"), ({"compression": "zstd", "zstd_level": -1}, "ZSTD"), ({"compression": "none"}, "UNCOMPRESSED")],
+)
+def test_files_use_the_compression_set_lz4_by_default_and_every_reader_opens_them(
+    tmp_path: Path, settings: dict[str, Any], codec: str
+) -> None:
     stream = LogStream(
-        "m", "1", PredictionLogConfig(destination=str(tmp_path), zstd_level=-1), (TensorSpec("x", "FP32", (3,)),),
+        "m", "1", PredictionLogConfig(destination=str(tmp_path), **settings), (TensorSpec("x", "FP32", (3,)),),
         (TensorSpec("y", "FP32", (1,)),),
     )  # fmt: skip
     log = PredictionLog(MemoryMetrics())
@@ -176,10 +183,16 @@ def test_the_zstd_level_is_the_files_and_a_level_out_of_range_is_refused(tmp_pat
     log.offer(stream, LoggedRequest("r", time.time_ns(), "latest", None, 1, 1, {"x": x}, {"y": y}))
     log.close()
     (path,) = tmp_path.rglob("*.parquet")
-    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == codec
     assert ds.dataset(tmp_path).to_table().column("x").to_pylist() == [[1.0, 1.0, 1.0]]
+    assert duckdb.sql(f"SELECT x FROM '{path}'").fetchall() == [([1.0, 1.0, 1.0],)]
+
+
+def test_a_zstd_level_out_of_range_or_an_unknown_codec_is_refused() -> None:
     with pytest.raises(ValidationError):
         PredictionLogConfig(zstd_level=23)
+    with pytest.raises(ValidationError):
+        PredictionLogConfig(compression="lzo")  # type: ignore[arg-type]
 
 
 def test_flush_returns_once_the_writer_threads_write_in_progress_is_on_disk(

@@ -45,7 +45,7 @@ def partition_of(time_s: float) -> tuple[str, str]:
 
 
 def write_atomically(
-    fs: pafs.FileSystem, folder: str, name: str, table: pa.Table, compression: str = "zstd", zstd_level: int = 1
+    fs: pafs.FileSystem, folder: str, name: str, table: pa.Table, compression: str = "lz4", zstd_level: int = 1
 ) -> str:
     """Write ``table`` to ``folder/name`` under a hidden name first; returns the final path."""
     fs.create_dir(folder, recursive=True)
