@@ -100,8 +100,10 @@ class WorkerThreads:
         Raises:
             RuntimeError: the threads are stopped.
         """
+        if self._stopped:  # (before a future is made that nothing would settle)
+            raise RuntimeError("the worker threads are stopped")
         future: asyncio.Future[T] = loop.create_future()
-        self._put(_Run(fn, args, loop, future))
+        self._queue.put(_Run(fn, args, loop, future))
         return future
 
     def call(self, fn: Callable[..., object], *args: Any) -> None:
