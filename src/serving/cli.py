@@ -159,7 +159,9 @@ def _serve(args: argparse.Namespace) -> int:
             _rolling_update(args, settings)
         print("stopping...", flush=True)
     finally:
-        server.stop(settings)
+        drained = server.stop(settings)
+    if not drained:  # (the log says why; Ray may already have ended this process with the same status)
+        return 1
     print("stopped", flush=True)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -126,14 +127,17 @@ confirm that the application is deleted, before Ray is shut down all the same: a
 longer answers (seen stopped, SIGSTOP) must not keep ``serving serve`` from exiting."""
 
 
-def stop(settings: ServerSettings) -> None:
+def stop(settings: ServerSettings) -> bool:
     """Every replica drains and stops, then this process disconnects. A local Ray stops with its
     processes: the application is deleted (the replicas drain) and Ray shut down, which stops
     Serve's controller with it (``serve.shutdown()`` would have the controller kill itself while
     Ray retries that call, and log the retry on Ctrl-C). On a cluster Serve is shut down. Serve's
-    answer is awaited for the drain plus ``STOP_MARGIN_S`` at most."""
+    answer is awaited for the drain plus ``STOP_MARGIN_S`` at most: False when it did not come (the
+    replicas may not have drained). The thread still waiting for it then may end this process with
+    status 1 as soon as Ray is shut down (Ray exits a process whose thread calls it after its
+    shutdown), so everything to say is said before."""
     if not ray.is_initialized():
-        return
+        return True
     local = starts_local_ray(settings)
     bound = settings.drain_seconds + 5.0 + STOP_MARGIN_S
     ended = threading.Event()
@@ -149,9 +153,14 @@ def stop(settings: ServerSettings) -> None:
         finally:
             ended.set()
 
+    answered = False
     try:
         threading.Thread(target=delete, name="serve-stop", daemon=True).start()
-        if not ended.wait(bound):
+        answered = ended.wait(bound)
+        if not answered:
             log.error("Serve did not confirm the application's end within %gs: shutting Ray down without it", bound)
+            sys.stdout.flush()
+            sys.stderr.flush()
     finally:
         ray.shutdown()
+    return answered
