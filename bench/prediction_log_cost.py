@@ -35,6 +35,7 @@ from modes import PROTOCOLS, one  # noqa: E402
 from online import FEATURES, MODEL, reference_setup  # noqa: E402
 from paired import PairedResult, compare, infer_request  # noqa: E402
 
+from serving.config.prediction_log import PredictionLogConfig  # noqa: E402
 from serving.protocol._pb import inference_pb2_grpc  # noqa: E402
 
 from server_process import ServerProcess, mode_args  # noqa: E402
@@ -159,7 +160,7 @@ def main() -> None:
         "\n".join(lines)
         + f"\n\nTarget: >= 0.97 at 100 % (cost <= 3 %). The noise: the same server, round to round, differs by a "
         f"median {noise[len(noise) // 2]:.1%} per row (up to {noise[-1]:.1%}). The 100 % log wrote "
-        f"{logged / 1e6:,.1f} MB of Parquet (zstd, level 1: the default)."
+        f"{logged / 1e6:,.1f} MB of Parquet ({PredictionLogConfig().compression}: the default)."
     )
     print("\n" + text)
     write(
