@@ -100,8 +100,7 @@ class WorkerThreads:
         Raises:
             RuntimeError: the threads are stopped.
         """
-        if self._stopped:  # (before a future is made that nothing would settle)
-            raise RuntimeError("the worker threads are stopped")
+        self._refuse_if_stopped()  # (before a future is made that nothing would settle)
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Run(fn, args, loop, future))
         return future
@@ -112,12 +111,12 @@ class WorkerThreads:
         Raises:
             RuntimeError: the threads are stopped.
         """
-        self._put(_Run(fn, args, None, None))
+        self._refuse_if_stopped()
+        self._queue.put(_Run(fn, args, None, None))
 
-    def _put(self, run: _Run) -> None:
+    def _refuse_if_stopped(self) -> None:
         if self._stopped:
             raise RuntimeError("the worker threads are stopped")
-        self._queue.put(run)
 
     def stop(self) -> None:
         """Take no more work; each thread ends once the work queued before this has run."""
@@ -160,7 +159,4 @@ class WorkerThreads:
                 return
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_settle, future, None, None)
-            except RuntimeError:  # that loop is closed
-                pass
+            _answer(loop, future, None, None)

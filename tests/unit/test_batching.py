@@ -44,7 +44,7 @@ class Recorder:
 
 
 @pytest.fixture
-async def executor() -> Any:
+async def workers() -> Any:
     workers = WorkerThreads(1, "test-model")
     yield workers
     workers.stop()
@@ -59,9 +59,9 @@ async def wait_for(event: threading.Event) -> None:
     await asyncio.get_running_loop().run_in_executor(None, event.wait, 5)
 
 
-async def test_requests_waiting_behind_a_batch_run_together_and_split_back(executor: Any) -> None:
+async def test_requests_waiting_behind_a_batch_run_together_and_split_back(workers: Any) -> None:
     model, rec = GatedModel(), Recorder()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor, observer=rec)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=workers, observer=rec)
     first = asyncio.ensure_future(b.submit(x(1, 0)))
     await wait_for(model.started)
     rest = [asyncio.ensure_future(b.submit(x(rows, value))) for rows, value in [(1, 1), (3, 2), (2, 3)]]
@@ -75,9 +75,9 @@ async def test_requests_waiting_behind_a_batch_run_together_and_split_back(execu
     assert rec.calls == [(1, 1, True), (6, 3, True)]
 
 
-async def test_max_batch_size_caps_rows_per_execution(executor: Any) -> None:
+async def test_max_batch_size_caps_rows_per_execution(workers: Any) -> None:
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=16, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=16, workers=workers)
     first = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)
     rest = [asyncio.ensure_future(b.submit(x(3))) for _ in range(3)]
@@ -88,19 +88,19 @@ async def test_max_batch_size_caps_rows_per_execution(executor: Any) -> None:
     assert max(model.batches) <= 4
 
 
-async def test_full_batch_flushes_without_waiting_for_the_delay(executor: Any) -> None:
+async def test_full_batch_flushes_without_waiting_for_the_delay(workers: Any) -> None:
     model = GatedModel()
     model.release.set()
     # A one-hour delay: only a full batch can make this test finish.
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=16, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=16, workers=workers)
     results = await asyncio.wait_for(asyncio.gather(*[b.submit(x(1)) for _ in range(4)]), 10)
     assert model.batches == [4]
     assert len(results) == 4
 
 
-async def test_incompatible_shapes_do_not_share_a_batch(executor: Any) -> None:
+async def test_incompatible_shapes_do_not_share_a_batch(workers: Any) -> None:
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=workers)
     first = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)
     rest = [asyncio.ensure_future(b.submit(x(1, width=w))) for w in (3, 5, 3, 5)]
@@ -111,9 +111,9 @@ async def test_incompatible_shapes_do_not_share_a_batch(executor: Any) -> None:
     assert [r["y"].shape for r in results] == [(1, 3), (1, 3), (1, 5), (1, 3), (1, 5)]
 
 
-async def test_queue_full_is_rejected_at_once(executor: Any) -> None:
+async def test_queue_full_is_rejected_at_once(workers: Any) -> None:
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=2, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=2, workers=workers)
     running = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)
     queued = [asyncio.ensure_future(b.submit(x(1))) for _ in range(2)]
@@ -125,13 +125,13 @@ async def test_queue_full_is_rejected_at_once(executor: Any) -> None:
     assert b.queue_depth == 0
 
 
-async def test_a_request_larger_than_max_batch_size_is_invalid(executor: Any) -> None:
-    b = DynamicBatcher(GatedModel(), max_batch_size=2, max_queue_delay_s=0, max_queue_size=2, workers=executor)
+async def test_a_request_larger_than_max_batch_size_is_invalid(workers: Any) -> None:
+    b = DynamicBatcher(GatedModel(), max_batch_size=2, max_queue_delay_s=0, max_queue_size=2, workers=workers)
     with pytest.raises(InvalidInputError, match="exceeds the model's max_batch_size 2"):
         await b.submit(x(3))
 
 
-async def test_wrong_output_rows_fail_only_that_batch(executor: Any) -> None:
+async def test_wrong_output_rows_fail_only_that_batch(workers: Any) -> None:
     calls = []
 
     def model(inputs: Arrays) -> Arrays:
@@ -141,9 +141,7 @@ async def test_wrong_output_rows_fail_only_that_batch(executor: Any) -> None:
         return {"y": inputs["x"]}
 
     rec = Recorder()
-    b = DynamicBatcher(
-        model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=8, workers=executor, observer=rec
-    )
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=3600, max_queue_size=8, workers=workers, observer=rec)
     failed = await asyncio.gather(*[b.submit(x(1)) for _ in range(4)], return_exceptions=True)
     assert all(isinstance(e, ModelExecutionError) and "expected 4 rows" in e.message for e in failed)
     ok = await asyncio.gather(*[b.submit(x(1)) for _ in range(4)])
@@ -151,32 +149,32 @@ async def test_wrong_output_rows_fail_only_that_batch(executor: Any) -> None:
     assert [c[2] for c in rec.calls] == [False, True]
 
 
-async def test_unbatched_model_gets_each_request_alone(executor: Any) -> None:
+async def test_unbatched_model_gets_each_request_alone(workers: Any) -> None:
     seen = []
 
     def model(inputs: Arrays) -> Arrays:
         seen.append(inputs["x"].shape)
         return {"y": inputs["x"]}
 
-    b = DynamicBatcher(model, max_batch_size=0, max_queue_delay_s=0, max_queue_size=8, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=0, max_queue_delay_s=0, max_queue_size=8, workers=workers)
     await asyncio.gather(*[b.submit({"x": np.zeros((5,), np.float32)}) for _ in range(3)])
     assert seen == [(5,), (5,), (5,)]
 
 
-async def test_model_exception_becomes_model_execution_error(executor: Any) -> None:
+async def test_model_exception_becomes_model_execution_error(workers: Any) -> None:
     def model(inputs: Arrays) -> Arrays:
         raise RuntimeError("boom")
 
-    b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=2, max_queue_delay_s=0, max_queue_size=8, workers=workers)
     with pytest.raises(ModelExecutionError, match="boom"):
         await b.submit(x(1))
 
 
-def test_parameters_are_validated_at_construction(executor: Any) -> None:
+def test_parameters_are_validated_at_construction(workers: Any) -> None:
     for kwargs in ({"max_batch_size": -1}, {"max_queue_delay_s": -0.1}, {"max_queue_size": 0}):
         args: dict[str, Any] = {"max_batch_size": 1, "max_queue_delay_s": 0, "max_queue_size": 1, **kwargs}
         with pytest.raises(ValueError):
-            DynamicBatcher(lambda a: a, workers=executor, **args)
+            DynamicBatcher(lambda a: a, workers=workers, **args)
 
 
 def test_concat_and_split_are_inverse() -> None:
@@ -212,7 +210,7 @@ def test_split_refuses_an_output_without_one_row_per_input_row() -> None:
         split_outputs({"y": np.float32(1.0)}, [1])
 
 
-async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any) -> None:
+async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(workers: Any) -> None:
     threads: list[str] = []
     slow = threading.Event()
 
@@ -223,7 +221,7 @@ async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any
         return {"y": inputs["x"]}
 
     b = DynamicBatcher(
-        model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor, inline_below_s=0.005
+        model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=workers, inline_below_s=0.005
     )
     for _ in range(3):
         await b.submit(x(1))
@@ -236,7 +234,7 @@ async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(executor: Any
     assert threads[-1] != loop_thread  # slow executions moved it back to the worker
 
 
-async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(executor: Any) -> None:
+async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(workers: Any) -> None:
     """Fast 1-row batches run inline; a batch with 4,000 rows is estimated 4,000 times slower and
     goes to the worker (where an execution timeout can bound it), not onto the event loop."""
     threads: list[str] = []
@@ -246,7 +244,7 @@ async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(executor: 
         return {"y": inputs["x"]}
 
     b = DynamicBatcher(
-        model, max_batch_size=4096, max_queue_delay_s=0, max_queue_size=8, workers=executor, inline_below_s=0.005
+        model, max_batch_size=4096, max_queue_delay_s=0, max_queue_size=8, workers=workers, inline_below_s=0.005
     )
     for _ in range(3):
         await b.submit(x(1))
@@ -256,14 +254,14 @@ async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(executor: 
     assert threads[-1] != loop_thread
 
 
-def inline_batcher(model: Any, executor: Any, **kw: Any) -> DynamicBatcher:
+def inline_batcher(model: Any, workers: Any, **kw: Any) -> DynamicBatcher:
     """Batches of 1 row at once, inline below 5 ms, under a 5 s execution timeout."""
     return DynamicBatcher(
         model,
         max_batch_size=4,
         max_queue_delay_s=0,
         max_queue_size=8,
-        workers=executor,
+        workers=workers,
         inline_below_s=0.005,
         execution_timeout_s=5.0,
         **kw,
@@ -271,7 +269,7 @@ def inline_batcher(model: Any, executor: Any, **kw: Any) -> DynamicBatcher:
 
 
 async def test_a_model_that_cannot_be_interrupted_never_runs_inline_under_an_execution_timeout(
-    executor: Any,
+    workers: Any,
 ) -> None:
     """Inline, a hang would freeze the event loop past any timeout: such a model stays on the worker."""
     threads: list[str] = []
@@ -280,14 +278,14 @@ async def test_a_model_that_cannot_be_interrupted_never_runs_inline_under_an_exe
         threads.append(threading.current_thread().name)
         return {"y": inputs["x"]}
 
-    b = inline_batcher(model, executor)
+    b = inline_batcher(model, workers)
     for _ in range(5):
         await b.submit(x(1))
     loop_thread = threading.current_thread().name
     assert len(threads) == 5 and loop_thread not in threads
 
 
-async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_worker(executor: Any) -> None:
+async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_worker(workers: Any) -> None:
     """A fast model turns slow inline: the watchdog interrupts it and the worker runs the batch
     again, so the loop is freed and the request still gets its real answer."""
     threads: list[str] = []
@@ -303,7 +301,7 @@ async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_
             raise RuntimeError("terminated")
         return {"y": inputs["x"] * 2}
 
-    b = inline_batcher(model, executor, interrupt=interrupted.set)
+    b = inline_batcher(model, workers, interrupt=interrupted.set)
     for _ in range(3):
         await b.submit(x(1))
     assert threads == ["worker", "loop", "loop"]
@@ -313,7 +311,7 @@ async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_
     assert threads[3:] == ["loop", "worker"] and interrupted.is_set()
 
 
-async def test_answered_requests_free_their_queue_slots_at_once(executor: Any) -> None:
+async def test_answered_requests_free_their_queue_slots_at_once(workers: Any) -> None:
     """Requests whose deadline passed (or whose caller gave up) while queued no longer count
     against max_queue_size: a burst of short deadlines cannot make new requests 503."""
     gate = threading.Event()
@@ -322,7 +320,7 @@ async def test_answered_requests_free_their_queue_slots_at_once(executor: Any) -
         gate.wait(10)
         return {"y": inputs["x"]}
 
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=4, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=4, workers=workers)
     running = asyncio.ensure_future(b.submit(x(1)))  # holds the worker
     await asyncio.sleep(0.05)
     for _ in range(3):  # 3 rounds of a full queue whose requests all expire
@@ -350,13 +348,13 @@ class RaisingObserver:
         raise RuntimeError("observer broke")
 
 
-async def test_a_raising_observer_neither_loses_answers_nor_kills_the_worker(executor: Any) -> None:
+async def test_a_raising_observer_neither_loses_answers_nor_kills_the_worker(workers: Any) -> None:
     b = DynamicBatcher(
         lambda a: {"y": a["x"] * 2},
         max_batch_size=4,
         max_queue_delay_s=0,
         max_queue_size=8,
-        workers=executor,
+        workers=workers,
         observer=RaisingObserver(),
     )
     first = await asyncio.wait_for(b.submit(x(1, 3.0)), 5)
@@ -365,11 +363,11 @@ async def test_a_raising_observer_neither_loses_answers_nor_kills_the_worker(exe
     await b.close()
 
 
-async def test_close_in_mid_batch_answers_the_batch_and_the_queue_unavailable(executor: Any) -> None:
+async def test_close_in_mid_batch_answers_the_batch_and_the_queue_unavailable(workers: Any) -> None:
     from serving.errors import ModelNotReadyError
 
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=workers)
     running = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(model.started)  # the first batch is inside the model now
     queued = asyncio.ensure_future(b.submit(x(1)))
@@ -388,7 +386,7 @@ class Fatal(BaseException):
 
 
 async def test_a_base_exception_in_the_model_fails_its_batch_and_the_queue_is_served_on(
-    executor: Any, caplog: pytest.LogCaptureFixture
+    workers: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls = []
     gate = threading.Event()
@@ -402,7 +400,7 @@ async def test_a_base_exception_in_the_model_fails_its_batch_and_the_queue_is_se
             raise Fatal()
         return {"y": a["x"] * 2}
 
-    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=workers)
     running = asyncio.ensure_future(b.submit(x(1)))
     await wait_for(started)
     queued = asyncio.ensure_future(b.submit(x(1, 2.0)))
@@ -416,7 +414,7 @@ async def test_a_base_exception_in_the_model_fails_its_batch_and_the_queue_is_se
     await b.close()
 
 
-async def test_a_dead_inline_run_ends_the_worker_task_and_fails_everything_queued(executor: Any) -> None:
+async def test_a_dead_inline_run_ends_the_worker_task_and_fails_everything_queued(workers: Any) -> None:
     loop_thread = threading.get_ident()
     queued: list[asyncio.Future[Arrays]] = []
 
@@ -427,7 +425,7 @@ async def test_a_dead_inline_run_ends_the_worker_task_and_fails_everything_queue
         return {"y": a["x"] * 2}
 
     b = DynamicBatcher(
-        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor, inline_below_s=5.0
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=workers, inline_below_s=5.0
     )
     await b.submit(x(1))  # measured on the worker: later batches run inline
     with pytest.raises(ModelExecutionError, match="without an answer"):
@@ -438,7 +436,7 @@ async def test_a_dead_inline_run_ends_the_worker_task_and_fails_everything_queue
     await b.close()
 
 
-async def test_two_threads_run_two_batches_at_once(executor: Any) -> None:
+async def test_two_threads_run_two_batches_at_once(workers: Any) -> None:
     pair = threading.Barrier(2)
 
     def model(a: Arrays) -> Arrays:
@@ -454,7 +452,7 @@ async def test_two_threads_run_two_batches_at_once(executor: Any) -> None:
     assert await two.ended(5)
 
 
-async def test_each_batch_is_timed_from_its_own_start(executor: Any) -> None:
+async def test_each_batch_is_timed_from_its_own_start(workers: Any) -> None:
     """Each of the two batches runs 0.6 s, under the 1 s execution timeout; the second was
     queued 1.2 s before it ended, and must not be counted as overrunning."""
     calls: list[int] = []
@@ -466,7 +464,7 @@ async def test_each_batch_is_timed_from_its_own_start(executor: Any) -> None:
 
     rec = HangRecorder()
     b = DynamicBatcher(
-        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor, observer=rec,
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=workers, observer=rec,
         execution_timeout_s=1.0,
     )  # fmt: skip
     outs = await asyncio.wait_for(asyncio.gather(b.submit(x(1, 1.0)), b.submit(x(1, 2.0))), 5)
@@ -475,21 +473,21 @@ async def test_each_batch_is_timed_from_its_own_start(executor: Any) -> None:
     await b.close()
 
 
-def adaptive_batcher(executor: Any, adaptive: bool = True) -> DynamicBatcher:
+def adaptive_batcher(workers: Any, adaptive: bool = True) -> DynamicBatcher:
     return DynamicBatcher(
         lambda a: {"y": a["x"] * 2},
         max_batch_size=8,
         max_queue_delay_s=0.02,
         max_queue_size=16,
-        workers=executor,
+        workers=workers,
         adaptive_delay=adaptive,
     )
 
 
-async def test_adaptive_delay_stops_waiting_for_a_lone_client_then_probes_again(executor: Any) -> None:
+async def test_adaptive_delay_stops_waiting_for_a_lone_client_then_probes_again(workers: Any) -> None:
     from serving.batching import PROBE_EVERY
 
-    b = adaptive_batcher(executor)
+    b = adaptive_batcher(workers)
     assert b.waits
     await b.submit(x(1))  # waited, found nobody
     assert not b.waits
@@ -499,16 +497,16 @@ async def test_adaptive_delay_stops_waiting_for_a_lone_client_then_probes_again(
     await b.close()
 
 
-async def test_adaptive_delay_keeps_waiting_while_it_finds_company(executor: Any) -> None:
-    b = adaptive_batcher(executor)
+async def test_adaptive_delay_keeps_waiting_while_it_finds_company(workers: Any) -> None:
+    b = adaptive_batcher(workers)
     outs = await asyncio.gather(*(b.submit(x(1, float(i))) for i in range(3)))
     assert [o["y"][0, 0] for o in outs] == [0.0, 2.0, 4.0]
     assert b.waits
     await b.close()
 
 
-async def test_a_fixed_delay_always_waits(executor: Any) -> None:
-    b = adaptive_batcher(executor, adaptive=False)
+async def test_a_fixed_delay_always_waits(workers: Any) -> None:
+    b = adaptive_batcher(workers, adaptive=False)
     await b.submit(x(1))
     assert b.waits
     await b.close()
@@ -523,11 +521,11 @@ class DeadlineRecorder(Recorder):
         self.dropped.append(queued_ns)
 
 
-async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_without_running(executor: Any) -> None:
+async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_without_running(workers: Any) -> None:
     from serving.errors import DeadlineExceededError
 
     model, rec = GatedModel(), DeadlineRecorder()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor, observer=rec)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=workers, observer=rec)
     running = asyncio.ensure_future(b.submit(x(1, 1.0)))
     await wait_for(model.started)  # the model is busy: what comes next waits in the queue
     due = asyncio.ensure_future(b.submit(x(2, 5.0), deadline_s=time.monotonic() + 0.05))
@@ -542,21 +540,21 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_without_r
     await b.close()
 
 
-async def test_a_deadline_already_past_is_refused_at_once(executor: Any) -> None:
+async def test_a_deadline_already_past_is_refused_at_once(workers: Any) -> None:
     from serving.errors import DeadlineExceededError
 
-    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=4, workers=executor)
+    b = DynamicBatcher(lambda a: a, max_batch_size=4, max_queue_delay_s=0, max_queue_size=4, workers=workers)
     with pytest.raises(DeadlineExceededError, match="before it was queued"):
         await b.submit(x(1), deadline_s=time.monotonic() - 1)
     assert b.queue_depth == 0
     await b.close()
 
 
-async def test_a_deadline_passing_while_the_batch_runs_answers_only_that_request(executor: Any) -> None:
+async def test_a_deadline_passing_while_the_batch_runs_answers_only_that_request(workers: Any) -> None:
     from serving.errors import DeadlineExceededError
 
     model, rec = GatedModel(), DeadlineRecorder()
-    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=executor, observer=rec)
+    b = DynamicBatcher(model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=16, workers=workers, observer=rec)
     in_batch = asyncio.ensure_future(b.submit(x(1, 1.0), deadline_s=time.monotonic() + 0.05))
     other = asyncio.ensure_future(b.submit(x(1, 4.0)))
     await wait_for(model.started)  # both are in the running batch, which waits for release
@@ -578,13 +576,13 @@ class HangRecorder(Recorder):
 
 
 async def test_an_execution_past_its_timeout_fails_its_batch_and_the_queue_and_reports_the_hang(
-    executor: Any,
+    workers: Any,
 ) -> None:
     from serving.errors import ModelNotReadyError
 
     model, rec = GatedModel(), HangRecorder()
     b = DynamicBatcher(
-        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor, observer=rec,
+        model, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=workers, observer=rec,
         execution_timeout_s=0.05,
     )  # fmt: skip
     running = asyncio.ensure_future(b.submit(x(1)))
@@ -602,12 +600,12 @@ async def test_an_execution_past_its_timeout_fails_its_batch_and_the_queue_and_r
 
 
 async def test_a_model_failure_keeps_its_cause_and_logs_its_traceback(
-    executor: Any, caplog: pytest.LogCaptureFixture
+    workers: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     def model(inputs: Arrays) -> Arrays:
         raise ZeroDivisionError("the model's own bug")
 
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=workers)
     with pytest.raises(ModelExecutionError, match="the model's own bug") as info:
         await b.submit(x(1))
     assert isinstance(info.value.__cause__, ZeroDivisionError)
@@ -615,23 +613,21 @@ async def test_a_model_failure_keeps_its_cause_and_logs_its_traceback(
     await b.close()
 
 
-async def test_threads_must_be_at_least_one(executor: Any) -> None:
+async def test_threads_must_be_at_least_one(workers: Any) -> None:
     with pytest.raises(ValueError, match="threads"):
-        DynamicBatcher(
-            lambda a: a, max_batch_size=1, max_queue_delay_s=0, max_queue_size=1, workers=executor, threads=0
-        )
+        DynamicBatcher(lambda a: a, max_batch_size=1, max_queue_delay_s=0, max_queue_size=1, workers=workers, threads=0)
 
 
-async def test_a_batch_kept_from_starting_past_the_timeout_by_other_work_is_a_hang(executor: Any) -> None:
+async def test_a_batch_kept_from_starting_past_the_timeout_by_other_work_is_a_hang(workers: Any) -> None:
     """Work queued on the same thread ahead of the batch (a shadow copy's) that never ends: the
     batch is answered 503 after the execution timeout, not left waiting."""
     from serving.errors import ModelNotReadyError
 
     gate = threading.Event()
-    executor.call(gate.wait, 10)  # holds the only thread
+    workers.call(gate.wait, 10)  # holds the only thread
     rec = HangRecorder()
     b = DynamicBatcher(
-        lambda a: {"y": a["x"]}, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=executor,
+        lambda a: {"y": a["x"]}, max_batch_size=1, max_queue_delay_s=0, max_queue_size=8, workers=workers,
         observer=rec, execution_timeout_s=0.2,
     )  # fmt: skip
     try:
@@ -702,7 +698,7 @@ async def test_a_full_batch_queues_behind_the_busy_thread_and_a_partial_one_wait
 
 
 async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_queue_is_served_on(
-    executor: Any, monkeypatch: pytest.MonkeyPatch
+    workers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stacking happens on the loop's thread as the batch is handed over; if it raises (no memory),
     that batch is answered as a failed run and the next one runs."""
@@ -718,7 +714,7 @@ async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_queue_is_serve
 
     monkeypatch.setattr(serving.batching, "concat_inputs", concat_once_failing)
     b = DynamicBatcher(
-        lambda a: {"y": a["x"] * 2}, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor
+        lambda a: {"y": a["x"] * 2}, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=workers
     )
     with pytest.raises(ModelExecutionError, match="no memory for the batch"):
         await asyncio.wait_for(b.submit(x(1, 1.0)), 5)
@@ -728,7 +724,7 @@ async def test_a_batch_that_cannot_be_stacked_fails_alone_and_the_queue_is_serve
 
 @pytest.mark.parametrize(("width", "stacked_on_loop"), [(3, True), (300_000, False)])
 async def test_a_small_batch_is_stacked_on_the_loop_and_a_large_one_on_its_worker_thread(
-    executor: Any, monkeypatch: pytest.MonkeyPatch, width: int, stacked_on_loop: bool
+    workers: Any, monkeypatch: pytest.MonkeyPatch, width: int, stacked_on_loop: bool
 ) -> None:
     """Up to STACK_ON_LOOP_BYTES the loop stacks the batch as it hands it over (the worker thread
     would wait for the GIL after numpy's copy); a larger batch is stacked on its worker thread,
@@ -746,7 +742,7 @@ async def test_a_small_batch_is_stacked_on_the_loop_and_a_large_one_on_its_worke
     monkeypatch.setattr(serving.batching, "concat_inputs", spied)
     assert (width * 4 * 2 <= serving.batching.STACK_ON_LOOP_BYTES) is stacked_on_loop
     model = GatedModel()
-    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=executor)
+    b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0, max_queue_size=8, workers=workers)
     first = asyncio.ensure_future(b.submit(x(1, 1.0, width)))
     await wait_for(model.started)
     pair = [asyncio.ensure_future(b.submit(x(1, v, width))) for v in (2.0, 3.0)]
