@@ -10,6 +10,7 @@ import time
 
 import ray
 from ray import serve
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE  # Serve's names for its controller
 
 from serving.config.server import ServerSettings
 from serving.deploy.app import APP_NAME, REPLICA_ENV, build_app
@@ -133,14 +134,16 @@ def stop(settings: ServerSettings) -> bool:
     Serve's controller with it (``serve.shutdown()`` would have the controller kill itself while
     Ray retries that call, and log the retry on Ctrl-C). On a cluster Serve is shut down. Serve's
     answer is awaited for the drain plus ``STOP_MARGIN_S`` at most: False when it did not come (the
-    replicas may not have drained). The thread still waiting for it then may end this process with
-    status 1 as soon as Ray is shut down (Ray exits a process whose thread calls it after its
-    shutdown), so everything to say is said before."""
+    replicas may not have drained). Its controller is then killed, which answers the thread still
+    waiting on it with an error, so that Ray is shut down with no call of this process left in
+    flight (Ray ends a process whose thread is still in a call at its shutdown, with status 1,
+    before it has stopped the local Ray's processes in order)."""
     if not ray.is_initialized():
         return True
     local = starts_local_ray(settings)
     bound = settings.drain_seconds + 5.0 + STOP_MARGIN_S
     ended = threading.Event()
+    killing = threading.Event()
 
     def delete() -> None:
         try:
@@ -149,7 +152,8 @@ def stop(settings: ServerSettings) -> bool:
             else:
                 serve.shutdown()  # type: ignore[no-untyped-call]
         except Exception:
-            log.exception("stopping the application failed")
+            if not killing.is_set():
+                log.exception("stopping the application failed")
         finally:
             ended.set()
 
@@ -158,9 +162,25 @@ def stop(settings: ServerSettings) -> bool:
         threading.Thread(target=delete, name="serve-stop", daemon=True).start()
         answered = ended.wait(bound)
         if not answered:
-            log.error("Serve did not confirm the application's end within %gs: shutting Ray down without it", bound)
+            log.error("Serve did not confirm the application's end within %gs: its controller is killed", bound)
+            killing.set()
+            kill_serve_controller()
+            if not ended.wait(KILL_WAIT_S):
+                log.error("the call to Serve did not end within %gs of its controller's kill", KILL_WAIT_S)
             sys.stdout.flush()
             sys.stderr.flush()
     finally:
         ray.shutdown()
     return answered
+
+
+KILL_WAIT_S = 15.0
+"""How long a killed Serve controller's death takes at most to reach the call waiting on it."""
+
+
+def kill_serve_controller() -> None:
+    """Kills Serve's controller (its replicas die with it, as the actors it owns); errors are logged."""
+    try:
+        ray.kill(ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE), no_restart=True)
+    except Exception:
+        log.exception("killing Serve's controller failed")
