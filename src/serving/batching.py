@@ -319,9 +319,12 @@ class DynamicBatcher:
         if self._live >= self.max_queue_size:
             raise QueueFullError(f"model queue is full ({self.max_queue_size} requests waiting); retry later")
 
-    async def submit(self, inputs: Arrays, deadline_s: float | None = None) -> Arrays:
+    async def submit(self, inputs: Arrays, deadline_s: float | None = None, rows_together: bool = False) -> Arrays:
         """Queue one request and wait for its outputs, until ``deadline_s`` (``time.monotonic()``)
-        at most: a request still queued then is dropped without running.
+        at most: a request still queued then is dropped without running. ``rows_together``: its
+        rows are already a batch (a pipeline's set): when nothing is queued or running and a run
+        of its size goes inline, it runs at once in the caller's task, without waiting for the
+        batcher's task to take it.
 
         Raises:
             QueueFullError: the queue already holds ``max_queue_size`` requests.
@@ -349,6 +352,10 @@ class DynamicBatcher:
         pending = _Pending(inputs, rows, batch_key(inputs) if self.max_batch_size else (), loop.create_future())
         pending.trace = tracing.current_span_context()
         pending.deadline_s = deadline_s
+        if rows_together and not self._live and not self._on_worker and not self.waits and self._runs_inline([pending]):
+            pending.taken, pending.counted = True, False
+            await self._execute(loop, [pending], None)
+            return pending.future.result()
         self._queue.append(pending)
         self._live += 1
         self._live_rows += rows

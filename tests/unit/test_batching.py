@@ -234,6 +234,88 @@ async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(workers: Any)
     assert threads[-1] != loop_thread  # slow executions moved it back to the worker
 
 
+async def test_rows_already_together_run_in_the_callers_task_when_the_batcher_is_idle(workers: Any) -> None:
+    """A pipeline's set of rows (``rows_together``) on an idle batcher whose runs go inline runs
+    at once in the caller's own task, and is reported as a batch like any other; a lone request
+    without it still goes through the batcher's task."""
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    def model(inputs: Arrays) -> Arrays:
+        try:
+            tasks.append(asyncio.current_task())
+        except RuntimeError:  # no loop in this thread: a worker thread
+            tasks.append(None)
+        return {"y": inputs["x"] * 2}
+
+    rec = Recorder()
+    b = DynamicBatcher(
+        model,
+        max_batch_size=8,
+        max_queue_delay_s=0,
+        max_queue_size=8,
+        workers=workers,
+        inline_below_s=1.0,
+        observer=rec,
+    )
+    await b.submit(x(1))  # measured on the worker first: nothing runs inline before that
+    await b.submit(x(1))
+    assert tasks[-1] is not None and tasks[-1] is not asyncio.current_task()  # the batcher's task
+    got = await b.submit(x(3, 2.0), rows_together=True)
+    assert tasks[-1] is asyncio.current_task()
+    np.testing.assert_array_equal(got["y"], np.full((3, 3), 4.0, np.float32))
+    assert rec.calls[-1] == (3, 1, True)
+
+
+async def test_rows_together_queue_like_any_request_when_others_wait(workers: Any) -> None:
+    """With a request already queued, a set of rows joins the queue and runs in the same batch,
+    in order, rather than running ahead of it."""
+    model, rec = GatedModel(), Recorder()
+    model.release.set()
+    b = DynamicBatcher(
+        model,
+        max_batch_size=8,
+        max_queue_delay_s=0,
+        max_queue_size=8,
+        workers=workers,
+        inline_below_s=1.0,
+        observer=rec,
+    )
+    await b.submit(x(1))
+    await b.submit(x(1))  # now measured fast: runs inline
+    # Both start in this turn of the loop, in this order: the first is queued when the second comes.
+    queued = asyncio.ensure_future(b.submit(x(1, 1.0)))
+    together = asyncio.ensure_future(b.submit(x(2, 3.0), rows_together=True))
+    first, second = await asyncio.gather(queued, together)
+    assert model.batches[-1] == 3
+    np.testing.assert_array_equal(first["y"], np.full((1, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(second["y"], np.full((2, 3), 6.0, np.float32))
+
+
+async def test_rows_together_run_at_once_still_fail_and_expire_as_a_batch_does(workers: Any) -> None:
+    fail = threading.Event()
+    clock: list[float] = []
+
+    def model(inputs: Arrays) -> Arrays:
+        if fail.is_set():
+            raise RuntimeError("broken model")
+        if clock:
+            time.sleep(clock[0])
+        return {"y": inputs["x"]}
+
+    b = DynamicBatcher(
+        model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=8, workers=workers, inline_below_s=1.0
+    )
+    await b.submit(x(1))
+    fail.set()
+    with pytest.raises(ModelExecutionError, match="broken model"):
+        await b.submit(x(2), rows_together=True)
+    fail.clear()
+    clock.append(0.05)  # the run outlasts the deadline; inline, no timer can fire meanwhile
+    with pytest.raises(DeadlineExceededError):
+        await b.submit(x(2), deadline_s=time.monotonic() + 0.01, rows_together=True)
+    assert (await b.submit(x(2), rows_together=True))["y"].shape == (2, 3)  # and it serves on
+
+
 async def test_a_batch_far_larger_than_recent_ones_runs_on_the_worker(workers: Any) -> None:
     """Fast 1-row batches run inline; a batch with 4,000 rows is estimated 4,000 times slower and
     goes to the worker (where an execution timeout can bound it), not onto the event loop."""

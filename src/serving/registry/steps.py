@@ -52,7 +52,7 @@ class RegistrySteps:
         mv.active += 1
         try:
             if rows <= most:
-                return await batcher.submit(inputs, deadline_s), str(mv.version)
+                return await batcher.submit(inputs, deadline_s, rows_together=True), str(mv.version)
             cuts = range(0, rows, most)
             # every chunk's outcome is collected (none left unretrieved), then the first failure is raised
             answers = await asyncio.gather(
