@@ -293,6 +293,10 @@ class DynamicBatcher:
         self._execution_timeout_s = execution_timeout_s
         self._threads = threads
         self._on_worker: set[asyncio.Task[None]] = set()
+        self._run_now = 0
+        """Sets of rows run at once in their caller's task (``rows_together``) and not ended: one
+        cut short inline goes on on a worker thread, and the batcher's task waits for it, as it
+        waits for a batch of its own cut short."""
         """Batches handed to the worker threads and not answered yet: one per thread, and at most
         one full batch per thread queued behind them (:meth:`_thread_for_next`)."""
         self._abort: ServingError | None = None
@@ -352,9 +356,19 @@ class DynamicBatcher:
         pending = _Pending(inputs, rows, batch_key(inputs) if self.max_batch_size else (), loop.create_future())
         pending.trace = tracing.current_span_context()
         pending.deadline_s = deadline_s
-        if rows_together and not self._live and not self._on_worker and not self.waits and self._runs_inline([pending]):
+        if (
+            rows_together
+            and not (self._live or self._on_worker or self._run_now or self.waits)
+            and self._runs_inline([pending])
+        ):
             pending.taken, pending.counted = True, False
-            await self._execute(loop, [pending], None)
+            self._run_now += 1
+            try:
+                await self._execute(loop, [pending], None)
+            finally:
+                self._run_now -= 1
+                if self._queue and self._arrived is not None:
+                    self._arrived.set()  # requests queued while it went on on a worker thread
             return pending.future.result()
         self._queue.append(pending)
         self._live += 1
@@ -438,7 +452,7 @@ class DynamicBatcher:
         assert arrived is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue or not self._thread_for_next():
+            if not self._queue or self._run_now or not self._thread_for_next():
                 arrived.clear()
                 await arrived.wait()  # set by an arrival, and by a worker thread's batch ending
                 continue

@@ -393,6 +393,47 @@ async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_
     assert threads[3:] == ["loop", "worker"] and interrupted.is_set()
 
 
+async def test_a_set_run_at_once_and_cut_short_holds_the_batcher_until_its_worker_run_ends(workers: Any) -> None:
+    """A set of rows run at once in its caller's task overruns inline: it goes on on the worker
+    thread, and a request queued meanwhile stays queued until that run ends, as it would behind
+    a batch of the batcher's own task cut short; then both are answered."""
+    calls: list[tuple[str, int]] = []
+    slow, interrupted = threading.Event(), threading.Event()
+    on_worker, release = threading.Event(), threading.Event()
+
+    def model(inputs: Arrays) -> Arrays:
+        on_loop = threading.current_thread() is threading.main_thread()
+        calls.append(("loop" if on_loop else "worker", len(inputs["x"])))
+        if slow.is_set():
+            if on_loop:
+                if not interrupted.wait(30):
+                    raise AssertionError("never interrupted")
+                raise RuntimeError("terminated")
+            on_worker.set()
+            release.wait(30)
+        return {"y": inputs["x"] * 2}
+
+    b = inline_batcher(model, workers, interrupt=interrupted.set)
+    for _ in range(3):
+        await b.submit(x(1))
+    assert calls[-1] == ("loop", 1)
+    slow.set()
+    together = asyncio.ensure_future(b.submit(x(2, 4.0), rows_together=True))
+    await wait_for(on_worker)
+    assert calls[-2:] == [("loop", 2), ("worker", 2)]
+    other = asyncio.ensure_future(b.submit(x(1, 1.0)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # still in the queue (where its deadline could drop it unrun), not taken beside the set
+    assert len(calls) == 5 and not other.done() and b.queue_depth == 1
+    slow.clear()
+    release.set()
+    first, second = await asyncio.gather(together, other)
+    np.testing.assert_array_equal(first["y"], x(2, 8.0)["x"])
+    np.testing.assert_array_equal(second["y"], x(1, 2.0)["x"])
+    assert calls[-1][1] == 1
+
+
 async def test_answered_requests_free_their_queue_slots_at_once(workers: Any) -> None:
     """Requests whose deadline passed (or whose caller gave up) while queued no longer count
     against max_queue_size: a burst of short deadlines cannot make new requests 503."""
