@@ -365,6 +365,10 @@ class DynamicBatcher:
             self._run_now += 1
             try:
                 await self._execute(loop, [pending], None)
+            except BaseException:  # cancelled while it went on on a worker thread
+                if pending.future.done() and not pending.future.cancelled():
+                    pending.future.exception()  # retrieved: the cancellation goes up instead
+                raise
             finally:
                 self._run_now -= 1
                 if self._queue and self._arrived is not None:

@@ -4,6 +4,7 @@ events, never with sleeps or timing asserts."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from typing import Any
@@ -432,6 +433,42 @@ async def test_a_set_run_at_once_and_cut_short_holds_the_batcher_until_its_worke
     np.testing.assert_array_equal(first["y"], x(2, 8.0)["x"])
     np.testing.assert_array_equal(second["y"], x(1, 2.0)["x"])
     assert calls[-1][1] == 1
+
+
+async def test_a_set_cancelled_while_it_goes_on_on_the_worker_leaves_nothing_behind(
+    workers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller of a set run at once, cut short inline and gone on to the worker thread, is
+    cancelled: the cancellation reaches it, no answer is left unretrieved, and the batcher serves
+    the next request."""
+    slow, interrupted = threading.Event(), threading.Event()
+    on_worker, release = threading.Event(), threading.Event()
+
+    def model(inputs: Arrays) -> Arrays:
+        if slow.is_set():
+            if threading.current_thread() is threading.main_thread():
+                interrupted.wait(30)
+                raise RuntimeError("terminated")
+            on_worker.set()
+            release.wait(30)
+        return {"y": inputs["x"] * 2}
+
+    b = inline_batcher(model, workers, interrupt=interrupted.set)
+    for _ in range(3):
+        await b.submit(x(1))
+    slow.set()
+    together = asyncio.ensure_future(b.submit(x(2), rows_together=True))
+    await wait_for(on_worker)
+    together.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await together
+    slow.clear()
+    release.set()
+    out = await b.submit(x(1, 3.0))
+    np.testing.assert_array_equal(out["y"], x(1, 6.0)["x"])
+    del together
+    gc.collect()
+    assert "never retrieved" not in caplog.text
 
 
 async def test_answered_requests_free_their_queue_slots_at_once(workers: Any) -> None:
