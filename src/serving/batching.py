@@ -293,12 +293,12 @@ class DynamicBatcher:
         self._execution_timeout_s = execution_timeout_s
         self._threads = threads
         self._on_worker: set[asyncio.Task[None]] = set()
+        """Batches handed to the worker threads and not answered yet: one per thread, and at most
+        one full batch per thread queued behind them (:meth:`_thread_for_next`)."""
         self._run_now = 0
         """Sets of rows run at once in their caller's task (``rows_together``) and not ended: one
         cut short inline goes on on a worker thread, and the batcher's task waits for it, as it
         waits for a batch of its own cut short."""
-        """Batches handed to the worker threads and not answered yet: one per thread, and at most
-        one full batch per thread queued behind them (:meth:`_thread_for_next`)."""
         self._abort: ServingError | None = None
         """Why the other threads' batches are answered when one hangs (the version is reloaded)."""
         if self._inline_below_ns and interrupt is not None:
