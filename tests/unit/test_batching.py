@@ -235,6 +235,13 @@ async def test_fast_batches_run_inline_and_slow_ones_on_the_worker(workers: Any)
     assert threads[-1] != loop_thread  # slow executions moved it back to the worker
 
 
+def fast_batcher(model: Any, workers: Any, **kw: Any) -> DynamicBatcher:
+    """Up to 8 rows a batch, no delay, inline once measured below 1 s (every run here)."""
+    return DynamicBatcher(
+        model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=8, workers=workers, inline_below_s=1.0, **kw
+    )
+
+
 async def test_rows_already_together_run_in_the_callers_task_when_the_batcher_is_idle(workers: Any) -> None:
     """A pipeline's set of rows (``rows_together``) on an idle batcher whose runs go inline runs
     at once in the caller's own task, and is reported as a batch like any other; a lone request
@@ -249,15 +256,7 @@ async def test_rows_already_together_run_in_the_callers_task_when_the_batcher_is
         return {"y": inputs["x"] * 2}
 
     rec = Recorder()
-    b = DynamicBatcher(
-        model,
-        max_batch_size=8,
-        max_queue_delay_s=0,
-        max_queue_size=8,
-        workers=workers,
-        inline_below_s=1.0,
-        observer=rec,
-    )
+    b = fast_batcher(model, workers, observer=rec)
     await b.submit(x(1))  # measured on the worker first: nothing runs inline before that
     await b.submit(x(1))
     assert tasks[-1] is not None and tasks[-1] is not asyncio.current_task()  # the batcher's task
@@ -270,17 +269,9 @@ async def test_rows_already_together_run_in_the_callers_task_when_the_batcher_is
 async def test_rows_together_queue_like_any_request_when_others_wait(workers: Any) -> None:
     """With a request already queued, a set of rows joins the queue and runs in the same batch,
     in order, rather than running ahead of it."""
-    model, rec = GatedModel(), Recorder()
+    model = GatedModel()
     model.release.set()
-    b = DynamicBatcher(
-        model,
-        max_batch_size=8,
-        max_queue_delay_s=0,
-        max_queue_size=8,
-        workers=workers,
-        inline_below_s=1.0,
-        observer=rec,
-    )
+    b = fast_batcher(model, workers)
     await b.submit(x(1))
     await b.submit(x(1))  # now measured fast: runs inline
     # Both start in this turn of the loop, in this order: the first is queued when the second comes.
@@ -303,9 +294,7 @@ async def test_rows_together_run_at_once_still_fail_and_expire_as_a_batch_does(w
             time.sleep(clock[0])
         return {"y": inputs["x"]}
 
-    b = DynamicBatcher(
-        model, max_batch_size=8, max_queue_delay_s=0, max_queue_size=8, workers=workers, inline_below_s=1.0
-    )
+    b = fast_batcher(model, workers)
     await b.submit(x(1))
     fail.set()
     with pytest.raises(ModelExecutionError, match="broken model"):
@@ -394,45 +383,61 @@ async def test_an_inline_batch_that_overruns_is_cut_short_and_answered_from_the_
     assert threads[3:] == ["loop", "worker"] and interrupted.is_set()
 
 
+class CutInlineThenGated:
+    """Doubles ``x``, recording where each run ran and its rows. While ``slow`` is set, a run on
+    the loop hangs until interrupted (as onnxruntime's terminate does) and a run on a worker
+    thread waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.slow, self.interrupted = threading.Event(), threading.Event()
+        self.on_worker, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, inputs: Arrays) -> Arrays:
+        on_loop = threading.current_thread() is threading.main_thread()
+        self.calls.append(("loop" if on_loop else "worker", len(inputs["x"])))
+        if self.slow.is_set():
+            if on_loop:
+                if not self.interrupted.wait(30):
+                    raise AssertionError("never interrupted")
+                raise RuntimeError("terminated")
+            self.on_worker.set()
+            self.release.wait(30)
+        return {"y": inputs["x"] * 2}
+
+    async def batcher_with_a_set_gone_to_the_worker(
+        self, workers: Any
+    ) -> tuple[DynamicBatcher, asyncio.Future[Arrays]]:
+        """A batcher whose runs go inline, and a set of 2 rows run at once, cut short inline,
+        now waiting on the worker thread for ``release``."""
+        b = inline_batcher(self, workers, interrupt=self.interrupted.set)
+        for _ in range(3):
+            await b.submit(x(1))
+        assert self.calls[-1] == ("loop", 1)
+        self.slow.set()
+        together = asyncio.ensure_future(b.submit(x(2, 4.0), rows_together=True))
+        await wait_for(self.on_worker)
+        assert self.calls[-2:] == [("loop", 2), ("worker", 2)]
+        return b, together
+
+
 async def test_a_set_run_at_once_and_cut_short_holds_the_batcher_until_its_worker_run_ends(workers: Any) -> None:
     """A set of rows run at once in its caller's task overruns inline: it goes on on the worker
     thread, and a request queued meanwhile stays queued until that run ends, as it would behind
     a batch of the batcher's own task cut short; then both are answered."""
-    calls: list[tuple[str, int]] = []
-    slow, interrupted = threading.Event(), threading.Event()
-    on_worker, release = threading.Event(), threading.Event()
-
-    def model(inputs: Arrays) -> Arrays:
-        on_loop = threading.current_thread() is threading.main_thread()
-        calls.append(("loop" if on_loop else "worker", len(inputs["x"])))
-        if slow.is_set():
-            if on_loop:
-                if not interrupted.wait(30):
-                    raise AssertionError("never interrupted")
-                raise RuntimeError("terminated")
-            on_worker.set()
-            release.wait(30)
-        return {"y": inputs["x"] * 2}
-
-    b = inline_batcher(model, workers, interrupt=interrupted.set)
-    for _ in range(3):
-        await b.submit(x(1))
-    assert calls[-1] == ("loop", 1)
-    slow.set()
-    together = asyncio.ensure_future(b.submit(x(2, 4.0), rows_together=True))
-    await wait_for(on_worker)
-    assert calls[-2:] == [("loop", 2), ("worker", 2)]
+    model = CutInlineThenGated()
+    b, together = await model.batcher_with_a_set_gone_to_the_worker(workers)
     other = asyncio.ensure_future(b.submit(x(1, 1.0)))
     for _ in range(5):
         await asyncio.sleep(0)
     # still in the queue (where its deadline could drop it unrun), not taken beside the set
-    assert len(calls) == 5 and not other.done() and b.queue_depth == 1
-    slow.clear()
-    release.set()
+    assert len(model.calls) == 5 and not other.done() and b.queue_depth == 1
+    model.slow.clear()
+    model.release.set()
     first, second = await asyncio.gather(together, other)
     np.testing.assert_array_equal(first["y"], x(2, 8.0)["x"])
     np.testing.assert_array_equal(second["y"], x(1, 2.0)["x"])
-    assert calls[-1][1] == 1
+    assert model.calls[-1][1] == 1
 
 
 async def test_a_set_cancelled_while_it_goes_on_on_the_worker_leaves_nothing_behind(
@@ -441,29 +446,13 @@ async def test_a_set_cancelled_while_it_goes_on_on_the_worker_leaves_nothing_beh
     """The caller of a set run at once, cut short inline and gone on to the worker thread, is
     cancelled: the cancellation reaches it, no answer is left unretrieved, and the batcher serves
     the next request."""
-    slow, interrupted = threading.Event(), threading.Event()
-    on_worker, release = threading.Event(), threading.Event()
-
-    def model(inputs: Arrays) -> Arrays:
-        if slow.is_set():
-            if threading.current_thread() is threading.main_thread():
-                interrupted.wait(30)
-                raise RuntimeError("terminated")
-            on_worker.set()
-            release.wait(30)
-        return {"y": inputs["x"] * 2}
-
-    b = inline_batcher(model, workers, interrupt=interrupted.set)
-    for _ in range(3):
-        await b.submit(x(1))
-    slow.set()
-    together = asyncio.ensure_future(b.submit(x(2), rows_together=True))
-    await wait_for(on_worker)
+    model = CutInlineThenGated()
+    b, together = await model.batcher_with_a_set_gone_to_the_worker(workers)
     together.cancel()
     with pytest.raises(asyncio.CancelledError):
         await together
-    slow.clear()
-    release.set()
+    model.slow.clear()
+    model.release.set()
     out = await b.submit(x(1, 3.0))
     np.testing.assert_array_equal(out["y"], x(1, 6.0)["x"])
     del together
