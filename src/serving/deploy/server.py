@@ -165,6 +165,8 @@ def stop(settings: ServerSettings) -> bool:
             log.error("Serve did not confirm the application's end within %gs: its controller is killed", bound)
             killing.set()
             kill_serve_controller()
+            if not local:
+                log.error("Serve's replicas may still run on the cluster, as detached actors (`ray list actors`)")
             if not ended.wait(KILL_WAIT_S):
                 log.error("the call to Serve did not end within %gs of its controller's kill", KILL_WAIT_S)
             sys.stdout.flush()
@@ -179,7 +181,9 @@ KILL_WAIT_S = 15.0
 
 
 def kill_serve_controller() -> None:
-    """Kills Serve's controller (its replicas die with it, as the actors it owns); errors are logged."""
+    """Kills Serve's controller; errors are logged. Its replicas are detached actors and do not die
+    with it: a local Ray's shutdown stops them, and on a cluster they are left running, as Serve's
+    unanswered shutdown left them."""
     try:
         ray.kill(ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE), no_restart=True)
     except Exception:
