@@ -32,7 +32,9 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.data.shape)
+        """The data's shape (numpy's own tuple of ints: per request, copying it cost ~0.4 us)."""
+        shape: tuple[int, ...] = self.data.shape
+        return shape
 
 
 @dataclass(frozen=True, slots=True)
