@@ -104,6 +104,21 @@ async def test_statistics(stub: GRPCInferenceServiceStub) -> None:
     assert stats.batch_stats[0].batch_size == 2 and stats.inference_stats.success.count == 1
 
 
+async def test_classification_answers_the_top_classes(stub: GRPCInferenceServiceStub) -> None:
+    req = pb.ModelInferRequest(model_name="add")
+    req.inputs.add(name="x", datatype="FP32", shape=[2, 4]).contents.fp32_contents.extend([1, 2, 3, 4, 8, 0, 9, 1])
+    req.outputs.add(name="y").parameters["classification"].int64_param = 2
+    resp = await stub.ModelInfer(req)
+    assert (resp.outputs[0].datatype, list(resp.outputs[0].shape)) == ("BYTES", [2, 2])
+    assert outputs_of(resp)["y"].tolist() == [[b"7.000000:3", b"6.000000:2"], [b"12.000000:2", b"11.000000:0"]]
+
+
+def ranked(count: pb.InferParameter) -> pb.ModelInferRequest:
+    req = infer_req()
+    req.outputs.add(name="y").parameters["classification"].CopyFrom(count)
+    return req
+
+
 def infer_req(**change: Any) -> pb.ModelInferRequest:
     req = pb.ModelInferRequest(model_name=change.pop("model", "add"), model_version=change.pop("version", ""))
     t = req.inputs.add(
@@ -129,6 +144,8 @@ GRPC_ERRORS = [
     ("unknown datatype", infer_req(datatype="FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype"),
     ("FP16 typed", infer_req(datatype="FP16"), grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents"),
     ("failing batch", infer_req(model="broken", shape=[2, 2]), grpc.StatusCode.INTERNAL, "internal error"),
+    ("classification 0", ranked(pb.InferParameter(int64_param=0)), grpc.StatusCode.INVALID_ARGUMENT, "positive"),
+    ("classification text", ranked(pb.InferParameter(string_param="2")), grpc.StatusCode.INVALID_ARGUMENT, "positive"),
 ]
 
 

@@ -98,6 +98,22 @@ async def test_requested_outputs_and_per_output_binary(http: httpx.AsyncClient) 
     np.testing.assert_array_equal(out["y"], np.arange(8, dtype=np.float32).reshape(2, 4) + 3)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+async def test_classification_answers_the_top_classes(http: httpx.AsyncClient, binary: bool) -> None:
+    body = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [1, 2, 3, 4, 8, 0, 9, 1]}],
+        "outputs": [{"name": "y", "parameters": {"classification": 2, "binary_data": binary}}],
+    }
+    r = await http.post("/v2/models/add/infer", json=body)
+    assert r.status_code == 200, r.text
+    y = parse_response(r)["y"]  # add v3: x + 3
+    assert y.shape == (2, 2)
+    assert [[bytes(v) for v in row] for row in y.tolist()] == [
+        [b"7.000000:3", b"6.000000:2"],
+        [b"12.000000:2", b"11.000000:0"],
+    ]
+
+
 async def test_repository_index_and_stats(http: httpx.AsyncClient) -> None:
     index = (await http.post("/v2/repository/index", json={})).json()
     assert {"name": "add", "version": "2", "state": "READY", "reason": ""} in index
@@ -182,12 +198,12 @@ ERROR_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
         "runs past",
     ),
     (
-        "classification extension",
+        "classification count not a positive integer",
         "/v2/models/add/infer",
-        {**GOOD, "outputs": [{"name": "y", "parameters": {"classification": 2}}]},
+        {**GOOD, "outputs": [{"name": "y", "parameters": {"classification": 0}}]},
         {},
-        501,
-        "classification",
+        400,
+        "classification must be a positive integer",
     ),
     (
         "model failing its batch",

@@ -69,7 +69,7 @@ def test_health_and_server_metadata_both_protocols(server: ServerProcess) -> Non
         assert client.is_server_live()
         assert client.is_server_ready()
     md = thttp.InferenceServerClient(server.http_url).get_server_metadata()
-    assert md["name"] == "serving" and "binary_tensor_data" in md["extensions"]
+    assert md["name"] == "serving" and {"binary_tensor_data", "classification"} <= set(md["extensions"])
     gmd = tgrpc.InferenceServerClient(server.grpc_url).get_server_metadata()
     assert gmd.name == "serving"
 
@@ -110,6 +110,31 @@ def test_json_binary_and_grpc_answers_are_identical_and_match_the_runtime(
     first = answers[0].as_numpy("probabilities")
     for other in answers[1:]:
         assert other.as_numpy("probabilities").tobytes() == first.tobytes()
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_class_count_answers_the_top_classes_with_their_labels(
+    server: ServerProcess, repository: Path, rows: np.ndarray[Any, Any], version: str
+) -> None:
+    """Triton's classification extension as tritonclient asks for it (``class_count``): the top 3
+    of ``probabilities`` per row, "value:index:label" with the labels of digits' model.yaml."""
+    probs = direct(repository, "digits", version, rows)["probabilities"]
+    expected = [[f"{p[i]:f}:{i}:{i}" for i in np.argsort(-p, kind="stable")[:3]] for p in probs]
+    answers = []
+    for binary in (False, True):
+        inp = thttp.InferInput("input", list(rows.shape), "FP32")
+        inp.set_data_from_numpy(rows, binary_data=binary)
+        out = thttp.InferRequestedOutput("probabilities", binary_data=binary, class_count=3)
+        client = thttp.InferenceServerClient(server.http_url)
+        answers.append(client.infer("digits", [inp], model_version=version, outputs=[out]).as_numpy("probabilities"))
+    ginp = tgrpc.InferInput("input", list(rows.shape), "FP32")
+    ginp.set_data_from_numpy(rows)
+    gout = tgrpc.InferRequestedOutput("probabilities", class_count=3)
+    gclient = tgrpc.InferenceServerClient(server.grpc_url)
+    answers.append(gclient.infer("digits", [ginp], model_version=version, outputs=[gout]).as_numpy("probabilities"))
+    for answer in answers:
+        assert answer.shape == (len(rows), 3)
+        assert [[v.decode() if isinstance(v, bytes) else v for v in row] for row in answer.tolist()] == expected
 
 
 def test_the_two_digits_versions_differ_and_latest_is_default(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving import codecs
-from serving.errors import InvalidInputError, UnsupportedError
+from serving.errors import InvalidInputError
 from serving.types import (
     InferenceRequest,
     InferenceResponse,
@@ -113,8 +113,6 @@ def to_core(body: bytes, header_length: int | None, model_name: str, model_versi
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInputError(f"outputs[{i}] needs a 'name' string")
         params = _params(item.get("parameters"), f"output {item['name']!r}")
-        if "classification" in params:
-            raise UnsupportedError("the classification extension is not supported")
         outputs.append(RequestedOutput(item["name"], params))
     return InferenceRequest(
         model_name=model_name,

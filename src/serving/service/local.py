@@ -26,6 +26,7 @@ from serving.repository import scan_repository
 from serving.rows import raise_for_failed_rows
 from serving.service import metadata
 from serving.service.checks import check_inputs, check_outputs, request_deadline
+from serving.service.classification import ranked_outputs, top_classes
 from serving.service.drift_watch import DriftWatch
 from serving.service.prediction_logging import SHADOW, PredictionLogging, route_of
 from serving.service.tracking import Tracking
@@ -221,6 +222,7 @@ class LocalInferenceService:
         try:
             arrays = check_inputs(mv.instance, request.inputs)
             wanted = check_outputs(mv.instance, request)
+            ranked = ranked_outputs(request.outputs, mv.instance.output_datatypes)
             mv.active += 1
             try:
                 deadline = request_deadline(request, start)
@@ -255,6 +257,13 @@ class LocalInferenceService:
             )
         datatypes = mv.instance.output_datatypes
         outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
+        if ranked:  # Triton's classification extension: these outputs answer as their top classes
+            batched = mv.instance.max_batch_size > 0
+            outputs = [
+                t if t.name not in ranked else
+                Tensor(t.name, "BYTES", top_classes(t.data, ranked[t.name], batched, mv.config.labels))
+                for t in outputs
+            ]  # fmt: skip
         mv.stats.success.add(time.monotonic_ns() - start)
         mv.stats.last_inference_ms = int(time.time() * 1000)
         return InferenceResponse(

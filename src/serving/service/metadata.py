@@ -16,6 +16,7 @@ from serving.version import SERVER_VERSION
 
 EXTENSIONS = (
     "binary_tensor_data",
+    "classification",
     "model_configuration",
     "statistics",
     "model_repository",
