@@ -38,6 +38,7 @@ class ModelInstance:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     output_datatypes: dict[str, str] = field(default_factory=dict)
+    output_specs: dict[str, TensorSpec] = field(default_factory=dict)
 
     @property
     def max_batch_size(self) -> int:
@@ -61,6 +62,7 @@ class ModelInstance:
         self.model.load()
         self.inputs, self.outputs = _resolve_io(self)
         self.output_datatypes = {o.name: o.datatype for o in self.outputs}
+        self.output_specs = {o.name: o for o in self.outputs}
         if self.config.instance.warmup and self.config.platform is not Platform.PIPELINE:
             self.warm_up()  # a pipeline's steps are warmed up as models of their own
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from serving.errors import InvalidInputError
-from serving.service.classification import ranked_outputs, requested_count, top_classes
-from serving.types import RequestedOutput
+from serving.service.classification import MAX_STRINGS, ranked_outputs, requested_count, top_classes
+from serving.types import RequestedOutput, TensorSpec
 
 
 def texts(values: np.ndarray) -> list[list[str]]:
@@ -73,7 +73,23 @@ def test_an_output_without_numbers_to_rank_is_refused(datatype: str) -> None:
         requested_count("y", datatype, {"classification": 1})
 
 
+SPECS = {"a": TensorSpec("a", "FP32", (10,)), "b": TensorSpec("b", "INT8", (-1,)), "c": TensorSpec("c", "FP64", (4, 5))}
+
+
 def test_only_the_outputs_asked_for_as_classes_are_ranked() -> None:
     outputs = [RequestedOutput("a", {"binary_data": True}), RequestedOutput("b", {"classification": 3})]
-    assert ranked_outputs(outputs, {"a": "FP32", "b": "INT8"}) == {"b": 3}
-    assert ranked_outputs([], {"a": "FP32"}) == {}
+    assert ranked_outputs(outputs, SPECS, rows=8) == {"b": 3}
+    assert ranked_outputs([], SPECS, rows=8) == {}
+
+
+def test_a_count_past_a_fixed_row_is_cut_to_its_values_before_the_bound() -> None:
+    outputs = [RequestedOutput("a", {"classification": 2**63}), RequestedOutput("c", {"classification": 50})]
+    assert ranked_outputs(outputs, SPECS, rows=64) == {"a": 10, "c": 20}
+
+
+def test_an_answer_of_too_many_strings_is_refused_before_the_model_runs() -> None:
+    assert ranked_outputs([RequestedOutput("b", {"classification": MAX_STRINGS})], SPECS, rows=1) == {"b": MAX_STRINGS}
+    with pytest.raises(InvalidInputError, match="strings; at most"):
+        ranked_outputs([RequestedOutput("b", {"classification": MAX_STRINGS // 8 + 1})], SPECS, rows=8)
+    with pytest.raises(InvalidInputError, match="strings; at most"):
+        ranked_outputs([RequestedOutput("b", {"classification": 10**30})], SPECS, rows=1)

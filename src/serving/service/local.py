@@ -222,7 +222,12 @@ class LocalInferenceService:
         try:
             arrays = check_inputs(mv.instance, request.inputs)
             wanted = check_outputs(mv.instance, request)
-            ranked = ranked_outputs(request.outputs, mv.instance.output_datatypes)
+            if request.outputs:  # Triton's classification extension, checked before the model runs
+                first = next(iter(arrays.values()), None)
+                rows = len(first) if first is not None and first.ndim and mv.instance.max_batch_size > 0 else 1
+                ranked = ranked_outputs(request.outputs, mv.instance.output_specs, rows)
+            else:
+                ranked = {}
             mv.active += 1
             try:
                 deadline = request_deadline(request, start)
