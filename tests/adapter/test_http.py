@@ -114,6 +114,19 @@ async def test_classification_answers_the_top_classes(http: httpx.AsyncClient, b
     ]
 
 
+async def test_classification_of_a_wide_output_answers_alike_off_the_event_loop(http: httpx.AsyncClient) -> None:
+    wide = np.arange(5000, dtype=np.float32)[::-1].reshape(1, -1)  # past RANK_INLINE_VALUES: a thread ranks it
+    inputs = []
+    for dt in IDENTITY_TYPES:
+        arr = wide if dt == "FP32" else identity_values(dt)[:1]
+        inputs.append({"name": f"in_{dt.lower()}", "datatype": dt, "shape": list(arr.shape),
+                       "data": codecs.to_list(arr, dt)})  # fmt: skip
+    body = {"inputs": inputs, "outputs": [{"name": "out_fp32", "parameters": {"classification": 3}}]}
+    r = await http.post("/v2/models/identity/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == ["4999.000000:0", "4998.000000:1", "4997.000000:2"]
+
+
 async def test_repository_index_and_stats(http: httpx.AsyncClient) -> None:
     index = (await http.post("/v2/repository/index", json={})).json()
     assert {"name": "add", "version": "2", "state": "READY", "reason": ""} in index

@@ -25,6 +25,8 @@ PARAMETER = "classification"
 MAX_STRINGS = 65_536
 """Strings one answer may hold in all (rows x classes): each is made in Python on the event loop,
 ~0.3 us each (top 5 of 1,000 classes over 64 rows is 320)."""
+RANK_INLINE_VALUES = 4_096
+"""Above this many values an output is ranked off the event loop (64 rows of 10: 0.4 ms in all)."""
 RANKED_DATATYPES = frozenset(
     ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
 )

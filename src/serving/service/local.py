@@ -26,7 +26,7 @@ from serving.repository import scan_repository
 from serving.rows import raise_for_failed_rows
 from serving.service import metadata
 from serving.service.checks import check_inputs, check_outputs, request_deadline
-from serving.service.classification import ranked_outputs, top_classes
+from serving.service.classification import RANK_INLINE_VALUES, ranked_outputs, top_classes
 from serving.service.drift_watch import DriftWatch
 from serving.service.prediction_logging import SHADOW, PredictionLogging, route_of
 from serving.service.tracking import Tracking
@@ -47,6 +47,15 @@ from serving.types import (
 log = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+async def as_classes(t: Tensor, count: int, mv: ModelVersion) -> Tensor:
+    """Output ``t`` as its top ``count`` classes a row; ranked on a thread past ``RANK_INLINE_VALUES``
+    values, so that no sort holds the event loop (64 rows of 1,000 classes took 4.2 ms)."""
+    args = (t.data, count, mv.instance.max_batch_size > 0, mv.config.labels)
+    if t.data.size <= RANK_INLINE_VALUES:
+        return Tensor(t.name, "BYTES", top_classes(*args))
+    return Tensor(t.name, "BYTES", await asyncio.to_thread(top_classes, *args))
 
 
 class LocalInferenceService:
@@ -263,12 +272,7 @@ class LocalInferenceService:
         datatypes = mv.instance.output_datatypes
         outputs = [Tensor(name, datatypes[name], results[name]) for name in wanted]
         if ranked:  # Triton's classification extension: these outputs answer as their top classes
-            batched = mv.instance.max_batch_size > 0
-            outputs = [
-                t if t.name not in ranked else
-                Tensor(t.name, "BYTES", top_classes(t.data, ranked[t.name], batched, mv.config.labels))
-                for t in outputs
-            ]  # fmt: skip
+            outputs = [t if t.name not in ranked else await as_classes(t, ranked[t.name], mv) for t in outputs]
         mv.stats.success.add(time.monotonic_ns() - start)
         mv.stats.last_inference_ms = int(time.time() * 1000)
         return InferenceResponse(
