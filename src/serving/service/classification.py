@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.codecs import quote
+from serving.codecs import DATATYPES, quote
 from serving.errors import InvalidInputError
 from serving.types import RequestedOutput, TensorSpec
 
@@ -27,9 +27,8 @@ MAX_STRINGS = 65_536
 ~0.3 us each (top 5 of 1,000 classes over 64 rows is 320)."""
 RANK_INLINE_VALUES = 4_096
 """Above this many values an output is ranked off the event loop (64 rows of 10: 0.4 ms in all)."""
-RANKED_DATATYPES = frozenset(
-    ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
-)
+RANKED_DATATYPES = frozenset(DATATYPES) - {"BOOL", "BYTES"}
+"""The integer and float datatypes: what has an order to rank by."""
 
 
 def requested_count(name: str, datatype: str, parameters: dict[str, Any]) -> int | None:
