@@ -1,0 +1,119 @@
+"""What the least a prediction log can do costs, beside the log as it is: servers of copies of
+``src`` with the log cut short at each stage, measured side by side by ``bench/server_variants.py``
+(batch-1 reference MLP over gRPC, every request logged; calls/s, the server's CPU per call and its
+event loop thread's, the median over alternating windows):
+
+- ``off``: no log;
+- ``noop``: a log configured, but the hand-over returns at once (the stream's lookup and the
+  request's route are all that runs);
+- ``minimal``: the hand-over appends the request id to a list and copies the input row into a
+  ring of rows; nothing is ever written: the least any log of the inputs must do on the request
+  path, written as plainly as Python allows;
+- ``discard``: the log's whole hand-over (sampling, the record, the copy into the row blocks, the
+  queue and its bounds); the writer thread takes the rows and drops them;
+- ``log``: the log as it is (the rows written to Parquet).
+
+Each stage is a patch of a copy of ``src`` at an anchor in the code; a patch whose anchor is
+gone fails the run instead of measuring something else.
+
+    .venv/bin/python bench/log_floor.py --rounds 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+RESULTS = HERE / "results" / "log_floor.md"
+
+LOGGING = "serving/service/prediction_logging.py"
+WRITER = "serving/prediction_log/writer.py"
+HAND_OVER = "        rate = stream.config.sample_rate\n"
+STREAMS = "        self._streams: dict"
+WRITE = "        stream = batch.stream\n        times = batch.pending.times_ns\n"
+
+PATCHES: dict[str, list[tuple[str, str, str]]] = {
+    "noop": [(LOGGING, HAND_OVER, "        return\n" + HAND_OVER)],
+    "minimal": [
+        (
+            LOGGING,
+            HAND_OVER,
+            "        ids = self._floor_ids\n"
+            "        ids.append(request_id)\n"
+            "        if len(ids) > 100_000:\n"
+            "            ids.clear()\n"
+            "        for values in (inputs or {}).values():\n"
+            "            self._floor_rows[self._floor_next % 10_000] = values[0]\n"
+            "            self._floor_next += 1\n"
+            "        return\n" + HAND_OVER,
+        ),
+        (
+            LOGGING,
+            STREAMS,
+            "        self._floor_ids: list[str] = []\n"
+            "        self._floor_next = 0\n"
+            "        self._floor_rows = np.zeros((10_000, 784), np.float32)\n" + STREAMS,
+        ),
+    ],
+    "discard": [
+        (WRITER, WRITE, WRITE + "        self._forget(batch, list(range(len(batch.pending))))\n        return True\n")
+    ],
+}
+
+
+def patched_copy(name: str, into: Path) -> Path:
+    """A copy of ``src`` (the compiled front end with it) with ``name``'s patches applied."""
+    src = into / name / "src"
+    shutil.copytree(SRC, src, ignore=shutil.ignore_patterns("__pycache__"))
+    for path, anchor, replacement in PATCHES[name]:
+        file = src / path
+        text = file.read_text()
+        if text.count(anchor) != 1:
+            raise SystemExit(f"{name}: the anchor {anchor.strip()!r} is not once in {path}; update bench/log_floor.py")
+        file.write_text(text.replace(anchor, replacement))
+    return src
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0, help="one window")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="serving-log-floor-") as tmp:
+        copies = {name: patched_copy(name, Path(tmp)) for name in PATCHES}
+        variants = [
+            "off=:off",
+            f"noop={copies['noop']}:log",
+            f"minimal={copies['minimal']}:log",
+            f"discard={copies['discard']}:log",
+            "log=:log",
+        ]
+        command = [sys.executable, str(HERE / "server_variants.py"), *variants]
+        command += ["--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+        lines = []
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as run:
+            assert run.stdout is not None
+            for line in run.stdout:
+                print(line, end="", flush=True)
+                lines.append(line)
+        if run.returncode:
+            raise SystemExit(run.returncode)
+    table = "".join(line for line in lines if line.startswith("|"))
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    RESULTS.write_text(
+        f"# The prediction log's floor ({when})\n\n`.venv/bin/python bench/log_floor.py --rounds {args.rounds}`: "
+        "the batch-1 reference MLP over gRPC (grpc.aio, 16 calls in flight), every request logged; "
+        "medians over alternating windows of "
+        f"{args.seconds:g} s. The variants are described in the script's docstring.\n\n{table}"
+    )
+
+
+if __name__ == "__main__":
+    main()
