@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,29 +21,20 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-import psutil  # noqa: E402
+from log_threads import processes, python_names  # noqa: E402
 from online import FEATURES, MODEL, reference_setup  # noqa: E402
 from paired import PairedResult, compare, infer_request  # noqa: E402
 
 from server_process import ServerProcess, mode_args  # noqa: E402
 
-PY_SPY = Path(sys.executable).parent / "py-spy"
 RESULTS = HERE / "results" / "log_writer_core.md"
-
-
-def processes(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
 
 
 def writer_thread(pid: int) -> int:
     """The OS thread id of the prediction log's writer thread in ``pid``'s process tree."""
-    for proc in processes(pid):
-        dump = subprocess.run([str(PY_SPY), "dump", "--json", "--pid", str(proc.pid)], capture_output=True, text=True)
-        if dump.returncode == 0:
-            for thread in json.loads(dump.stdout):
-                if thread.get("thread_name") == "prediction-log":
-                    return int(thread["os_thread_id"])
+    for tid, name in python_names(pid).items():
+        if name == "prediction-log":
+            return tid
     raise SystemExit("the logging server has no prediction-log thread (no request logged yet?)")
 
 
