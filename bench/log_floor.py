@@ -9,6 +9,9 @@ event loop thread's, the median over alternating windows):
 - ``minimal``: the hand-over appends the request id to a list and copies the input row into a
   ring of rows; nothing is ever written: the least any log of the inputs must do on the request
   path, written as plainly as Python allows;
+- ``written``: ``minimal``'s hand-over, and a thread that writes its rows as the log's Parquet
+  files (the log's columns and options, 10,000 rows a file; time, latency and outputs filled in
+  by the writer): the best a hand-over in compiled code could do, with the files still written;
 - ``discard``: the log's whole hand-over (sampling, the record, the copy into the row blocks, the
   queue and its bounds); the writer thread takes the rows and drops them;
 - ``log``: the log as it is (the rows written to Parquet).
@@ -38,29 +41,81 @@ WRITER = "serving/prediction_log/writer.py"
 HAND_OVER = "        rate = stream.config.sample_rate\n"
 STREAMS = "        self._streams: dict"
 WRITE = "        stream = batch.stream\n        times = batch.pending.times_ns\n"
+MODULE = 'SHADOW = "shadow"\n'
+
+MINIMAL_HAND_OVER = (
+    "        ids = self._floor_ids\n"
+    "        ids.append(request_id)\n"
+    "        if len(ids) > 100_000:\n"
+    "            ids.clear()\n"
+    "        for values in (inputs or {}).values():\n"
+    "            self._floor_rows[self._floor_next % 10_000] = values[0]\n"
+    "            self._floor_next += 1\n"
+    "        return\n"
+)
+RING = (
+    "        self._floor_ids: list[str] = []\n"
+    "        self._floor_next = 0\n"
+    "        self._floor_rows = np.zeros((10_000, 784), np.float32)\n"
+)
+WRITTEN_HAND_OVER = (
+    "        self._floor_ids.append(request_id)\n"
+    "        for values in (inputs or {}).values():\n"
+    "            self._floor_rows[self._floor_next % 30_000] = values[0]\n"
+    "            self._floor_next += 1\n"
+    "        return\n"
+)
+FLOOR_WRITER = '''
+
+def floor_writer(logging: Any) -> None:
+    """Every 10,000 rows handed over, a file of them as the log writes it (bench/log_floor.py)."""
+    import os
+    import threading
+
+    import pyarrow as pa
+
+    from serving.prediction_log.files import open_destination, write_atomically
+    from serving.prediction_log.records import OK
+
+    folder = os.environ["SERVING_LOG_FLOOR_DIR"]
+    fs, _ = open_destination(folder)
+
+    def run() -> None:
+        n, taken = 10_000, 0
+        while True:
+            time.sleep(0.02)
+            ids = logging._floor_ids
+            if len(ids) < n:
+                continue
+            batch = ids[:n]
+            del ids[:n]
+            start = taken % 30_000
+            taken += n
+            rows = logging._floor_rows[start : start + n]
+            now_us = time.time_ns() // 1000
+            table = pa.table({
+                "request_id": pa.array(batch, pa.string()),
+                "row": pa.array(np.zeros(n, np.int32)),
+                "time": pa.array(now_us - np.arange(n, dtype=np.int64)).cast(pa.timestamp("us", tz="UTC")),
+                "route": pa.array(["latest"] * n, pa.string()),
+                "status": pa.repeat(pa.scalar(OK), n),
+                "error": pa.nulls(n, pa.string()),
+                "latency_ms": pa.array(np.random.default_rng(taken).random(n)),
+                "input": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1)), 784),
+                "output": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n * 10, np.float32)), 10),
+            })
+            write_atomically(fs, folder, f"part-{taken:012d}.parquet", table)
+
+    threading.Thread(target=run, name="prediction-log", daemon=True).start()
+'''
 
 PATCHES: dict[str, list[tuple[str, str, str]]] = {
     "noop": [(LOGGING, HAND_OVER, "        return\n" + HAND_OVER)],
-    "minimal": [
-        (
-            LOGGING,
-            HAND_OVER,
-            "        ids = self._floor_ids\n"
-            "        ids.append(request_id)\n"
-            "        if len(ids) > 100_000:\n"
-            "            ids.clear()\n"
-            "        for values in (inputs or {}).values():\n"
-            "            self._floor_rows[self._floor_next % 10_000] = values[0]\n"
-            "            self._floor_next += 1\n"
-            "        return\n" + HAND_OVER,
-        ),
-        (
-            LOGGING,
-            STREAMS,
-            "        self._floor_ids: list[str] = []\n"
-            "        self._floor_next = 0\n"
-            "        self._floor_rows = np.zeros((10_000, 784), np.float32)\n" + STREAMS,
-        ),
+    "minimal": [(LOGGING, HAND_OVER, MINIMAL_HAND_OVER + HAND_OVER), (LOGGING, STREAMS, RING + STREAMS)],
+    "written": [
+        (LOGGING, HAND_OVER, WRITTEN_HAND_OVER + HAND_OVER),
+        (LOGGING, STREAMS, RING.replace("10_000", "30_000") + "        floor_writer(self)\n" + STREAMS),
+        (LOGGING, MODULE, MODULE + FLOOR_WRITER),
     ],
     "discard": [
         (WRITER, WRITE, WRITE + "        self._forget(batch, list(range(len(batch.pending))))\n        return True\n")
@@ -88,10 +143,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serving-log-floor-") as tmp:
         copies = {name: patched_copy(name, Path(tmp)) for name in PATCHES}
+        written = Path(tmp) / "written-files"
+        written.mkdir()
         variants = [
             "off=:off",
             f"noop={copies['noop']}:log",
             f"minimal={copies['minimal']}:log",
+            f"written={copies['written']}:log:SERVING_LOG_FLOOR_DIR~{written}",
             f"discard={copies['discard']}:log",
             "log=:log",
         ]
@@ -105,6 +163,10 @@ def main() -> None:
                 lines.append(line)
         if run.returncode:
             raise SystemExit(run.returncode)
+        files = list(written.glob("*.parquet"))
+        print(f"written: {len(files)} files of 10,000 rows", flush=True)
+        if not files:
+            raise SystemExit("the written variant wrote no file: its writer thread failed (see its server's log)")
     table = "".join(line for line in lines if line.startswith("|"))
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     RESULTS.write_text(
