@@ -12,7 +12,7 @@ METRICS_PORT ?= 8002
 # Where `make serve` logs the demo's predictions (docs/prediction-log.md).
 PREDICTION_LOG ?= prediction_log
 
-.PHONY: grpcpp frontend-check serve checks test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 check-image bench-footprint bench-modes bench-log lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
+.PHONY: grpcpp compiled-check serve checks test docs unit integration gpu-test gpu-extra check-aarch64 check-arm64 check-image bench-footprint bench-modes bench-log lint format proto proto-check rules prometheus chromium screenshots bench bench-stages bench-models bench-overload bench-lifecycle bench-batch soak loadtest clean
 
 # torch comes through pip, which takes the machine's own CPU build where pip's configuration
 # points at one (uv does not read pip's configuration: it would take PyPI's CUDA build of several
@@ -21,7 +21,7 @@ PREDICTION_LOG ?= prediction_log
 # pip does: where PYTHONDONTWRITEBYTECODE is set (as on this project's CI) nothing else writes it,
 # and every process would compile what it imports (the integration suite took 740 s instead of ~480).
 TORCH_REQUIREMENT = $(shell $(PYTHON) -c "import tomllib; print(next(r for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['cpu'] if r.startswith('torch')))")
-$(BIN)/.installed: pyproject.toml setup.py src/serving/protocol/_frontend.cpp | grpcpp
+$(BIN)/.installed: pyproject.toml setup.py src/serving/protocol/_frontend.cpp src/serving/prediction_log/_hand_over.c | grpcpp
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q '$(TORCH_REQUIREMENT)' 'uv>=0.5'
@@ -33,14 +33,15 @@ venv: $(BIN)/.installed
 
 # grpc++'s headers (Debian's libgrpc++-dev) for the compiled gRPC front end that `pip install`
 # builds (setup.py). Where they cannot be installed, the package still installs and serves gRPC
-# with grpc.aio; `make test` checks the front end was built (frontend-check).
+# with grpc.aio; `make test` checks the front end and the log's hand-over were built (compiled-check).
 grpcpp:
 	@pkg-config --exists grpc++ 2>/dev/null || { \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    g++ pkg-config libgrpc++-dev; } || echo "no grpc++: the compiled gRPC front end will not be built (grpc.aio serves gRPC)"
 
-frontend-check: $(BIN)/.installed
+compiled-check: $(BIN)/.installed
 	$(PY) -c "from serving.protocol import _frontend; print('compiled gRPC front end: built, grpc++', _frontend.GRPC_VERSION)"
+	$(PY) -c "from serving.prediction_log import _hand_over; print('compiled prediction log hand-over: built')"
 
 $(DEMO_REPO)/.built: $(BIN)/.installed src/serving/demo.py $(wildcard src/serving/demo_models/*.py)
 	$(BIN)/serving demo-repo $(DEMO_REPO)
@@ -153,7 +154,7 @@ docs: $(BIN)/.installed
 
 # The checks (mypy alone takes ~27 s of one core) run beside the unit tests (~62 CPU-s on two workers,
 # 78 % of the two cores), each target's output printed whole when it ends; then the integration tests.
-checks: lint proto-check frontend-check rules gpu-extra check-aarch64 docs
+checks: lint proto-check compiled-check rules gpu-extra check-aarch64 docs
 
 test: $(BIN)/.installed
 	$(MAKE) --no-print-directory -j2 --output-sync=target checks unit

@@ -134,7 +134,7 @@ async def test_a_stop_with_no_grace_cancels_open_calls(
 
 
 def test_auto_serves_with_the_compiled_front_end_where_it_is_built() -> None:
-    """`make` builds the extension (make frontend-check fails the run otherwise): `auto` takes it."""
+    """`make` builds the extension (make compiled-check fails the run otherwise): `auto` takes it."""
     assert compiled_available() is None
     assert chosen("auto").startswith("compiled (grpc++ ")
     assert chosen("aio").startswith("grpc.aio")

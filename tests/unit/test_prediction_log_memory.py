@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.config.prediction_log import PredictionLogConfig
+from serving.prediction_log import compiled
 from serving.prediction_log.columns import Scratch
 from serving.prediction_log.records import LoggedRequest, LogStream
 from serving.prediction_log.row_blocks import BLOCK_BYTES, RowBlocks, row_blocks
@@ -24,10 +25,17 @@ from serving.telemetry.metrics import MemoryMetrics
 from serving.types import TensorSpec
 
 F32 = np.dtype(np.float32)
+KINDS = [RowBlocks] + ([compiled.hand_over.RowBlocks] if compiled.hand_over is not None else [])
 
 
-def test_rows_are_copied_into_a_block_and_the_block_is_reused_once_no_copy_is_left() -> None:
-    blocks = RowBlocks((4,), F32, max_bytes=1e6)
+@pytest.fixture(params=KINDS, ids=lambda kind: "compiled" if kind is not RowBlocks else "python")
+def kind(request: pytest.FixtureRequest) -> Any:
+    """Each test of the blocks runs on the Python ``RowBlocks`` and on the compiled one."""
+    return request.param
+
+
+def test_rows_are_copied_into_a_block_and_the_block_is_reused_once_no_copy_is_left(kind: Any) -> None:
+    blocks = kind((4,), F32, max_bytes=1e6)
     first = blocks.copy(np.ones((2, 4), np.float32))
     second = blocks.copy(np.full((1, 4), 2, np.float32))
     assert first.base is second.base  # one block
@@ -47,8 +55,8 @@ def test_rows_are_copied_into_a_block_and_the_block_is_reused_once_no_copy_is_le
     assert id(last.base) == block
 
 
-def test_the_rows_taken_are_runs_of_the_blocks_in_order_none_when_some_were_copied_outside() -> None:
-    blocks = RowBlocks((4,), F32, max_bytes=1e6)
+def test_the_rows_taken_are_runs_of_the_blocks_in_order_none_when_some_were_copied_outside(kind: Any) -> None:
+    blocks = kind((4,), F32, max_bytes=1e6)
     batches = [np.full((k % 5 + 1, 4), k, np.float32) for k in range(2 * blocks.rows // 3)]  # spans blocks
     for b in batches[:10]:
         blocks.copy(b)
@@ -93,8 +101,8 @@ def test_the_files_hold_every_input_row_across_blocks_and_a_request_without_inpu
     assert len(got) == len(expected) and got == expected
 
 
-def test_rows_of_another_shape_or_datatype_or_too_many_get_a_copy_of_their_own() -> None:
-    blocks = RowBlocks((4,), F32, max_bytes=1e6)
+def test_rows_of_another_shape_or_datatype_or_too_many_get_a_copy_of_their_own(kind: Any) -> None:
+    blocks = kind((4,), F32, max_bytes=1e6)
     for values in (np.ones((1, 5), np.float32), np.ones((1, 4), np.float64), np.ones((blocks.rows + 1, 4), F32)):
         copy = blocks.copy(values)
         assert copy.base is None and not np.shares_memory(copy, values) and np.array_equal(copy, values)
@@ -135,12 +143,12 @@ def test_a_table_built_in_scratch_memory_equals_one_built_without(tmp_path: Path
         assert build_table(stream, rows, scratch).to_pylist() == build_table(stream, rows).to_pylist()
 
 
-def test_a_table_of_input_runs_equals_one_of_each_requests_rows_and_copies_nothing(tmp_path: Path) -> None:
+def test_a_table_of_input_runs_equals_one_of_each_requests_rows_and_copies_nothing(tmp_path: Path, kind: Any) -> None:
     stream = LogStream(
         "m", "1", PredictionLogConfig(destination=str(tmp_path)), (TensorSpec("x", "FP32", (4096,)),),
         (TensorSpec("y", "FP32", (1,)),),
     )  # fmt: skip
-    blocks = RowBlocks((4096,), F32, max_bytes=1e7)
+    blocks = kind((4096,), F32, max_bytes=1e7)
     assert blocks.rows == 64
     rng = np.random.default_rng(0)
     requests = []

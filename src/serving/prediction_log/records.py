@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,33 @@ class LoggedRequest:
     nbytes: int = 0
     """What its arrays hold (the queue's bound in bytes counts it)."""
 
+    @classmethod
+    def answered(
+        cls,
+        stream: LogStream,
+        request_id: str,
+        route: str,
+        start_ns: int,
+        inputs: dict[str, Array] | None,
+        outputs: dict[str, Array] | None,
+        failure: tuple[str, str] | None = None,
+    ) -> LoggedRequest:
+        """The record of a request answered now (``start_ns``: when it arrived, ``time.monotonic_ns()``),
+        holding only the tensors ``stream`` keeps."""
+        rows = 1  # unbatched: a request is a row
+        if stream.batched:
+            for values in (inputs or outputs or {}).values():
+                rows = int(values.shape[0]) if values.ndim else 1
+                break
+        if not stream.input_columns:  # keep: outputs; hold nothing the log will not write
+            inputs = None
+        if not stream.output_columns:
+            outputs = None
+        row_nbytes = stream.row_nbytes
+        nbytes = rows * row_nbytes if row_nbytes is not None else nbytes_of(inputs) + nbytes_of(outputs)
+        now = time.monotonic_ns()
+        return cls(request_id, time.time_ns(), route, failure, now - start_ns, rows, inputs, outputs, nbytes)
+
 
 def nbytes_of(arrays: dict[str, Array] | None) -> int:
     """Bytes held by ``arrays``: numbers by their buffers, BYTES tensors by their elements."""
@@ -115,6 +143,9 @@ class LogStream:
     row_nbytes: int | None = field(init=False)
     """Bytes of one row of the tensors kept, by their declared shapes; None where a kept tensor
     has a variable dimension or is BYTES (its requests are measured one by one)."""
+    offer_facts: tuple[float, bool, bool, bool, int | None, tuple[str, str, str]] = field(init=False, repr=False)
+    """What the compiled hand-over reads of it, in one tuple: (sample rate, batched, keeps
+    inputs, keeps outputs, ``row_nbytes``, ``key``)."""
 
     def __post_init__(self) -> None:
         taken = set(META_SCHEMA.names) | set(PARTITION_KEYS)
@@ -127,3 +158,12 @@ class LogStream:
         object.__setattr__(self, "key", (str(self.config.destination), self.model, self.version))
         kept = (self.inputs if self.input_columns else ()) + (self.outputs if self.output_columns else ())
         object.__setattr__(self, "row_nbytes", row_nbytes(kept) if self.batched else None)
+        facts = (
+            float(self.config.sample_rate),
+            self.batched,
+            bool(self.input_columns),
+            bool(self.output_columns),
+            self.row_nbytes,
+            self.key,
+        )
+        object.__setattr__(self, "offer_facts", facts)

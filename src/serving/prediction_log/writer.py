@@ -11,12 +11,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from serving.prediction_log import columns
+from serving.prediction_log.compiled import hand_over as compiled
 from serving.prediction_log.files import file_name, open_destination, partition_of, write_atomically, writer_name
 from serving.prediction_log.records import (
     ERROR,
@@ -30,6 +31,7 @@ from serving.prediction_log.records import (
     TIME,
     LoggedRequest,
     LogStream,
+    sampled,
 )
 from serving.prediction_log.row_blocks import RowBlocks, row_blocks
 from serving.telemetry.metrics import LOG_DROPPED, LOG_ROWS, Metrics
@@ -45,6 +47,22 @@ FLUSH_WAIT_S = 10.0
 FAILURE_LOG_S = 60.0
 """While writes keep failing, one log line per this many seconds."""
 HOUR_NS = 3600 * 10**9
+
+
+class HandOverFunction(Protocol):
+    """:meth:`PredictionLog.hand_over`'s signature, which the compiled ``HandOver`` shares."""
+
+    def __call__(
+        self,
+        stream: LogStream,
+        request_id: str,
+        route: str,
+        start_ns: int,
+        inputs: dict[str, Array] | None,
+        outputs: dict[str, Array] | None,
+        failure: tuple[str, str] | None = None,
+        /,
+    ) -> None: ...
 
 
 Tensors = dict[str, list[Array | None]]
@@ -73,6 +91,22 @@ class Pending:
     nbytes: list[int] = field(default_factory=list)
     inputs: Tensors = field(default_factory=dict)
     outputs: Tensors = field(default_factory=dict)
+    lists: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+    """Every list above, and the two dicts, in that order: what the compiled hand-over appends
+    to (its fields are never given other lists)."""
+
+    def __post_init__(self) -> None:
+        self.lists = (
+            self.request_ids,
+            self.times_ns,
+            self.routes,
+            self.failures,
+            self.latencies_ns,
+            self.rows,
+            self.nbytes,
+            self.inputs,
+            self.outputs,
+        )
 
     def add(self, r: LoggedRequest, blocks: dict[str, RowBlocks] | None = None) -> None:
         """Queue ``r``; with ``blocks``, copies of its inputs (into their blocks where they have
@@ -105,7 +139,7 @@ class Pending:
             return values[which] if isinstance(which, slice) else [values[i] for i in which]
 
         picked: dict[str, Any] = {
-            f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name not in ("inputs", "outputs")
+            f.name: pick(getattr(self, f.name)) for f in fields(self) if f.init and f.name not in ("inputs", "outputs")
         }
         return Pending(
             **picked,
@@ -120,7 +154,7 @@ class Pending:
         both: dict[str, Any] = {
             f.name: getattr(self, f.name) + getattr(later, f.name)
             for f in fields(self)
-            if f.name not in ("inputs", "outputs")
+            if f.init and f.name not in ("inputs", "outputs")
         }
         return Pending(**both, inputs=joined(self.inputs, later.inputs), outputs=joined(self.outputs, later.outputs))
 
@@ -157,6 +191,9 @@ class _Waiting:
     """The stream's bounds, read once: the request path checks them on every offer."""
     blocks: dict[str, RowBlocks] | None = None
     """Where the kept inputs are copied (``row_blocks``); the stream's next batch takes them over."""
+    constants: tuple[Any, ...] = field(init=False, repr=False)
+    """What the compiled hand-over reads of it, in one tuple: (stream, max_rows, max_bytes,
+    flush_rows, flush_bytes, blocks)."""
     runs: dict[str, list[Array] | None] = field(default_factory=dict)
     """Once taken for writing: each blocked input's rows as runs in its blocks (``take_runs``),
     the columns' chunks when they hold exactly the batch's rows."""
@@ -170,6 +207,7 @@ class _Waiting:
         if self.blocks is None:
             s = self.stream  # an unbatched request is one row without a batch dimension: copied as it is
             self.blocks = row_blocks(s.inputs, s.input_columns, self.max_bytes) if s.batched else {}
+        self.constants = (self.stream, self.max_rows, self.max_bytes, self.flush_rows, self.flush_bytes, self.blocks)
 
     def keep(self, request: LoggedRequest) -> None:
         """Queue ``request`` with copies of its inputs: the transport's buffers are not kept. (Its
@@ -212,9 +250,59 @@ class PredictionLog:
         """The writer thread's memory for columns (other threads that flush build without it)."""
         self._retry_at = 0.0
 
+    def hand_over_function(self, use_compiled: bool = True) -> HandOverFunction:
+        """What the request path calls to hand a request over: the compiled ``HandOver``
+        (``_hand_over.c``) where it is built, else :meth:`hand_over`. In Python the hand-over
+        took ~9 us of the serving thread's CPU a call (bench/log_floor.py)."""
+        if compiled is not None and use_compiled:
+            function: HandOverFunction = compiled.HandOver(self)
+            return function
+        return self.hand_over
+
+    def hand_over(
+        self,
+        stream: LogStream,
+        request_id: str,
+        route: str,
+        start_ns: int,
+        inputs: dict[str, Array] | None,
+        outputs: dict[str, Array] | None,
+        failure: tuple[str, str] | None = None,
+    ) -> None:
+        """Queue a request answered now when its id is in the sample (any thread; never blocks on
+        I/O; ``start_ns``: when it arrived, ``time.monotonic_ns()``; ``failure``: its error kind
+        and message). The compiled ``HandOver`` does the same."""
+        rate = stream.config.sample_rate
+        if rate < 1.0 and not sampled(request_id, rate):
+            return
+        self.offer_answered(stream, request_id, route, start_ns, inputs, outputs, failure)
+
+    def offer_answered(
+        self,
+        stream: LogStream,
+        request_id: str,
+        route: str,
+        start_ns: int,
+        inputs: dict[str, Array] | None,
+        outputs: dict[str, Array] | None,
+        failure: tuple[str, str] | None = None,
+    ) -> None:
+        """:meth:`hand_over` past the sample (where the compiled one leaves a version without a
+        queue for its settings)."""
+        self.offer(stream, LoggedRequest.answered(stream, request_id, route, start_ns, inputs, outputs, failure))
+
+    def wake_writer(self) -> None:
+        """The compiled hand-over's :meth:`_wake` (it has let go of the lock)."""
+        with self._cond:
+            self._wake()
+
+    def count_dropped(self, stream: LogStream, rows: int) -> None:
+        self.metrics.inc(LOG_DROPPED, stream.labels, rows)
+
     def offer(self, stream: LogStream, request: LoggedRequest) -> None:
         """Queue one request's rows (any thread; never blocks on I/O). On every logged request's
-        path, so its checks are written out here rather than called."""
+        path where the hand-over is not compiled, so its checks are written out here rather than
+        called."""
         with self._lock:
             waiting = self._waiting.get(stream.key)
             if waiting is None or waiting.stream is not stream:  # new, or loaded again with new settings

@@ -3,7 +3,6 @@ model.yaml's ``log:``), the route a request took, and the record the log keeps o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 from serving.config.prediction_log import PredictionLogConfig
 from serving.lifecycle.routing import ModelRouting
 from serving.prediction_log.feedback import LiveAccuracy, logged_rows, match, store_labels
-from serving.prediction_log.records import LoggedRequest, LogStream, nbytes_of, sampled
+from serving.prediction_log.records import LogStream
 from serving.prediction_log.writer import PredictionLog
 from serving.registry.lane import ModelVersion
 from serving.telemetry.metrics import FEEDBACK_LABELS, Metrics
@@ -39,6 +38,11 @@ class PredictionLogging:
     def __init__(self, metrics: Metrics, default: PredictionLogConfig | None, root: Path | None) -> None:
         self.metrics = metrics
         self.log = PredictionLog(metrics)
+        self.offer = self.log.hand_over_function()
+        """Hand one answered request to the log when its id is in the sample (any thread;
+        positional arguments: stream, request id, route, ``time.monotonic_ns()`` at its arrival,
+        inputs, outputs, and for a failure its error kind and message). On every logged request's
+        path: the writer thread does the rest."""
         self.live = LiveAccuracy(metrics)
         self._default = default or PredictionLogConfig()
         self._root = root or Path(".")
@@ -65,39 +69,6 @@ class PredictionLogging:
         )
         self._streams[key] = (mv.instance, stream)
         return stream
-
-    def offer(
-        self,
-        stream: LogStream,
-        request_id: str,
-        route: str,
-        start_ns: int,
-        inputs: Arrays | None,
-        outputs: Arrays | None,
-        failure: tuple[str, str] | None = None,
-    ) -> None:
-        """Hand one answered request to the log when its id is in the sample (any thread;
-        ``failure``: its error kind and message). On every logged request's path: the writer
-        thread does the rest."""
-        rate = stream.config.sample_rate
-        if rate < 1.0 and not sampled(request_id, rate):
-            return
-        rows = 1  # unbatched: a request is a row
-        if stream.batched:
-            for values in (inputs or outputs or {}).values():
-                rows = int(values.shape[0]) if values.ndim else 1
-                break
-        if not stream.input_columns:  # keep: outputs; hold nothing the log will not write
-            inputs = None
-        if not stream.output_columns:
-            outputs = None
-        row_nbytes = stream.row_nbytes
-        nbytes = rows * row_nbytes if row_nbytes is not None else nbytes_of(inputs) + nbytes_of(outputs)
-        now = time.monotonic_ns()
-        self.log.offer(
-            stream,
-            LoggedRequest(request_id, time.time_ns(), route, failure, now - start_ns, rows, inputs, outputs, nbytes),
-        )
 
     def receive_feedback(
         self, stream: LogStream, labels: list[Label], classes: tuple[str, ...] | None
