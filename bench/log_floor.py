@@ -4,16 +4,17 @@
 event loop thread's, the median over alternating windows):
 
 - ``off``: no log;
-- ``noop``: a log configured, but the hand-over returns at once (the stream's lookup and the
-  request's route are all that runs);
+- ``noop``: a log configured, but the hand-over is a Python method that returns at once (the
+  stream's lookup and the request's route are all that runs);
 - ``minimal``: the hand-over appends the request id to a list and copies the input row into a
   ring of rows; nothing is ever written: the least any log of the inputs must do on the request
   path, written as plainly as Python allows;
 - ``written``: ``minimal``'s hand-over, and a thread that writes its rows as the log's Parquet
   files (the log's columns and options, 10,000 rows a file; time, latency and outputs filled in
   by the writer): the best a hand-over in compiled code could do, with the files still written;
-- ``discard``: the log's whole hand-over (sampling, the record, the copy into the row blocks, the
-  queue and its bounds); the writer thread takes the rows and drops them;
+- ``discard``: the log's whole hand-over as it is (sampling, the record, the copy into the row
+  blocks, the queue and its bounds); the writer thread takes the rows and drops them;
+- ``python``: the log as it is, with the hand-over in Python (where the compiled one is not built);
 - ``log``: the log as it is (the rows written to Parquet).
 
 Each stage is a patch of a copy of ``src`` at an anchor in the code; a patch whose anchor is
@@ -38,10 +39,13 @@ RESULTS = HERE / "results" / "log_floor.md"
 
 LOGGING = "serving/service/prediction_logging.py"
 WRITER = "serving/prediction_log/writer.py"
-HAND_OVER = "        rate = stream.config.sample_rate\n"
+OFFER = "        self.offer = self.log.hand_over_function()\n"
+METHODS = "    def receive_feedback("
+FLOOR_OFFER = OFFER.replace("self.log.hand_over_function()", "self._floor_offer")
 STREAMS = "        self._streams: dict"
 WRITE = "        stream = batch.stream\n        times = batch.pending.times_ns\n"
 MODULE = 'SHADOW = "shadow"\n'
+COMPILED = "serving/prediction_log/compiled.py"
 
 MINIMAL_HAND_OVER = (
     "        ids = self._floor_ids\n"
@@ -58,6 +62,7 @@ RING = (
     "        self._floor_next = 0\n"
     "        self._floor_rows = np.zeros((10_000, 784), np.float32)\n"
 )
+NOOP_HAND_OVER = "        return\n"
 WRITTEN_HAND_OVER = (
     "        self._floor_ids.append(request_id)\n"
     "        for values in (inputs or {}).values():\n"
@@ -71,6 +76,7 @@ def floor_writer(logging: Any) -> None:
     """Every 10,000 rows handed over, a file of them as the log writes it (bench/log_floor.py)."""
     import os
     import threading
+    import time
 
     import pyarrow as pa
 
@@ -109,14 +115,25 @@ def floor_writer(logging: Any) -> None:
     threading.Thread(target=run, name="prediction-log", daemon=True).start()
 '''
 
+
+def floor_offer(body: str) -> list[tuple[str, str, str]]:
+    """Patches that make the service's hand-over a Python method of ``body``."""
+    method = (
+        "    def _floor_offer(self, stream: Any, request_id: str, route: str, start_ns: int, inputs: Any,"
+        " outputs: Any, failure: Any = None) -> None:\n" + body + "\n"
+    )
+    return [(LOGGING, OFFER, FLOOR_OFFER), (LOGGING, METHODS, method + METHODS)]
+
+
 PATCHES: dict[str, list[tuple[str, str, str]]] = {
-    "noop": [(LOGGING, HAND_OVER, "        return\n" + HAND_OVER)],
-    "minimal": [(LOGGING, HAND_OVER, MINIMAL_HAND_OVER + HAND_OVER), (LOGGING, STREAMS, RING + STREAMS)],
+    "noop": floor_offer(NOOP_HAND_OVER),
+    "minimal": [*floor_offer(MINIMAL_HAND_OVER), (LOGGING, STREAMS, RING + STREAMS)],
     "written": [
-        (LOGGING, HAND_OVER, WRITTEN_HAND_OVER + HAND_OVER),
+        *floor_offer(WRITTEN_HAND_OVER),
         (LOGGING, STREAMS, RING.replace("10_000", "30_000") + "        floor_writer(self)\n" + STREAMS),
         (LOGGING, MODULE, MODULE + FLOOR_WRITER),
     ],
+    "python": [(COMPILED, "    hand_over = _hand_over\n", "    hand_over = None\n")],
     "discard": [
         (WRITER, WRITE, WRITE + "        self._forget(batch, list(range(len(batch.pending))))\n        return True\n")
     ],
@@ -151,6 +168,7 @@ def main() -> None:
             f"minimal={copies['minimal']}:log",
             f"written={copies['written']}:log:SERVING_LOG_FLOOR_DIR~{written}",
             f"discard={copies['discard']}:log",
+            f"python={copies['python']}:log",
             "log=:log",
         ]
         command = [sys.executable, str(HERE / "server_variants.py"), *variants]
