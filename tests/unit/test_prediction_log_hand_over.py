@@ -197,7 +197,7 @@ def test_new_settings_for_a_version_move_its_waiting_rows_to_a_new_queue_in_both
     tmp_path: Path, python_row_blocks: Callable[[bool], None]
 ) -> None:
     """The compiled hand-over leaves a version without a queue for its settings to the Python
-    (``offer_answered``), which makes one and carries the waiting rows over."""
+    (``hand_over``), which makes one and carries the waiting rows over."""
     results = {}
     for kind in ("python", "compiled"):
         python_row_blocks(kind == "compiled")

@@ -1,5 +1,5 @@
 /* The prediction log's hand-over, compiled: what ``PredictionLog.hand_over`` does in Python
- * (the sample, ``LoggedRequest.answered``, ``PredictionLog.offer``), step for step, on the same
+ * (the sample, the request's record, ``PredictionLog.offer``), step for step, on the same
  * objects, without the interpreter; and ``row_blocks.RowBlocks``, whose ``copy`` it calls. The
  * Python is the reference, and runs where this is not built (no C compiler);
  * tests/unit/test_prediction_log_hand_over.py holds the two to the same results.
@@ -13,8 +13,8 @@
  * ``HandOver(log)`` is called as ``PredictionLog.hand_over`` is (positional arguments). It reads
  * the tuples the Python keeps for it (``LogStream.offer_facts``, ``_Waiting.constants``,
  * ``Pending.lists``) rather than an attribute each, and calls back into the log where the Python
- * does more than the usual case: ``log.offer_answered`` (no queue yet for the version's
- * settings), ``log.wake_writer`` and ``log.count_dropped``.
+ * does more than the usual case: ``log.hand_over`` (no queue yet for the version's settings),
+ * ``log.wake_writer`` and ``log.count_dropped``.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,7 +32,7 @@ static PyObject *copy_array;  /* numpy.array */
 static PyObject *empty_array; /* numpy.empty */
 
 static PyObject *s_offer_facts, *s_constants, *s_pending, *s_lists, *s_rows, *s_nbytes, *s_since, *s_stopping,
-    *s_waiting, *s_lock, *s_acquire, *s_release, *s_offer_answered, *s_wake_writer, *s_count_dropped, *s_shape,
+    *s_waiting, *s_lock, *s_acquire, *s_release, *s_hand_over, *s_wake_writer, *s_count_dropped, *s_shape,
     *s_ndim, *s_copy, *s_dtype, *s_itemsize;
 
 static long long clock_ns(clockid_t clock) {
@@ -447,7 +447,7 @@ typedef struct {
     PyObject *log;
     PyObject *waiting; /* log._waiting: the queue of each version */
     PyObject *acquire, *release; /* log._lock's */
-    PyObject *offer_answered, *wake_writer, *count_dropped; /* log's */
+    PyObject *hand_over, *wake_writer, *count_dropped; /* log's */
 } HandOverObject;
 
 /* ``PredictionLog.offer``'s body, the lock held: the code (the top of this file says what it
@@ -551,7 +551,7 @@ static PyObject *HandOver_call(HandOverObject *self, PyObject *const *args, size
             goto out;
         }
     }
-    /* LoggedRequest.answered */
+    /* PredictionLog.hand_over: the request's record */
     long long rows = 1;
     if (PyTuple_GET_ITEM(facts, 1) == Py_True) {
         PyObject *first = truthy_dict(inputs) ? inputs : truthy_dict(outputs) ? outputs : NULL;
@@ -593,7 +593,7 @@ static PyObject *HandOver_call(HandOverObject *self, PyObject *const *args, size
     } else if (code == WAKE) {
         result = PyObject_CallNoArgs(self->wake_writer);
     } else if (code == SLOW) {
-        result = PyObject_Vectorcall(self->offer_answered, args, nargs, NULL);
+        result = PyObject_Vectorcall(self->hand_over, args, nargs, NULL);
     } else {
         PyObject *dropped = PyLong_FromLongLong(-1 - code);
         result = dropped ? PyObject_CallFunctionObjArgs(self->count_dropped, stream, dropped, NULL) : NULL;
@@ -617,11 +617,11 @@ static int HandOver_init(HandOverObject *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->release, PyObject_GetAttr(lock, s_release));
     Py_DECREF(lock);
     Py_XSETREF(self->waiting, PyObject_GetAttr(log, s_waiting));
-    Py_XSETREF(self->offer_answered, PyObject_GetAttr(log, s_offer_answered));
+    Py_XSETREF(self->hand_over, PyObject_GetAttr(log, s_hand_over));
     Py_XSETREF(self->wake_writer, PyObject_GetAttr(log, s_wake_writer));
     Py_XSETREF(self->count_dropped, PyObject_GetAttr(log, s_count_dropped));
     Py_XSETREF(self->log, Py_NewRef(log));
-    if (!self->acquire || !self->release || !self->waiting || !self->offer_answered || !self->wake_writer ||
+    if (!self->acquire || !self->release || !self->waiting || !self->hand_over || !self->wake_writer ||
         !self->count_dropped)
         return -1;
     if (!PyDict_Check(self->waiting)) {
@@ -637,7 +637,7 @@ static void HandOver_dealloc(HandOverObject *self) {
     Py_XDECREF(self->waiting);
     Py_XDECREF(self->acquire);
     Py_XDECREF(self->release);
-    Py_XDECREF(self->offer_answered);
+    Py_XDECREF(self->hand_over);
     Py_XDECREF(self->wake_writer);
     Py_XDECREF(self->count_dropped);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -695,7 +695,7 @@ PyMODINIT_FUNC PyInit__hand_over(void) {
     INTERN(s_lock, "_lock")
     INTERN(s_acquire, "acquire")
     INTERN(s_release, "release")
-    INTERN(s_offer_answered, "offer_answered")
+    INTERN(s_hand_over, "hand_over")
     INTERN(s_wake_writer, "wake_writer")
     INTERN(s_count_dropped, "count_dropped")
     INTERN(s_shape, "shape")

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.prediction_log.records import LogStream
+from serving.prediction_log.writer import HandOverFunction
 
 Array = np.ndarray[Any, Any]
 
@@ -20,20 +20,7 @@ class RowBlocks:
     def copy(self, values: Array) -> Array: ...
     def take_runs(self) -> list[Array] | None: ...
 
-class HandOver:
-    def __init__(self, log: object) -> None: ...
-    def __call__(
-        self,
-        stream: LogStream,
-        request_id: str,
-        route: str,
-        start_ns: int,
-        inputs: dict[str, Array] | None,
-        outputs: dict[str, Array] | None,
-        failure: tuple[str, str] | None = None,
-        /,
-    ) -> None: ...
-
+def HandOver(log: object, /) -> HandOverFunction: ...  # a class: typed by how its instances are called
 def configure(
     nbytes_of: Callable[[dict[str, Array] | None], int],
     sampled: Callable[[str, float], bool],

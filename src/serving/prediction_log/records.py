@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,33 +64,6 @@ class LoggedRequest:
     outputs: dict[str, Array] | None
     nbytes: int = 0
     """What its arrays hold (the queue's bound in bytes counts it)."""
-
-    @classmethod
-    def answered(
-        cls,
-        stream: LogStream,
-        request_id: str,
-        route: str,
-        start_ns: int,
-        inputs: dict[str, Array] | None,
-        outputs: dict[str, Array] | None,
-        failure: tuple[str, str] | None = None,
-    ) -> LoggedRequest:
-        """The record of a request answered now (``start_ns``: when it arrived, ``time.monotonic_ns()``),
-        holding only the tensors ``stream`` keeps."""
-        rows = 1  # unbatched: a request is a row
-        if stream.batched:
-            for values in (inputs or outputs or {}).values():
-                rows = int(values.shape[0]) if values.ndim else 1
-                break
-        if not stream.input_columns:  # keep: outputs; hold nothing the log will not write
-            inputs = None
-        if not stream.output_columns:
-            outputs = None
-        row_nbytes = stream.row_nbytes
-        nbytes = rows * row_nbytes if row_nbytes is not None else nbytes_of(inputs) + nbytes_of(outputs)
-        now = time.monotonic_ns()
-        return cls(request_id, time.time_ns(), route, failure, now - start_ns, rows, inputs, outputs, nbytes)
 
 
 def nbytes_of(arrays: dict[str, Array] | None) -> int:

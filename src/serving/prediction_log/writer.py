@@ -31,6 +31,7 @@ from serving.prediction_log.records import (
     TIME,
     LoggedRequest,
     LogStream,
+    nbytes_of,
     sampled,
 )
 from serving.prediction_log.row_blocks import RowBlocks, row_blocks
@@ -271,25 +272,27 @@ class PredictionLog:
     ) -> None:
         """Queue a request answered now when its id is in the sample (any thread; never blocks on
         I/O; ``start_ns``: when it arrived, ``time.monotonic_ns()``; ``failure``: its error kind
-        and message). The compiled ``HandOver`` does the same."""
+        and message). The compiled ``HandOver`` does the same, and calls this where a version has
+        no queue yet for its settings (the sample is by request id: the same request is in it)."""
         rate = stream.config.sample_rate
         if rate < 1.0 and not sampled(request_id, rate):
             return
-        self.offer_answered(stream, request_id, route, start_ns, inputs, outputs, failure)
-
-    def offer_answered(
-        self,
-        stream: LogStream,
-        request_id: str,
-        route: str,
-        start_ns: int,
-        inputs: dict[str, Array] | None,
-        outputs: dict[str, Array] | None,
-        failure: tuple[str, str] | None = None,
-    ) -> None:
-        """:meth:`hand_over` past the sample (where the compiled one leaves a version without a
-        queue for its settings)."""
-        self.offer(stream, LoggedRequest.answered(stream, request_id, route, start_ns, inputs, outputs, failure))
+        rows = 1  # unbatched: a request is a row
+        if stream.batched:
+            for values in (inputs or outputs or {}).values():
+                rows = int(values.shape[0]) if values.ndim else 1
+                break
+        if not stream.input_columns:  # keep: outputs; hold nothing the log will not write
+            inputs = None
+        if not stream.output_columns:
+            outputs = None
+        row_nbytes = stream.row_nbytes
+        nbytes = rows * row_nbytes if row_nbytes is not None else nbytes_of(inputs) + nbytes_of(outputs)
+        now = time.monotonic_ns()
+        record = LoggedRequest(
+            request_id, time.time_ns(), route, failure, now - start_ns, rows, inputs, outputs, nbytes
+        )
+        self.offer(stream, record)
 
     def wake_writer(self) -> None:
         """The compiled hand-over's :meth:`_wake` (it has let go of the lock)."""
