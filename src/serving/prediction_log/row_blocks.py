@@ -95,15 +95,13 @@ class RowBlocks:
         return block
 
 
-def row_blocks(
-    specs: tuple[TensorSpec, ...], kept: dict[str, str], max_bytes: float, use_compiled: bool = True
-) -> dict[str, RowBlocks]:
+def row_blocks(specs: tuple[TensorSpec, ...], kept: dict[str, str], max_bytes: float) -> dict[str, RowBlocks]:
     """Blocks for each kept tensor with a fixed row shape and a fixed-size datatype (the rest,
     BYTES and variable dimensions, are copied one by one). ``max_bytes``, the queue's bound, is
     shared between them by the size of their rows: what the blocks keep for reuse. The compiled
-    :class:`RowBlocks` (``_hand_over.c``) where it is built, unless not ``use_compiled``."""
+    :class:`RowBlocks` (``_hand_over.c``) where it is built."""
     sizes = {s.name: n for s in specs if s.name in kept and (n := tensor_row_nbytes(s)) is not None}
     total = sum(sizes.values()) or 1
     dtypes = {s.name: (s.shape, numpy_dtype(s.datatype)) for s in specs if s.name in sizes}
-    kind = compiled.RowBlocks if compiled is not None and use_compiled else RowBlocks
+    kind = compiled.RowBlocks if compiled is not None else RowBlocks
     return {name: kind(shape, dtype, max_bytes * sizes[name] / total) for name, (shape, dtype) in dtypes.items()}
