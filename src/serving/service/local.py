@@ -251,9 +251,12 @@ class LocalInferenceService:
         except ServingError as exc:
             mv.stats.fail.add(time.monotonic_ns() - start)
             if stream is not None:
-                route = route_of(request.model_version, self.registry.routing.get(mv.name))
-                failure = (exc.kind.value, exc.message)
-                self.logging.offer(stream, request.log_id, route, start, arrays, None, failure)
+                try:  # the request's own error goes out, whatever the log does
+                    route = route_of(request.model_version, self.registry.routing.get(mv.name))
+                    failure = (exc.kind.value, exc.message)
+                    self.logging.offer(stream, request.log_id, route, start, arrays, None, failure)
+                except Exception:
+                    log.exception("the prediction log failed for a failed request to %s v%d", mv.name, mv.version)
             raise
         try:  # watching is never worth a served request: a failure here is logged, the answer sent
             if mv.drift is not None:
